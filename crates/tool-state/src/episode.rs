@@ -1,0 +1,335 @@
+//! Episodes: a task, a model's commands one per turn, the tool's feedback, and rewards.
+
+use coe_dsl::Command;
+use coe_exec::{ExecRequest, Executor, ExecutorError, Limits, Outcome, Status};
+use serde::{Deserialize, Serialize};
+
+use crate::{Program, Task, render_feedback, render_invalid_command, render_observation};
+
+/// Per-turn rewards (DESIGN.md section 7).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Rewards {
+    /// On the turn whose command makes the tests pass, when they passed at no earlier point
+    /// (the starting program counts as earlier).
+    pub solved: f32,
+    /// For output that does not parse as a command.
+    pub malformed: f32,
+    /// For a well-formed command the tool cannot apply (no such line, `REPW` text not found).
+    /// DESIGN.md only names malformed commands; an inapplicable one is treated alike by
+    /// default, since it too is a turn the tool had to refuse.
+    pub rejected: f32,
+    /// Added to the last turn when the episode runs out of turns without `EXIT`.
+    pub no_exit: f32,
+}
+
+impl Default for Rewards {
+    fn default() -> Self {
+        Self {
+            solved: 1.0,
+            malformed: -0.5,
+            rejected: -0.5,
+            no_exit: -0.5,
+        }
+    }
+}
+
+/// How an episode is played.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EpisodeConfig {
+    /// Turns before the episode ends without `EXIT` (the paper uses 10). With 0 the episode
+    /// is over before its first turn.
+    pub max_turns: usize,
+    /// Limits for every execution.
+    pub limits: Limits,
+    /// The reward scheme.
+    pub rewards: Rewards,
+}
+
+impl Default for EpisodeConfig {
+    fn default() -> Self {
+        Self {
+            max_turns: 10,
+            limits: Limits::default(),
+            rewards: Rewards::default(),
+        }
+    }
+}
+
+/// What a turn's output did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Effect {
+    /// The command edited the program, which was then run.
+    Edited {
+        /// The execution status after the edit.
+        status: Status,
+        /// Tests that passed after the edit.
+        tests_passed: usize,
+        /// Tests run.
+        tests_total: usize,
+    },
+    /// The output is not a command; the program is unchanged.
+    Malformed {
+        /// The parse error's message.
+        message: String,
+    },
+    /// The command could not be applied; the program is unchanged.
+    Rejected {
+        /// The edit error's message.
+        message: String,
+    },
+    /// `EXIT`: the episode ended.
+    Exit,
+}
+
+/// One turn of an episode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// The turn's number, from 1.
+    pub turn: usize,
+    /// The model's raw output.
+    pub output: String,
+    /// The parsed command, when the output parsed.
+    pub command: Option<Command>,
+    /// What happened.
+    pub effect: Effect,
+    /// Whether the program passes its tests after this turn.
+    pub passing: bool,
+    /// The reward of this turn (including the no-`EXIT` penalty on a last turn).
+    pub reward: f32,
+    /// The observation the model sees after this turn.
+    pub observation: String,
+}
+
+/// Why an episode ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// The model wrote `EXIT`.
+    Exit,
+    /// The turn limit was reached without `EXIT`.
+    TurnLimit,
+}
+
+/// The record of an episode, for data files, training and reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// The task played.
+    pub task_id: String,
+    /// The observation before the first turn.
+    pub initial_observation: String,
+    /// The execution status of the starting program.
+    pub initial_status: Status,
+    /// Every turn, in order.
+    pub turns: Vec<Turn>,
+    /// Why the episode ended; `None` while it is running.
+    pub end: Option<EndReason>,
+    /// Whether the program passes its tests at the end.
+    pub solved: bool,
+    /// The sum of the turns' rewards.
+    #[serde(rename = "return")]
+    pub total_reward: f32,
+    /// The program at the end, in the task's line ending style.
+    pub final_program: String,
+}
+
+impl Trace {
+    /// Whether the tests passed after some turn but not at the end.
+    pub fn solved_then_broken(&self) -> bool {
+        !self.solved && self.turns.iter().any(|t| t.passing)
+    }
+}
+
+/// Why [`Episode::step`] could not take a turn. The episode is unchanged.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The episode already ended.
+    #[error("the episode has ended")]
+    Finished,
+    /// The executor failed (not the program); the edit was not kept.
+    #[error(transparent)]
+    Executor(#[from] ExecutorError),
+}
+
+/// A running episode: the tool's state between turns.
+#[derive(Debug)]
+pub struct Episode<E> {
+    task: Task,
+    executor: E,
+    config: EpisodeConfig,
+    program: Program,
+    passing: bool,
+    passed_before: bool,
+    initial_status: Status,
+    initial_observation: String,
+    observation: String,
+    turns: Vec<Turn>,
+    end: Option<EndReason>,
+}
+
+impl<E: Executor> Episode<E> {
+    /// Starts an episode: runs the task's program once to make the first observation.
+    pub fn start(task: Task, executor: E, config: EpisodeConfig) -> Result<Self, ExecutorError> {
+        let program = Program::parse(&task.code);
+        let outcome = execute(&executor, &task, &program, &config.limits)?;
+        let feedback = render_feedback(&outcome, &task.tests, &config.limits);
+        let observation = render_observation(&program, &feedback);
+        let passing = outcome.is_passed();
+        Ok(Self {
+            task,
+            executor,
+            config,
+            program,
+            passing,
+            passed_before: passing,
+            initial_status: outcome.status,
+            initial_observation: observation.clone(),
+            observation,
+            turns: Vec::new(),
+            end: (config.max_turns == 0).then_some(EndReason::TurnLimit),
+        })
+    }
+
+    /// Takes one turn: parses the model's `output`, applies it, runs the program when it
+    /// changed, and records the turn with its reward and the new observation.
+    pub fn step(&mut self, output: &str) -> Result<&Turn, StepError> {
+        if self.end.is_some() {
+            return Err(StepError::Finished);
+        }
+        let rewards = self.config.rewards;
+        let parsed = Command::parse(output);
+        let (command, effect, mut reward) = match parsed {
+            Err(error) => {
+                let message = error.to_string();
+                self.show_feedback(&render_invalid_command(&message));
+                (None, Effect::Malformed { message }, rewards.malformed)
+            }
+            Ok(Command::Exit) => (Some(Command::Exit), Effect::Exit, 0.0),
+            Ok(command) => {
+                let (effect, reward) = self.edit(&command)?;
+                (Some(command), effect, reward)
+            }
+        };
+        if effect == Effect::Exit {
+            self.end = Some(EndReason::Exit);
+        } else if self.turns.len() + 1 >= self.config.max_turns {
+            self.end = Some(EndReason::TurnLimit);
+            reward += rewards.no_exit;
+        }
+        let index = self.turns.len();
+        self.turns.push(Turn {
+            turn: index + 1,
+            output: output.to_owned(),
+            command,
+            effect,
+            passing: self.passing,
+            reward,
+            observation: self.observation.clone(),
+        });
+        Ok(&self.turns[index])
+    }
+
+    /// Applies a well-formed edit and runs the result; on executor failure nothing changes.
+    fn edit(&mut self, command: &Command) -> Result<(Effect, f32), ExecutorError> {
+        let mut edited = self.program.clone();
+        if let Err(error) = edited.apply(command) {
+            let message = error.to_string();
+            self.show_feedback(&render_invalid_command(&message));
+            return Ok((Effect::Rejected { message }, self.config.rewards.rejected));
+        }
+        let outcome = execute(&self.executor, &self.task, &edited, &self.config.limits)?;
+        self.program = edited;
+        self.passing = outcome.is_passed();
+        let reward = if self.passing && !self.passed_before {
+            self.config.rewards.solved
+        } else {
+            0.0
+        };
+        self.passed_before |= self.passing;
+        let feedback = render_feedback(&outcome, &self.task.tests, &self.config.limits);
+        self.show_feedback(&feedback);
+        let effect = Effect::Edited {
+            status: outcome.status,
+            tests_passed: outcome.tests_passed(),
+            tests_total: outcome.tests.len(),
+        };
+        Ok((effect, reward))
+    }
+
+    fn show_feedback(&mut self, feedback: &str) {
+        self.observation = render_observation(&self.program, feedback);
+    }
+}
+
+impl<E> Episode<E> {
+    /// The task being repaired.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// The program as it stands.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// What the model sees now: the numbered program and the latest feedback.
+    pub fn observation(&self) -> &str {
+        &self.observation
+    }
+
+    /// The turns taken so far.
+    pub fn turns(&self) -> &[Turn] {
+        &self.turns
+    }
+
+    /// Whether the program passes its tests now.
+    pub fn is_passing(&self) -> bool {
+        self.passing
+    }
+
+    /// Why the episode ended, or `None` while it runs.
+    pub fn end(&self) -> Option<EndReason> {
+        self.end
+    }
+
+    /// Whether the episode has ended.
+    pub fn is_done(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// The sum of the rewards so far.
+    pub fn total_reward(&self) -> f32 {
+        self.turns.iter().map(|t| t.reward).sum()
+    }
+
+    /// The record of the episode so far.
+    pub fn trace(&self) -> Trace {
+        Trace {
+            task_id: self.task.task_id.clone(),
+            initial_observation: self.initial_observation.clone(),
+            initial_status: self.initial_status,
+            turns: self.turns.clone(),
+            end: self.end,
+            solved: self.passing,
+            total_reward: self.total_reward(),
+            final_program: self.program.to_source(),
+        }
+    }
+}
+
+fn execute<E: Executor>(
+    executor: &E,
+    task: &Task,
+    program: &Program,
+    limits: &Limits,
+) -> Result<Outcome, ExecutorError> {
+    let source = program.to_python();
+    executor.execute(&ExecRequest {
+        program: &source,
+        setup: task.setup(),
+        tests: &task.tests,
+        limits: *limits,
+    })
+}
