@@ -1,0 +1,95 @@
+//! `coe apply` as scripts use it: stdout, stderr and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn coe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coe"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coe-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn repairs_the_example() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/examples");
+    let out = coe(&[
+        "apply",
+        root.join("max_of_three.py").to_str().unwrap(),
+        root.join("max_of_three.dsl").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    insta::assert_snapshot!(text(&out.stdout));
+}
+
+#[test]
+fn keeps_crlf_and_stops_at_exit() {
+    let dir = temp_dir("crlf");
+    let program = write(&dir, "p.py", b"a = 1\r\nb = 2\r\n");
+    let edits = write(&dir, "e.dsl", b"ADDL 3 >>>c = 3\r\n\r\nEXIT\r\nDELL 1\r\n");
+    let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "a = 1\r\nb = 2\r\nc = 3\r\n");
+}
+
+#[test]
+fn bad_commands_exit_2_with_the_edits_line() {
+    let dir = temp_dir("bad");
+    let program = write(&dir, "p.py", b"a = 1\n");
+    let cases: [(&str, &[u8]); 3] = [
+        ("parse", b"REPL 1 >>>a = 2\n\nREPL one >>>x\n"),
+        ("range", b"DELL 1\nDELL 1\n"),
+        ("repw", b"REPW 1 >>>b >>>c\n"),
+    ];
+    let mut report = String::new();
+    for (name, script) in cases {
+        let edits = write(&dir, &format!("{name}.dsl"), script);
+        let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        assert!(out.stdout.is_empty(), "{name}: nothing on stdout");
+        report.push_str(text(&out.stderr));
+    }
+    insta::assert_snapshot!(report);
+}
+
+#[test]
+fn unreadable_input_exits_2() {
+    let dir = temp_dir("unreadable");
+    let program = write(&dir, "p.py", b"\xff\xfe");
+    let edits = write(&dir, "e.dsl", b"EXIT\n");
+    let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is not UTF-8 text"));
+    let out = coe(&[
+        "apply",
+        dir.join("missing.py").to_str().unwrap(),
+        edits.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_describes_the_tool() {
+    assert_eq!(coe(&["apply"]).status.code(), Some(2));
+    assert_eq!(coe(&["frobnicate"]).status.code(), Some(2));
+    let help = coe(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    insta::assert_snapshot!(text(&help.stdout));
+}
