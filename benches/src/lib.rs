@@ -1,2 +1,67 @@
-//! Criterion benchmarks for coe live in `benches/`; this library is empty. Run them with
-//! `cargo bench -p coe-benches`.
+//! Measurement tools for coe: loading the bundled task sets, and running programs with the real
+//! CPython interpreter as the baseline.
+//!
+//! Binaries: `sandbox-bench` (throughput and latency table, `cargo xtask bench sandbox`) and
+//! `compat` (sandbox versus CPython on MBPP and HumanEvalFix, `cargo xtask compat`). Criterion
+//! benches are in `benches/`.
+
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cpython;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use coe_tool_state::{Program, Task};
+
+/// The workspace's `fixtures/` directory.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
+}
+
+/// Reads a JSON Lines task file (DESIGN.md section 5, or MBPP rows). Line endings of programs
+/// are normalised to `\n`, as the editor does before running them.
+pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            let mut task: Task = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a task", path.display(), index + 1))?;
+            task.code = Program::parse(&task.code).to_python();
+            task.reference = task.reference.map(|r| Program::parse(&r).to_python());
+            Ok(task)
+        })
+        .collect()
+}
+
+/// MBPP's 974 tasks (`code` is the reference solution).
+pub fn mbpp() -> Result<Vec<Task>> {
+    load_tasks(&fixtures_dir().join("mbpp/mbpp.jsonl"))
+}
+
+/// HumanEvalFix's 164 tasks (`code` buggy, `reference` fixed).
+pub fn humanevalfix() -> Result<Vec<Task>> {
+    load_tasks(&fixtures_dir().join("humanevalfix/humanevalfix.jsonl"))
+}
+
+/// The p-th percentile (0-100) of sorted `values`, by nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The resident set size of this process in KiB, from `/proc/self/status` (Linux).
+pub fn resident_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+}

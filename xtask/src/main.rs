@@ -17,6 +17,12 @@ struct Cli {
     task: Task,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Bench {
+    /// Sandbox throughput, latency, start-up and memory against CPython per run.
+    Sandbox,
+}
+
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Run the main job on the bundled example.
@@ -31,6 +37,19 @@ enum Task {
     Ci,
     /// Install the toolchain pieces the project needs (the wasm32-wasip1 target).
     Setup,
+    /// Build the Python guest (RustPython for wasm32-wasip1) and its compiled snapshot.
+    Guest,
+    /// Run a benchmark table (release build): `sandbox` compares the sandbox with CPython.
+    Bench {
+        /// Which table.
+        #[arg(value_enum)]
+        which: Bench,
+        /// Extra arguments for the benchmark binary, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every MBPP and HumanEvalFix program in the sandbox and in CPython; report differences.
+    Compat,
 }
 
 fn main() -> Result<()> {
@@ -42,6 +61,20 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Ci => ci(),
         Task::Setup => ensure_wasm_target(),
+        Task::Guest => guest(),
+        Task::Bench { which, args } => bench(which, &args),
+        Task::Compat => {
+            ensure_wasm_target()?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "coe-benches",
+                "--bin",
+                "compat",
+            ])
+        }
     }
 }
 
@@ -53,7 +86,8 @@ fn workspace_root() -> Result<PathBuf> {
         .context("xtask lives one level below the workspace root")
 }
 
-/// The main job. Until the policy lands, it applies the example's repairing edits.
+/// The main job. Until the policy lands, it replays the example's repairing edits as an
+/// episode in the sandbox.
 fn demo() -> Result<()> {
     ensure_wasm_target()?;
     let example = Path::new("fixtures/examples");
@@ -64,10 +98,55 @@ fn demo() -> Result<()> {
         "--bin",
         "coe",
         "--",
-        "apply",
-        &example.join("max_of_three.py").to_string_lossy(),
+        "replay",
+        &example.join("max_of_three.json").to_string_lossy(),
         &example.join("max_of_three.dsl").to_string_lossy(),
     ])
+}
+
+/// Builds the guest (coe-sandbox's build script does, when it is missing or stale) and the
+/// cached snapshot (`coe prepare`).
+fn guest() -> Result<()> {
+    ensure_wasm_target()?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "--release",
+        "--bin",
+        "coe",
+        "--",
+        "prepare",
+    ])
+}
+
+fn bench(which: Bench, extra: &[String]) -> Result<()> {
+    ensure_wasm_target()?;
+    match which {
+        Bench::Sandbox => {
+            // The table times `coe run` as a whole process too.
+            cargo(&["build", "--quiet", "--release", "--bin", "coe"])?;
+            let coe = target_dir().join("release/coe");
+            let coe = coe.to_string_lossy();
+            let mut args = vec![
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "coe-benches",
+                "--bin",
+                "sandbox-bench",
+                "--",
+                "--coe",
+                &coe,
+            ];
+            args.extend(extra.iter().map(String::as_str));
+            cargo(&args)
+        }
+    }
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from)
 }
 
 fn test(extra: &[String]) -> Result<()> {

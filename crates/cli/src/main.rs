@@ -2,17 +2,18 @@
 //!
 //! Exit codes: 0 on success (whatever the Python program itself did), 1 when coe itself failed
 //! (for instance the sandbox could not start), 2 for a usage error or bad input (unreadable
-//! file, a command that does not parse or apply).
+//! file, a command that does not parse or apply, a malformed task).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+mod commands;
+mod output;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use coe_dsl::parse_script;
-use coe_tool_state::Program;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use coe_exec::Limits;
 
 const ABOUT: &str = "\
 Chain-of-Edits: a small language model repairs a broken Python program by driving an edit tool,
@@ -26,7 +27,8 @@ The edit language (line numbers are 1-based, text after >>> is verbatim):
   EXIT                        end the episode";
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success; 1 coe itself failed; 2 usage error or bad input.";
+Exit codes: 0 success (whatever the Python program did); 1 coe itself failed; 2 usage error or
+bad input.";
 
 #[derive(Debug, Parser)]
 #[command(name = "coe", version, about = ABOUT, after_help = AFTER_HELP)]
@@ -48,6 +50,93 @@ enum Commands {
         /// The commands, one per line.
         edits: PathBuf,
     },
+    /// Run a program, then each test, in the sandbox and print the outcome.
+    ///
+    /// Exit code 0 whatever the program did: the outcome says it.
+    Run {
+        /// The Python program.
+        program: PathBuf,
+        /// A test snippet (usually one assert), run after the program; repeatable.
+        #[arg(long = "test", value_name = "SNIPPET")]
+        tests: Vec<String>,
+        /// A file of code to run before the program.
+        #[arg(long, value_name = "FILE")]
+        setup: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run every task of a JSON Lines file in the sandbox; print one JSON outcome per line.
+    ///
+    /// Each line is a task (`task_id`, `code`, `reference`, `setup`, `tests`; MBPP rows with
+    /// `test_list` too). Outcomes come in input order with `task_id` added. A malformed line is
+    /// reported on stderr with its line number and the rest still runs; the exit code is then 2.
+    Check {
+        /// The tasks, one JSON object per line.
+        tasks: PathBuf,
+        /// Which program of each task to run.
+        #[arg(long, value_enum, default_value_t = Field::Code)]
+        field: Field,
+        /// Tasks run at once (default: the number of cores).
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        #[command(flatten)]
+        limits: LimitArgs,
+    },
+    /// Prepare the sandbox: snapshot and compile the Python guest into the cache.
+    ///
+    /// Done automatically on first use; this does it ahead of time and says how long it took.
+    Prepare,
+    /// Play an episode with scripted commands (one model output per line of EDITS).
+    ///
+    /// Prints each turn (command, reward, solved, observation), then a summary (solved, turns,
+    /// return). With --json: one JSON object per turn, then one for the summary.
+    Replay {
+        /// The task, one JSON object.
+        task: PathBuf,
+        /// The model outputs, one per line; blank lines are skipped.
+        edits: PathBuf,
+        /// Turns before the episode ends without EXIT.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        max_turns: usize,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Print JSON Lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The program a task run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Field {
+    /// The program to repair.
+    Code,
+    /// The reference solution.
+    Reference,
+}
+
+/// Resource limits, shared by the commands that run Python.
+#[derive(Debug, Clone, Copy, Args)]
+struct LimitArgs {
+    /// Wall-clock limit for the whole run, in milliseconds.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().timeout_ms)]
+    timeout_ms: u64,
+    /// Memory limit, in MiB.
+    #[arg(long, value_name = "N", default_value_t = Limits::default().memory_mib)]
+    memory_mib: u64,
+}
+
+impl LimitArgs {
+    fn limits(self) -> Limits {
+        Limits {
+            timeout_ms: self.timeout_ms,
+            memory_mib: self.memory_mib,
+            ..Limits::default()
+        }
+    }
 }
 
 /// A failure, with the exit code it maps to.
@@ -76,8 +165,38 @@ impl Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("COE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
     let result = match cli.command {
-        Commands::Apply { program, edits } => apply(&program, &edits).and_then(|out| print(&out)),
+        Commands::Apply { program, edits } => commands::apply(&program, &edits),
+        Commands::Run {
+            program,
+            tests,
+            setup,
+            limits,
+            json,
+        } => commands::run(&program, &tests, setup.as_deref(), limits.limits(), json),
+        Commands::Check {
+            tasks,
+            field,
+            jobs,
+            limits,
+        } => commands::check(&tasks, field, jobs, limits.limits()),
+        Commands::Prepare => commands::prepare(),
+        Commands::Replay {
+            task,
+            edits,
+            max_turns,
+            limits,
+            json,
+        } => commands::replay(&task, &edits, max_turns, limits.limits(), json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -85,41 +204,5 @@ fn main() -> ExitCode {
             eprintln!("{}", failure.message());
             failure.exit_code()
         }
-    }
-}
-
-fn apply(program_path: &Path, edits_path: &Path) -> Result<String, Failure> {
-    let mut program = Program::parse(&read_text(program_path)?);
-    let edits = read_text(edits_path)?;
-    for (line, parsed) in parse_script(&edits) {
-        let command = parsed.map_err(|e| Failure::Input(format!("edits line {line}: {e}")))?;
-        if command == coe_dsl::Command::Exit {
-            break;
-        }
-        program
-            .apply(&command)
-            .map_err(|e| Failure::Input(format!("edits line {line}: {e}")))?;
-    }
-    Ok(program.to_source())
-}
-
-fn read_text(path: &Path) -> Result<String, Failure> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| Failure::Input(format!("coe: cannot read {}: {e}", path.display())))?;
-    String::from_utf8(bytes)
-        .map_err(|_| Failure::Input(format!("coe: {} is not UTF-8 text", path.display())))
-}
-
-fn print(text: &str) -> Result<(), Failure> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        // A closed pipe (`coe apply ... | head`) is the reader's choice, not a failure.
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(Failure::Internal(format!("coe: cannot write output: {e}")))
-        }
-        _ => Ok(()),
     }
 }

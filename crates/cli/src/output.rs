@@ -1,0 +1,99 @@
+//! What `coe` prints: outcomes and turns, as text for people and JSON for scripts.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use coe_exec::{ErrorInfo, Outcome, TestResult};
+use serde::Serialize;
+
+use crate::Failure;
+
+/// The JSON form of an outcome (DESIGN.md section 9).
+#[derive(Debug, Serialize)]
+pub(crate) struct OutcomeJson<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<&'a str>,
+    pub status: &'static str,
+    pub tests_passed: usize,
+    pub tests_total: usize,
+    pub tests: &'a [TestResult],
+    pub error: Option<&'a ErrorInfo>,
+    pub stdout: &'a str,
+    pub elapsed_ms: f64,
+}
+
+impl<'a> OutcomeJson<'a> {
+    pub(crate) fn new(outcome: &'a Outcome, tests_total: usize, task_id: Option<&'a str>) -> Self {
+        Self {
+            task_id,
+            status: outcome.status.as_str(),
+            tests_passed: outcome.tests_passed(),
+            tests_total,
+            tests: &outcome.tests,
+            error: outcome.error.as_ref(),
+            stdout: &outcome.stdout,
+            elapsed_ms: (outcome.elapsed_ms * 1000.0).round() / 1000.0,
+        }
+    }
+}
+
+/// An outcome as text for a person.
+pub(crate) fn outcome_text(outcome: &Outcome, tests: &[String]) -> String {
+    let mut text = format!(
+        "status: {}\ntests: {}/{} passed\n",
+        outcome.status.as_str(),
+        outcome.tests_passed(),
+        tests.len()
+    );
+    for (index, result) in outcome.tests.iter().enumerate() {
+        let mark = if result.passed { "ok  " } else { "FAIL" };
+        let source = tests.get(index).map_or("", String::as_str);
+        let _ = writeln!(text, "  {mark} {source}");
+        if let Some(error) = &result.error {
+            let _ = writeln!(text, "       {}", error_text(error));
+        }
+    }
+    if let Some(error) = &outcome.error {
+        let _ = writeln!(text, "error: {}", error_text(error));
+    }
+    if !outcome.stdout.is_empty() {
+        let _ = writeln!(text, "stdout:\n{}", outcome.stdout.trim_end_matches('\n'));
+    }
+    let _ = writeln!(text, "elapsed: {:.2} ms", outcome.elapsed_ms);
+    text
+}
+
+fn error_text(error: &ErrorInfo) -> String {
+    let mut text = error.type_name.clone();
+    if !error.message.is_empty() {
+        let _ = write!(text, ": {}", error.message);
+    }
+    if let Some(line) = error.line {
+        let _ = write!(text, " (line {line})");
+    }
+    text
+}
+
+/// Serialises `value` as one JSON line.
+pub(crate) fn json_line(value: &impl Serialize) -> Result<String, Failure> {
+    serde_json::to_string(value)
+        .map(|mut line| {
+            line.push('\n');
+            line
+        })
+        .map_err(|e| Failure::Internal(format!("coe: cannot encode JSON: {e}")))
+}
+
+/// Writes to stdout; a closed pipe (`coe ... | head`) is the reader's choice, not a failure.
+pub(crate) fn print(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure::Internal(format!("coe: cannot write output: {e}")))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,225 @@
+//! `coe run`, `coe check` and `coe replay` against the real sandbox.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn coe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coe"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn fixture(path: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("coe-cli-sandbox-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn run_prints_the_json_outcome() {
+    let out = coe(&[
+        "run",
+        &fixture("examples/max_of_three.py"),
+        "--test",
+        "assert max_of_three(1, 1, 1) == 1",
+        "--test",
+        "assert max_of_three(3, 2, 1) == 3",
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = json(&out);
+    assert_eq!(value["status"], "failed");
+    assert_eq!(value["tests_passed"], 1);
+    assert_eq!(value["tests_total"], 2);
+    assert_eq!(value["tests"][1]["error"]["type"], "AssertionError");
+    assert_eq!(value["error"]["type"], "AssertionError");
+    assert!(value["elapsed_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(value["stdout"], "");
+}
+
+#[test]
+fn run_exits_0_whatever_the_program_did() {
+    let program = temp_file("loop.py", "while True:\n    pass\n");
+    let out = coe(&[
+        "run",
+        program.to_str().unwrap(),
+        "--timeout-ms",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(json(&out)["status"], "timeout");
+    let text = coe(&["run", program.to_str().unwrap(), "--timeout-ms", "200"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("status: timeout"));
+}
+
+#[test]
+fn run_with_setup_and_usage_errors() {
+    let setup = temp_file("setup.py", "K = 10\n");
+    let program = temp_file("uses_setup.py", "def f():\n    return K\n");
+    let out = coe(&[
+        "run",
+        program.to_str().unwrap(),
+        "--setup",
+        setup.to_str().unwrap(),
+        "--test",
+        "assert f() == 10",
+        "--json",
+    ]);
+    assert_eq!(json(&out)["status"], "passed");
+    assert_eq!(coe(&["run"]).status.code(), Some(2));
+    assert_eq!(coe(&["run", "/nonexistent.py"]).status.code(), Some(2));
+    assert_eq!(
+        coe(&["run", program.to_str().unwrap(), "--timeout-ms", "x"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn check_runs_every_task_in_order() {
+    let tasks = temp_file(
+        "tasks.jsonl",
+        concat!(
+            r#"{"task_id": "a", "text": "", "code": "x = 1", "reference": "x = 2", "tests": ["assert x == 2"]}"#,
+            "\n",
+            r#"{"task_id": 7, "code": "def f(:", "tests": []}"#,
+            "\n",
+            r#"{"task_id": "c", "code": "y = 3", "tests": ["assert y == 3"]}"#,
+            "\n"
+        ),
+    );
+    let out = coe(&["check", tasks.to_str().unwrap(), "--jobs", "2"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["task_id"].as_str().unwrap(),
+                v["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("a", "failed"), ("7", "syntax_error"), ("c", "passed")]
+    );
+
+    let out = coe(&["check", tasks.to_str().unwrap(), "--field", "reference"]);
+    // Tasks without a reference are reported and the exit code says so; the rest still ran.
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no reference"));
+}
+
+#[test]
+fn check_reports_malformed_lines_and_goes_on() {
+    let tasks = temp_file(
+        "mixed.jsonl",
+        "{\"task_id\": \"ok\", \"code\": \"\", \"tests\": []}\nnot json\n{\"task_id\": \"ok2\", \"code\": \"\", \"tests\": []}\n",
+    );
+    let out = coe(&["check", tasks.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mixed.jsonl:2: not a task"));
+}
+
+#[test]
+fn check_reads_mbpp_rows() {
+    let rows: String = std::fs::read_to_string(fixture("mbpp/mbpp.jsonl"))
+        .unwrap()
+        .lines()
+        // Tasks 3-7; task 2 compares set iteration order (see `cargo xtask compat`).
+        .skip(2)
+        .take(5)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let tasks = temp_file("mbpp5.jsonl", &rows);
+    let out = coe(&["check", tasks.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value["status"], "passed", "{line}");
+        assert_eq!(value["tests_total"], 3);
+    }
+}
+
+#[test]
+fn replay_plays_the_example() {
+    let out = coe(&[
+        "replay",
+        &fixture("examples/max_of_three.json"),
+        &fixture("examples/max_of_three.dsl"),
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "two turns and a summary");
+    assert_eq!(lines[0]["command"], "REPW 5 >>>c < largest >>>c > largest");
+    assert_eq!(lines[0]["reward"], 1.0);
+    assert_eq!(lines[0]["solved"], true);
+    assert_eq!(lines[1]["command"], "EXIT");
+    assert_eq!(lines[2]["solved"], true);
+    assert_eq!(lines[2]["turns"], 2);
+    assert_eq!(lines[2]["return"], 1.0);
+    insta::assert_snapshot!(lines[0]["observation"].as_str().unwrap());
+
+    let text = coe(&[
+        "replay",
+        &fixture("examples/max_of_three.json"),
+        &fixture("examples/max_of_three.dsl"),
+    ]);
+    insta::assert_snapshot!("replay_text", String::from_utf8_lossy(&text.stdout));
+}
+
+#[test]
+fn replay_rejects_a_bad_task() {
+    let task = temp_file("bad-task.json", "{\"code\": 1}");
+    let edits = temp_file("edits.dsl", "EXIT\n");
+    let out = coe(&["replay", task.to_str().unwrap(), edits.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a task"));
+}
