@@ -50,6 +50,16 @@ enum Task {
     },
     /// Run every MBPP and HumanEvalFix program in the sandbox and in CPython; report differences.
     Compat,
+    /// Generate the data from scratch (evaluation sets into fixtures/eval, demonstrations into
+    /// the cache), deterministically, verified in the sandbox; `--stats` only describes it.
+    Data {
+        /// Print the statistics of the generated data instead of generating it.
+        #[arg(long)]
+        stats: bool,
+        /// Extra arguments for `coe-data`, after `--` (e.g. `--seed 2 --demos-per-task 10`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -63,6 +73,22 @@ fn main() -> Result<()> {
         Task::Setup => ensure_wasm_target(),
         Task::Guest => guest(),
         Task::Bench { which, args } => bench(which, &args),
+        Task::Data { stats, args } => {
+            ensure_wasm_target()?;
+            let mut command = vec![
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "coe-data",
+                "--bin",
+                "coe-data",
+                "--",
+                if stats { "stats" } else { "generate" },
+            ];
+            command.extend(args.iter().map(String::as_str));
+            cargo(&command)
+        }
         Task::Compat => {
             ensure_wasm_target()?;
             cargo(&[

@@ -1,7 +1,7 @@
 //! Episodes: a task, a model's commands one per turn, the tool's feedback, and rewards.
 
 use coe_dsl::Command;
-use coe_exec::{ExecRequest, Executor, ExecutorError, Limits, Outcome, Status};
+use coe_exec::{ErrorInfo, ExecRequest, Executor, ExecutorError, Limits, Outcome, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::{Program, Task, render_feedback, render_invalid_command, render_observation};
@@ -122,6 +122,9 @@ pub struct Trace {
     pub initial_observation: String,
     /// The execution status of the starting program.
     pub initial_status: Status,
+    /// The starting program's first error (its own, or its first failing test's).
+    #[serde(default)]
+    pub initial_error: Option<ErrorInfo>,
     /// Every turn, in order.
     pub turns: Vec<Turn>,
     /// Why the episode ended; `None` while it is running.
@@ -163,6 +166,7 @@ pub struct Episode<E> {
     passing: bool,
     passed_before: bool,
     initial_status: Status,
+    initial_error: Option<ErrorInfo>,
     initial_observation: String,
     observation: String,
     turns: Vec<Turn>,
@@ -185,6 +189,7 @@ impl<E: Executor> Episode<E> {
             passing,
             passed_before: passing,
             initial_status: outcome.status,
+            initial_error: outcome.error,
             initial_observation: observation.clone(),
             observation,
             turns: Vec::new(),
@@ -310,6 +315,7 @@ impl<E> Episode<E> {
             task_id: self.task.task_id.clone(),
             initial_observation: self.initial_observation.clone(),
             initial_status: self.initial_status,
+            initial_error: self.initial_error.clone(),
             turns: self.turns.clone(),
             end: self.end,
             solved: self.passing,

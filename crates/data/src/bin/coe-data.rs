@@ -1,0 +1,484 @@
+//! `coe-data`: generates the Chain-of-Edits data from scratch, deterministically, verifying
+//! every item in the real sandbox; `cargo xtask data` runs it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use coe_data::corrupt::Corpus;
+use coe_data::demo::{Demo, EditRange, draw_corruption, make_demo};
+use coe_data::prompt::{Message, direct_prompt};
+use coe_data::sources::read_tasks;
+use coe_data::split::Split;
+use coe_data::stats::{FailureKind, Item, SetStats, edit_distance};
+use coe_data::{GENERATOR_VERSION, Task};
+use coe_exec::{ExecRequest, Limits, Status};
+use coe_sandbox::Sandbox;
+use coe_tool_state::{Episode, EpisodeConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Parser)]
+#[command(name = "coe-data", about = "Generate and describe Chain-of-Edits data")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Generate evaluation sets (small, committed) and demonstrations (large, cached).
+    Generate {
+        /// The data set's seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Demonstrations per train and validation task (the paper: about 100).
+        #[arg(long, default_value_t = 100)]
+        demos_per_task: usize,
+        /// Where demonstrations and statistics go (default: $COE_CACHE_DIR/data).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where the evaluation sets go.
+        #[arg(long, default_value = "fixtures/eval")]
+        eval_dir: PathBuf,
+        /// Parallel sandbox workers (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+    /// Print the statistics of generated data.
+    Stats {
+        /// Where the demonstrations are (default: $COE_CACHE_DIR/data).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where the evaluation sets are.
+        #[arg(long, default_value = "fixtures/eval")]
+        eval_dir: PathBuf,
+    },
+}
+
+/// An evaluation task: a coe task plus how it was made.
+#[derive(Debug, Serialize, Deserialize)]
+struct EvalTask {
+    #[serde(flatten)]
+    task: Task,
+    seed: u64,
+    sample: u32,
+    generator: u32,
+    #[serde(default)]
+    edits: Vec<coe_data::corrupt::EditKind>,
+}
+
+/// The direct-answer form of an evaluation task.
+#[derive(Debug, Serialize)]
+struct DirectTask<'a> {
+    task_id: &'a str,
+    messages: Vec<Message>,
+    answer: &'a str,
+}
+
+/// An SFT transcript.
+#[derive(Debug, Serialize)]
+struct Transcript<'a> {
+    task_id: &'a str,
+    sample: u32,
+    messages: Vec<Message>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Generate {
+            seed,
+            demos_per_task,
+            out,
+            eval_dir,
+            jobs,
+        } => generate(
+            seed,
+            demos_per_task,
+            &out.unwrap_or_else(default_out),
+            &eval_dir,
+            jobs,
+        ),
+        Commands::Stats { out, eval_dir } => {
+            let sandbox = Sandbox::new(&Default::default())?;
+            let (_, text) = stats(&sandbox, &out.unwrap_or_else(default_out), &eval_dir)?;
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
+fn default_out() -> PathBuf {
+    coe_sandbox::cache_dir_default().join("data")
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_owned());
+    bar
+}
+
+/// Runs `work` over `items` on `jobs` threads, keeping input order.
+fn parallel<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    bar: &ProgressBar,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..jobs.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(index) else { break };
+                        out.push((index, work(item)));
+                        bar.inc(1);
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    done.sort_by_key(|(index, _)| *index);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
+fn write_jsonl<T: Serialize>(path: &Path, items: impl IntoIterator<Item = T>) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let temporary = path.with_extension("jsonl.tmp");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
+    for item in items {
+        serde_json::to_writer(&mut file, &item)?;
+        file.write_all(b"\n")?;
+    }
+    file.flush()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    Ok(())
+}
+
+fn generate(
+    seed: u64,
+    demos_per_task: usize,
+    out: &Path,
+    eval_dir: &Path,
+    jobs: Option<usize>,
+) -> Result<()> {
+    let started = Instant::now();
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let sandbox = Sandbox::new(&Default::default())?;
+    let config = EpisodeConfig::default();
+
+    let mut mbpp = read_tasks(&fixtures().join("mbpp/mbpp.jsonl"))?;
+    for error in &mbpp.errors {
+        eprintln!("{error}");
+    }
+    let humanevalfix = read_tasks(&fixtures().join("humanevalfix/humanevalfix.jsonl"))?;
+    for error in &humanevalfix.errors {
+        eprintln!("{error}");
+    }
+
+    // Only references that pass in the sandbox can be corrupted and repaired.
+    let bar = progress(mbpp.tasks.len(), "references");
+    let passing = parallel(&mbpp.tasks, jobs, &bar, |task| passes(&sandbox, task));
+    bar.finish();
+    let before = mbpp.tasks.len();
+    // Corpora (lines of other solutions) come from every task of a split, passing or not, so
+    // they do not depend on the sandbox.
+    let all_tasks = mbpp.tasks.clone();
+    let corpus_of = |split: Split| {
+        Corpus::from_programs(
+            all_tasks
+                .iter()
+                .filter(|t| Split::of_task_id(&t.task_id) == Some(split))
+                .map(|t| t.code.as_str()),
+        )
+    };
+    let mut keep = passing.into_iter();
+    mbpp.tasks.retain(|_| keep.next().unwrap_or(false));
+    eprintln!(
+        "{} of {before} MBPP references pass in the sandbox and are used",
+        mbpp.tasks.len()
+    );
+
+    let of_split = |split: Split| -> Vec<Task> {
+        mbpp.tasks
+            .iter()
+            .filter(|t| Split::of_task_id(&t.task_id) == Some(split))
+            .cloned()
+            .collect()
+    };
+    let test = of_split(Split::Test);
+    let test_corpus = corpus_of(Split::Test);
+
+    // Evaluation sets: one failing corruption per test task.
+    for (name, range) in [
+        ("mbpp-synthetic-test", EditRange::DEFAULT),
+        ("mbpp-synthetic-test-hard", EditRange::HARD),
+    ] {
+        let bar = progress(test.len(), name);
+        let items = parallel(&test, jobs, &bar, |task| {
+            eval_item(&sandbox, task, &test_corpus, range, seed)
+        });
+        bar.finish();
+        let items: Vec<EvalTask> = items
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        write_eval(&sandbox, eval_dir, name, &items, config)?;
+    }
+    let hef: Vec<EvalTask> = humanevalfix
+        .tasks
+        .iter()
+        .map(|task| EvalTask {
+            task: task.clone(),
+            seed: 0,
+            sample: 0,
+            generator: GENERATOR_VERSION,
+            edits: Vec::new(),
+        })
+        .collect();
+    write_eval(&sandbox, eval_dir, "humanevalfix", &hef, config)?;
+
+    // Demonstrations for train (SFT) and validation (held-out loss).
+    for split in [Split::Train, Split::Validation] {
+        let tasks = of_split(split);
+        let corpus = corpus_of(split);
+        let bar = progress(tasks.len(), split.as_str());
+        let per_task = parallel(&tasks, jobs, &bar, |task| {
+            let mut demos = Vec::new();
+            let mut sample = 0u32;
+            while demos.len() < demos_per_task && (sample as usize) < demos_per_task * 3 {
+                if let Some(demo) = make_demo(
+                    task,
+                    &corpus,
+                    EditRange::DEFAULT,
+                    seed,
+                    sample,
+                    &sandbox,
+                    config,
+                )? {
+                    demos.push(demo);
+                }
+                sample += 1;
+            }
+            Ok::<_, coe_data::demo::DemoError>(demos)
+        });
+        bar.finish();
+        let per_task = per_task.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let demos: Vec<&Demo> = per_task.iter().flatten().collect();
+        write_jsonl(&out.join(format!("demos-{}.jsonl", split.as_str())), &demos)?;
+        let by_id: std::collections::HashMap<&str, &Task> =
+            tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+        write_jsonl(
+            &out.join(format!("sft-{}.jsonl", split.as_str())),
+            demos.iter().filter_map(|demo| {
+                by_id.get(demo.task_id.as_str()).map(|task| Transcript {
+                    task_id: &demo.task_id,
+                    sample: demo.sample,
+                    messages: demo.transcript(task),
+                })
+            }),
+        )?;
+        eprintln!(
+            "{}: {} demonstrations from {} tasks",
+            split.as_str(),
+            demos.len(),
+            tasks.len()
+        );
+    }
+    let (all, text) = stats(&sandbox, out, eval_dir)?;
+    std::fs::write(out.join("stats.md"), &text)?;
+    std::fs::write(out.join("stats.json"), serde_json::to_string_pretty(&all)?)?;
+    print!("{text}");
+    eprintln!(
+        "wrote demonstrations to {} and evaluation sets to {} in {:.1} s",
+        out.display(),
+        eval_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn passes(sandbox: &Sandbox, task: &Task) -> bool {
+    sandbox
+        .run(&ExecRequest {
+            program: &task.code,
+            setup: task.setup(),
+            tests: &task.tests,
+            limits: Limits::default(),
+        })
+        .is_ok_and(|report| report.outcome.status == Status::Passed)
+}
+
+/// The first sample of `task` whose corruption fails a test.
+fn eval_item(
+    sandbox: &Sandbox,
+    task: &Task,
+    corpus: &Corpus,
+    range: EditRange,
+    seed: u64,
+) -> Result<Option<EvalTask>, coe_exec::ExecutorError> {
+    for sample in 0..20 {
+        let Some(corruption) = draw_corruption(task, corpus, range, seed, sample) else {
+            continue;
+        };
+        let broken = Task {
+            code: corruption.broken.clone(),
+            ..task.clone()
+        };
+        if !passes(sandbox, &broken) {
+            return Ok(Some(EvalTask {
+                task: broken,
+                seed,
+                sample,
+                generator: GENERATOR_VERSION,
+                edits: corruption.edits.iter().map(|e| e.kind).collect(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+fn write_eval(
+    sandbox: &Sandbox,
+    dir: &Path,
+    name: &str,
+    items: &[EvalTask],
+    config: EpisodeConfig,
+) -> Result<()> {
+    write_jsonl(&dir.join(format!("{name}.jsonl")), items)?;
+    let mut direct = Vec::with_capacity(items.len());
+    for item in items {
+        let episode = Episode::start(item.task.clone(), sandbox, config)?;
+        direct.push((item, direct_prompt(&item.task, episode.observation())));
+    }
+    write_jsonl(
+        &dir.join(format!("{name}.direct.jsonl")),
+        direct.iter().map(|(item, messages)| DirectTask {
+            task_id: &item.task.task_id,
+            messages: messages.clone(),
+            answer: item.task.reference.as_deref().unwrap_or(""),
+        }),
+    )?;
+    eprintln!("{name}: {} tasks", items.len());
+    Ok(())
+}
+
+fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats>, String)> {
+    let mut sets = Vec::new();
+    for split in ["train", "validation"] {
+        let path = out.join(format!("demos-{split}.jsonl"));
+        if !path.is_file() {
+            continue;
+        }
+        let demos: Vec<Demo> = read_jsonl(&path)?;
+        let sft_chars: Vec<usize> = std::fs::read_to_string(out.join(format!("sft-{split}.jsonl")))
+            .map(|text| text.lines().map(str::len).collect())
+            .unwrap_or_default();
+        let items: Vec<Item> = demos
+            .iter()
+            .enumerate()
+            .map(|(i, demo)| Item {
+                task_id: demo.task_id.clone(),
+                turns: Some(demo.trace.turns.len()),
+                chars: sft_chars.get(i).copied().unwrap_or(0),
+                edit_distance: edit_distance(&demo.corruption.broken, &reference_after(demo)),
+                failure: FailureKind::of(
+                    demo.trace.initial_status,
+                    demo.trace.initial_error.as_ref(),
+                ),
+                fails_tests: demo.trace.initial_status == Status::Failed,
+            })
+            .collect();
+        sets.push(SetStats::new(&format!("demos-{split}"), &items));
+    }
+    for name in [
+        "mbpp-synthetic-test",
+        "mbpp-synthetic-test-hard",
+        "humanevalfix",
+    ] {
+        let path = eval_dir.join(format!("{name}.jsonl"));
+        if !path.is_file() {
+            continue;
+        }
+        let tasks: Vec<EvalTask> = read_jsonl(&path)?;
+        let items: Vec<Item> = tasks
+            .iter()
+            .map(|t| {
+                let failure = failure_of(sandbox, &t.task);
+                Item {
+                    task_id: t.task.task_id.clone(),
+                    turns: None,
+                    chars: t.task.code.len(),
+                    edit_distance: edit_distance(
+                        &t.task.code,
+                        t.task.reference.as_deref().unwrap_or(""),
+                    ),
+                    failure: failure.0,
+                    fails_tests: failure.1,
+                }
+            })
+            .collect();
+        sets.push(SetStats::new(name, &items));
+    }
+    let text = SetStats::table(&sets);
+    Ok((sets, text))
+}
+
+/// How a broken program fails in the sandbox, and whether it runs and fails a test.
+fn failure_of(sandbox: &Sandbox, task: &Task) -> (FailureKind, bool) {
+    match sandbox.run(&ExecRequest {
+        program: &task.code,
+        setup: task.setup(),
+        tests: &task.tests,
+        limits: Limits::default(),
+    }) {
+        Ok(report) => (
+            FailureKind::of(report.outcome.status, report.outcome.error.as_ref()),
+            report.outcome.status == Status::Failed,
+        ),
+        Err(_) => (FailureKind::Other, false),
+    }
+}
+
+/// The program the demo's repair ends at (the reference, unless the tests passed earlier).
+fn reference_after(demo: &Demo) -> String {
+    demo.trace.final_program.clone()
+}
