@@ -3,7 +3,6 @@
 //! `cargo xtask compat` builds and runs it.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -21,23 +20,28 @@ struct Comparison {
 }
 
 impl Comparison {
-    fn cpython_status(&self) -> Option<Status> {
-        self.cpython.as_ref().map(CpythonResult::status)
+    /// CPython's status; a run killed at the time limit counts as `timeout`.
+    fn cpython_status(&self) -> Status {
+        self.cpython
+            .as_ref()
+            .map_or(Status::Timeout, CpythonResult::status)
     }
 
     fn differs(&self) -> bool {
-        self.cpython_status() != Some(self.sandbox.status)
+        self.cpython_status() != self.sandbox.status
     }
 
     fn reason(&self) -> String {
-        let sandbox_error = self.sandbox.error.as_ref().map_or(String::new(), |e| {
-            format!(" ({}: {})", e.type_name, one_line(&e.message))
-        });
+        let sandbox_error = self.sandbox.error.as_ref().map_or(String::new(), describe);
         let cpython = match &self.cpython {
             None => "timed out".to_owned(),
             Some(result) => {
                 let error = result.first_error().map_or(String::new(), |e| {
-                    format!(" ({}: {})", e.type_name, one_line(&e.message))
+                    describe(&coe_exec::ErrorInfo {
+                        type_name: e.type_name.clone(),
+                        message: e.message.clone(),
+                        line: e.line,
+                    })
                 });
                 format!("{}{error}", result.status().as_str())
             }
@@ -46,6 +50,15 @@ impl Comparison {
             "sandbox {}{sandbox_error}; CPython {cpython}",
             self.sandbox.status.as_str()
         )
+    }
+}
+
+/// ` (Type: message)`, or ` (Type)` without a message.
+fn describe(error: &coe_exec::ErrorInfo) -> String {
+    if error.message.is_empty() {
+        format!(" ({})", error.type_name)
+    } else {
+        format!(" ({}: {})", error.type_name, one_line(&error.message))
     }
 }
 
@@ -68,50 +81,33 @@ fn compare(
         timeout_ms: 10_000,
         ..Limits::default()
     };
-    let next = AtomicUsize::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut all = std::thread::scope(|scope| -> Result<Vec<Comparison>> {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> Result<Vec<Comparison>> {
-                    let mut done = Vec::new();
-                    while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let program = program_of(task);
-                        let sandbox_outcome = sandbox
-                            .run(&ExecRequest {
-                                program,
-                                setup: task.setup(),
-                                tests: &task.tests,
-                                limits,
-                            })?
-                            .outcome;
-                        let (cpython_result, _) = cpython::run(
-                            python,
-                            task.setup(),
-                            program,
-                            &task.tests,
-                            Duration::from_secs(10),
-                        )?;
-                        done.push(Comparison {
-                            task_id: task.task_id.clone(),
-                            sandbox: sandbox_outcome,
-                            cpython: cpython_result,
-                        });
-                    }
-                    Ok(done)
-                })
+    use rayon::prelude::*;
+    let mut all = tasks
+        .par_iter()
+        .map(|task| -> Result<Comparison> {
+            let program = program_of(task);
+            let sandbox_outcome = sandbox
+                .run(&ExecRequest {
+                    program,
+                    setup: task.setup(),
+                    tests: &task.tests,
+                    limits,
+                })?
+                .outcome;
+            let (cpython_result, _) = cpython::run(
+                python,
+                task.setup(),
+                program,
+                &task.tests,
+                Duration::from_secs(10),
+            )?;
+            Ok(Comparison {
+                task_id: task.task_id.clone(),
+                sandbox: sandbox_outcome,
+                cpython: cpython_result,
             })
-            .collect();
-        let mut all = Vec::new();
-        for worker in workers {
-            all.extend(
-                worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a worker panicked"))??,
-            );
-        }
-        Ok(all)
-    })?;
+        })
+        .collect::<Result<Vec<_>>>()?;
     all.sort_by_key(|c| natural_key(&c.task_id));
     Ok(all)
 }
@@ -138,7 +134,7 @@ fn report(title: &str, comparisons: &[Comparison]) -> usize {
         .count();
     let cpython_passed = comparisons
         .iter()
-        .filter(|c| c.cpython_status() == Some(Status::Passed))
+        .filter(|c| c.cpython_status() == Status::Passed)
         .count();
     let differing: Vec<&Comparison> = comparisons.iter().filter(|c| c.differs()).collect();
     println!("## {title}\n");
@@ -155,9 +151,7 @@ fn report(title: &str, comparisons: &[Comparison]) -> usize {
     }
     comparisons
         .iter()
-        .filter(|c| {
-            c.sandbox.status == Status::Passed && c.cpython_status() != Some(Status::Passed)
-        })
+        .filter(|c| c.sandbox.status == Status::Passed && c.cpython_status() != Status::Passed)
         .count()
 }
 

@@ -1,7 +1,6 @@
 //! The subcommands.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use coe_dsl::{Command, parse_script};
 use coe_exec::{ExecRequest, Limits};
@@ -107,7 +106,7 @@ pub(crate) fn check(
             task.tests.len(),
             Some(&task.task_id),
         ))
-    });
+    })?;
     let mut internal = None;
     for result in results {
         match result {
@@ -134,35 +133,14 @@ pub(crate) fn check(
 fn run_parallel<T: Sync, R: Send>(
     items: &[T],
     jobs: usize,
-    work: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let next = AtomicUsize::new(0);
-    let mut results: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(index) else { break };
-                        done.push((index, work(item)));
-                    }
-                    done
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            // A worker only panics on a bug; re-raise it rather than drop its results.
-            .flat_map(|worker| {
-                worker
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })
-            .collect()
-    });
-    results.sort_by_key(|(index, _)| *index);
-    results.into_iter().map(|(_, result)| result).collect()
+    work: impl Fn(&T) -> R + Sync + Send,
+) -> Result<Vec<R>, Failure> {
+    use rayon::prelude::*;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| Failure::Internal(format!("coe: cannot start {jobs} workers: {e}")))?;
+    Ok(pool.install(|| items.par_iter().map(work).collect()))
 }
 
 #[derive(Serialize)]

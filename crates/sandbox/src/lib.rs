@@ -51,14 +51,33 @@ const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// so this bounds Python recursion; 1000 frames (Python's default limit) need well under this.
 const MAX_WASM_STACK: usize = 32 << 20;
 
+/// Bytes of a finished run's memory the pooling allocator keeps mapped and resets in place
+/// (only the dirty pages, where Linux offers `PAGEMAP_SCAN`), so the next run in that slot
+/// takes no page faults there.
+const KEEP_RESIDENT: usize = 128 << 20;
+
+/// Concurrent runs the pooling allocator has slots for.
+const POOL_SLOTS: u32 = 128;
+
 /// Settings of a [`Sandbox`].
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Where the compiled guest is cached; `None` uses [`cache_dir_default`].
     pub cache_dir: Option<PathBuf>,
     /// Use wasmtime's pooling instance allocator (pre-reserved slots for memories, tables and
-    /// stacks) instead of allocating per run.
+    /// stacks, at most 128 runs at once) instead of allocating per run. On by default: it
+    /// halves instantiation time and raised 2-core throughput by about 16% in
+    /// `cargo xtask bench sandbox`.
     pub pooling: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            pooling: true,
+        }
+    }
 }
 
 /// Why a sandbox could not be set up or could not run.
@@ -169,12 +188,19 @@ fn engine_config(settings: &SandboxConfig) -> Config {
         .cranelift_opt_level(OptLevel::Speed)
         .parallel_compilation(true);
     if settings.pooling {
+        // Slots for 128 runs at once; memories reserve address space up to 4 GiB (virtual
+        // only).
         let mut pool = wasmtime::PoolingAllocationConfig::default();
-        pool.total_memories(64)
-            .total_tables(64)
-            .total_core_instances(64)
-            .total_stacks(64)
-            .max_memory_size(4 << 30);
+        pool.total_memories(POOL_SLOTS)
+            .total_tables(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS)
+            .total_stacks(POOL_SLOTS)
+            .max_memory_size(4 << 30)
+            .max_core_instance_size(16 << 20)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .table_keep_resident(1 << 20)
+            .async_stack_keep_resident(1 << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     config

@@ -85,7 +85,13 @@ fn huge_integers_are_bounded() {
 fn deep_recursion_with_a_raised_limit_is_an_error() {
     let program =
         "import sys\nsys.setrecursionlimit(10 ** 6)\ndef f(n):\n    return f(n + 1) + 1\n";
-    let outcome = run(program, &["f(0)"]);
+    // About 0.2 s on an idle machine; the generous limit keeps a loaded CI machine from
+    // turning this into a timeout.
+    let limits = Limits {
+        timeout_ms: 5_000,
+        ..tight()
+    };
+    let outcome = run_with(program, "", &["f(0)"], limits);
     assert!(
         matches!(outcome.status, Status::Failed | Status::Error),
         "{outcome:#?}"

@@ -3,7 +3,6 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -131,36 +130,21 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-/// Runs `work` over `items` on `jobs` threads, keeping input order.
+/// Runs `work` over `items` on the worker pool, keeping input order.
 fn parallel<T: Sync, R: Send>(
     items: &[T],
-    jobs: usize,
     bar: &ProgressBar,
-    work: impl Fn(&T) -> R + Sync,
+    work: impl Fn(&T) -> R + Sync + Send,
 ) -> Vec<R> {
-    let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..jobs.max(1))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(index) else { break };
-                        out.push((index, work(item)));
-                        bar.inc(1);
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
-    done.sort_by_key(|(index, _)| *index);
-    done.into_iter().map(|(_, r)| r).collect()
+    use rayon::prelude::*;
+    items
+        .par_iter()
+        .map(|item| {
+            let result = work(item);
+            bar.inc(1);
+            result
+        })
+        .collect()
 }
 
 fn write_jsonl<T: Serialize>(path: &Path, items: impl IntoIterator<Item = T>) -> Result<()> {
@@ -187,7 +171,11 @@ fn generate(
     jobs: Option<usize>,
 ) -> Result<()> {
     let started = Instant::now();
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    if let Some(jobs) = jobs {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(jobs)
+            .build_global()?;
+    }
     let sandbox = Sandbox::new(&Default::default())?;
     let config = EpisodeConfig::default();
 
@@ -202,7 +190,7 @@ fn generate(
 
     // Only references that pass in the sandbox can be corrupted and repaired.
     let bar = progress(mbpp.tasks.len(), "references");
-    let passing = parallel(&mbpp.tasks, jobs, &bar, |task| passes(&sandbox, task));
+    let passing = parallel(&mbpp.tasks, &bar, |task| passes(&sandbox, task));
     bar.finish();
     let before = mbpp.tasks.len();
     // Corpora (lines of other solutions) come from every task of a split, passing or not, so
@@ -239,7 +227,7 @@ fn generate(
         ("mbpp-synthetic-test-hard", EditRange::HARD),
     ] {
         let bar = progress(test.len(), name);
-        let items = parallel(&test, jobs, &bar, |task| {
+        let items = parallel(&test, &bar, |task| {
             eval_item(&sandbox, task, &test_corpus, range, seed)
         });
         bar.finish();
@@ -269,7 +257,7 @@ fn generate(
         let tasks = of_split(split);
         let corpus = corpus_of(split);
         let bar = progress(tasks.len(), split.as_str());
-        let per_task = parallel(&tasks, jobs, &bar, |task| {
+        let per_task = parallel(&tasks, &bar, |task| {
             let mut demos = Vec::new();
             let mut sample = 0u32;
             while demos.len() < demos_per_task && (sample as usize) < demos_per_task * 3 {
