@@ -166,6 +166,9 @@ impl Sandbox {
     }
 
     /// Runs a program and its tests, with timings of the phases.
+    ///
+    /// Blocking: it drives the run on a small runtime of the calling thread, so call it from
+    /// plain threads (from async code, use a blocking task such as tokio's `spawn_blocking`).
     pub fn run(&self, request: &ExecRequest<'_>) -> Result<RunReport, SandboxError> {
         run::execute(&self.shared.engine, &self.shared.instance_pre, request)
     }
