@@ -115,15 +115,8 @@ fn workspace_root() -> Result<PathBuf> {
 /// The main job. Until the policy lands, it replays the example's repairing edits as an
 /// episode in the sandbox.
 fn demo() -> Result<()> {
-    ensure_wasm_target()?;
     let example = Path::new("fixtures/examples");
-    cargo(&[
-        "run",
-        "--quiet",
-        "--release",
-        "--bin",
-        "coe",
-        "--",
+    coe(&[
         "replay",
         &example.join("max_of_three.json").to_string_lossy(),
         &example.join("max_of_three.dsl").to_string_lossy(),
@@ -133,16 +126,15 @@ fn demo() -> Result<()> {
 /// Builds the guest (coe-sandbox's build script does, when it is missing or stale) and the
 /// cached snapshot (`coe prepare`).
 fn guest() -> Result<()> {
+    coe(&["prepare"])
+}
+
+/// Runs the release `coe` binary with `args`, building it (and the guest) first if needed.
+fn coe(args: &[&str]) -> Result<()> {
     ensure_wasm_target()?;
-    cargo(&[
-        "run",
-        "--quiet",
-        "--release",
-        "--bin",
-        "coe",
-        "--",
-        "prepare",
-    ])
+    let mut command = vec!["run", "--quiet", "--release", "--bin", "coe", "--"];
+    command.extend_from_slice(args);
+    cargo(&command)
 }
 
 fn bench(which: Bench, extra: &[String]) -> Result<()> {

@@ -30,6 +30,20 @@ fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// Asserts exit code 0 and returns stdout's JSON lines.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn run_prints_the_json_outcome() {
     let out = coe(&[
@@ -110,17 +124,7 @@ fn check_runs_every_task_in_order() {
             "\n"
         ),
     );
-    let out = coe(&["check", tasks.to_str().unwrap(), "--jobs", "2"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&coe(&["check", tasks.to_str().unwrap(), "--jobs", "2"]));
     let summary: Vec<(&str, &str)> = lines
         .iter()
         .map(|v| {
@@ -181,22 +185,12 @@ fn check_reads_mbpp_rows() {
 
 #[test]
 fn replay_plays_the_example() {
-    let out = coe(&[
+    let lines = json_lines(&coe(&[
         "replay",
         &fixture("examples/max_of_three.json"),
         &fixture("examples/max_of_three.dsl"),
         "--json",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    ]));
     assert_eq!(lines.len(), 3, "two turns and a summary");
     assert_eq!(lines[0]["command"], "REPW 5 >>>c < largest >>>c > largest");
     assert_eq!(lines[0]["reward"], 1.0);
