@@ -3,17 +3,14 @@
 
 use coe_data::corrupt::Corpus;
 use coe_data::demo::{EditRange, make_demo};
-use coe_data::sources::read_tasks;
 use coe_data::split::Split;
 use coe_sandbox::Sandbox;
 use coe_tool_state::EpisodeConfig;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn demos(c: &mut Criterion) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/mbpp/mbpp.jsonl");
-    let tasks: Vec<_> = read_tasks(std::path::Path::new(path))
+    let tasks: Vec<_> = coe_benches::mbpp()
         .expect("MBPP loads")
-        .tasks
         .into_iter()
         .filter(|t| Split::of_task_id(&t.task_id) == Some(Split::Train))
         .take(40)

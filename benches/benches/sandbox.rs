@@ -12,7 +12,7 @@ fn sandbox_vs_cpython(c: &mut Criterion) {
     let tasks = mbpp().expect("MBPP fixtures load");
     let task = tasks
         .iter()
-        .find(|t| t.task_id == "2")
+        .find(|t| t.task_id == "mbpp/2")
         .expect("MBPP task 2");
     let sandbox = Sandbox::new(&Default::default()).expect("the sandbox starts");
     let python = cpython::interpreter().expect("python3 is installed");

@@ -12,29 +12,22 @@ pub mod cpython;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use coe_tool_state::{Program, Task};
+use coe_data::sources::read_tasks;
+use coe_tool_state::Task;
 
 /// The workspace's `fixtures/` directory.
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
 }
 
-/// Reads a JSON Lines task file (DESIGN.md section 5, or MBPP rows). Line endings of programs
-/// are normalised to `\n`, as the editor does before running them.
+/// Reads a task file with coe-data's loader (MBPP rows normalised as the data pipeline does);
+/// a malformed line is an error here, since the bundled files have none.
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(index, line)| {
-            let mut task: Task = serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a task", path.display(), index + 1))?;
-            task.code = Program::parse(&task.code).to_python();
-            task.reference = task.reference.map(|r| Program::parse(&r).to_python());
-            Ok(task)
-        })
-        .collect()
+    let loaded = read_tasks(path).with_context(|| format!("reading {}", path.display()))?;
+    if let Some(error) = loaded.errors.first() {
+        anyhow::bail!("{error}");
+    }
+    Ok(loaded.tasks)
 }
 
 /// MBPP's 974 tasks (`code` is the reference solution).

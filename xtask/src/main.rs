@@ -74,33 +74,11 @@ fn main() -> Result<()> {
         Task::Guest => guest(),
         Task::Bench { which, args } => bench(which, &args),
         Task::Data { stats, args } => {
-            ensure_wasm_target()?;
-            let mut command = vec![
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "coe-data",
-                "--bin",
-                "coe-data",
-                "--",
-                if stats { "stats" } else { "generate" },
-            ];
+            let mut command = vec![if stats { "stats" } else { "generate" }];
             command.extend(args.iter().map(String::as_str));
-            cargo(&command)
+            run_release("coe-data", "coe-data", &command)
         }
-        Task::Compat => {
-            ensure_wasm_target()?;
-            cargo(&[
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "coe-benches",
-                "--bin",
-                "compat",
-            ])
-        }
+        Task::Compat => run_release("coe-benches", "compat", &[]),
     }
 }
 
@@ -131,36 +109,39 @@ fn guest() -> Result<()> {
 
 /// Runs the release `coe` binary with `args`, building it (and the guest) first if needed.
 fn coe(args: &[&str]) -> Result<()> {
-    ensure_wasm_target()?;
-    let mut command = vec!["run", "--quiet", "--release", "--bin", "coe", "--"];
-    command.extend_from_slice(args);
-    cargo(&command)
+    run_release("coe-cli", "coe", args)
 }
 
 fn bench(which: Bench, extra: &[String]) -> Result<()> {
-    ensure_wasm_target()?;
     match which {
         Bench::Sandbox => {
             // The table times `coe run` as a whole process too.
+            ensure_wasm_target()?;
             cargo(&["build", "--quiet", "--release", "--bin", "coe"])?;
             let coe = target_dir().join("release/coe");
             let coe = coe.to_string_lossy();
-            let mut args = vec![
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "coe-benches",
-                "--bin",
-                "sandbox-bench",
-                "--",
-                "--coe",
-                &coe,
-            ];
+            let mut args = vec!["--coe", &coe];
             args.extend(extra.iter().map(String::as_str));
-            cargo(&args)
+            run_release("coe-benches", "sandbox-bench", &args)
         }
     }
+}
+
+/// `cargo run --release -p PACKAGE --bin BINARY -- ARGS`, after the toolchain set-up.
+fn run_release(package: &str, binary: &str, args: &[&str]) -> Result<()> {
+    ensure_wasm_target()?;
+    let mut command = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        package,
+        "--bin",
+        binary,
+        "--",
+    ];
+    command.extend_from_slice(args);
+    cargo(&command)
 }
 
 fn target_dir() -> PathBuf {
