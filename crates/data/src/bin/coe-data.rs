@@ -407,7 +407,7 @@ fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats
                 task_id: demo.task_id.clone(),
                 turns: Some(demo.trace.turns.len()),
                 chars: sft_chars.get(i).copied().unwrap_or(0),
-                edit_distance: edit_distance(&demo.corruption.broken, &reference_after(demo)),
+                edit_distance: edit_distance(&demo.corruption.broken, &demo.trace.final_program),
                 failure: FailureKind::of(
                     demo.trace.initial_status,
                     demo.trace.initial_error.as_ref(),
@@ -464,9 +464,4 @@ fn failure_of(sandbox: &Sandbox, task: &Task) -> (FailureKind, bool) {
         ),
         Err(_) => (FailureKind::Other, false),
     }
-}
-
-/// The program the demo's repair ends at (the reference, unless the tests passed earlier).
-fn reference_after(demo: &Demo) -> String {
-    demo.trace.final_program.clone()
 }
