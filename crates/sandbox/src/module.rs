@@ -16,19 +16,10 @@ static GUEST_WASM: &[u8] = include_bytes!(env!("COE_PYTHON_RUNNER_WASM"));
 /// Bump when the way the snapshot is made changes, to invalidate old caches.
 const SNAPSHOT_FORMAT: u32 = 1;
 
-/// `$COE_CACHE_DIR`, else `$XDG_CACHE_HOME/coe`, else `$HOME/.cache/coe`, else a folder in the
-/// system's temporary directory; the sandbox keeps its compiled guest in `sandbox/` there.
+/// The cache folder ([`coe_cache::cache_dir`]); the sandbox keeps its compiled guest in
+/// `sandbox/` there.
 pub fn cache_dir_default() -> PathBuf {
-    if let Some(dir) = std::env::var_os("COE_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(dir).join("coe");
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        return PathBuf::from(home).join(".cache/coe");
-    }
-    std::env::temp_dir().join("coe-cache")
+    coe_cache::cache_dir()
 }
 
 /// Loads the compiled snapshot from the cache, or builds and caches it.

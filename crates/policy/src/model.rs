@@ -1,0 +1,601 @@
+//! The Llama decoder in burn, generic over the backend: RMSNorm, RoPE (Hugging Face's
+//! `rotate_half` layout, with optional Llama-3 frequency scaling), grouped-query attention with a
+//! key/value cache, SwiGLU MLP, tied or untied output head, and LoRA on every projection.
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Distribution, TensorData};
+
+use crate::config::LlamaConfig;
+
+/// Whether a forward pass uses the LoRA adapters (off gives the frozen base model, the
+/// reference for the KL term).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adapters {
+    /// Base plus adapters.
+    On,
+    /// The base model alone.
+    Off,
+}
+
+/// LoRA hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LoraConfig {
+    /// Rank of the update.
+    pub rank: usize,
+    /// Scaling numerator: the update is multiplied by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training.
+    pub dropout: f64,
+}
+
+impl Default for LoraConfig {
+    /// The paper's setting: rank 16, alpha 32, dropout 0.05.
+    fn default() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+        }
+    }
+}
+
+/// A low-rank update `s * (x A) B` beside a frozen weight.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[d_in, rank]`, random at start.
+    pub a: Param<Tensor<B, 2>>,
+    /// `[rank, d_out]`, zero at start so a new adapter changes nothing.
+    pub b: Param<Tensor<B, 2>>,
+    /// `alpha / rank`.
+    pub scale: f64,
+    dropout: Dropout,
+}
+
+impl<B: Backend> LoraAdapter<B> {
+    /// An adapter from its matrices `a` `[d_in, rank]` and `b` `[rank, d_out]`.
+    pub fn new(a: Tensor<B, 2>, b: Tensor<B, 2>, config: &LoraConfig) -> Self {
+        Self {
+            a: Param::from_tensor(a),
+            b: Param::from_tensor(b),
+            scale: config.alpha / config.rank as f64,
+            dropout: DropoutConfig::new(config.dropout).init(),
+        }
+    }
+}
+
+/// A bias-free projection `x W` with `W` stored `[d_in, d_out]` and an optional LoRA adapter.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    /// The (frozen) base weight, `[d_in, d_out]`.
+    pub weight: Param<Tensor<B, 2>>,
+    /// The trainable adapter, when attached.
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> Linear<B> {
+    fn frozen(weight: Tensor<B, 2>) -> Self {
+        Self {
+            weight: Param::from_tensor(weight).set_require_grad(false),
+            lora: None,
+        }
+    }
+
+    /// `x` is `[n, d_in]`.
+    fn forward(&self, x: Tensor<B, 2>, adapters: Adapters) -> Tensor<B, 2> {
+        let base = x.clone().matmul(self.weight.val());
+        match (&self.lora, adapters) {
+            (Some(lora), Adapters::On) => {
+                let low = lora.dropout.forward(x).matmul(lora.a.val());
+                base + low.matmul(lora.b.val()).mul_scalar(lora.scale)
+            }
+            _ => base,
+        }
+    }
+
+    fn attach(&mut self, config: &LoraConfig, device: &B::Device) {
+        let [d_in, d_out] = self.weight.dims();
+        // Kaiming-uniform bound for A as PEFT does; B zero.
+        let bound = (1.0 / d_in as f64).sqrt();
+        let a = Tensor::random(
+            [d_in, config.rank],
+            Distribution::Uniform(-bound, bound),
+            device,
+        );
+        let b = Tensor::zeros([config.rank, d_out], device);
+        self.lora = Some(LoraAdapter::new(a, b, config));
+    }
+
+    fn merge(&mut self) {
+        if let Some(lora) = self.lora.take() {
+            let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
+            let merged = self.weight.val() + delta;
+            self.weight = Param::from_tensor(merged.detach()).set_require_grad(false);
+        }
+    }
+}
+
+/// Root-mean-square layer norm.
+#[derive(Module, Debug)]
+pub struct RmsNorm<B: Backend> {
+    /// Per-channel gain.
+    pub weight: Param<Tensor<B, 1>>,
+    eps: f64,
+}
+
+impl<B: Backend> RmsNorm<B> {
+    fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt();
+        x.div(rms).mul(self.weight.val().unsqueeze())
+    }
+}
+
+/// Self-attention with grouped key/value heads.
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// Query projection.
+    pub q: Linear<B>,
+    /// Key projection.
+    pub k: Linear<B>,
+    /// Value projection.
+    pub v: Linear<B>,
+    /// Output projection.
+    pub o: Linear<B>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+/// The SwiGLU feed-forward block.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// Gate projection.
+    pub gate: Linear<B>,
+    /// Up projection.
+    pub up: Linear<B>,
+    /// Down projection.
+    pub down: Linear<B>,
+}
+
+/// One decoder layer.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Norm before attention.
+    pub attn_norm: RmsNorm<B>,
+    /// Attention.
+    pub attn: Attention<B>,
+    /// Norm before the MLP.
+    pub mlp_norm: RmsNorm<B>,
+    /// MLP.
+    pub mlp: Mlp<B>,
+}
+
+/// A Llama-family causal language model.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// Token embedding `[vocab, d]` (also the output head when tied).
+    pub embed: Param<Tensor<B, 2>>,
+    /// Decoder layers.
+    pub layers: Vec<Block<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Untied output head `[d, vocab]`.
+    pub lm_head: Option<Param<Tensor<B, 2>>>,
+    #[module(skip)]
+    config: LlamaConfig,
+}
+
+/// Keys and values of every layer for the tokens seen so far, `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for a model with `layers` layers.
+    pub fn new(layers: usize) -> Self {
+        Self {
+            layers: vec![None; layers],
+            len: 0,
+        }
+    }
+
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The same cache repeated `times` along the batch (to sample several continuations of one
+    /// prompt).
+    pub fn repeat(&self, times: usize) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|kv| {
+                    kv.as_ref().map(|(k, v)| {
+                        (
+                            k.clone().repeat_dim(0, times),
+                            v.clone().repeat_dim(0, times),
+                        )
+                    })
+                })
+                .collect(),
+            len: self.len,
+        }
+    }
+
+    /// Row `row` of the batch, keeping only its first `len` positions.
+    pub fn row(&self, row: usize, len: usize) -> Self {
+        let len = len.min(self.len);
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|kv| {
+                    kv.as_ref().map(|(k, v)| {
+                        (
+                            k.clone().narrow(0, row, 1).narrow(2, 0, len),
+                            v.clone().narrow(0, row, 1).narrow(2, 0, len),
+                        )
+                    })
+                })
+                .collect(),
+            len,
+        }
+    }
+}
+
+/// Cosine and sine tables `[1, 1, t, head_dim]` for positions `start..start + t`, in the
+/// `rotate_half` layout (the frequency vector repeated twice).
+fn rope_tables<B: Backend>(
+    config: &LlamaConfig,
+    start: usize,
+    t: usize,
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let head_dim = config.head_dim();
+    let freqs = inverse_frequencies(config);
+    let mut cos = Vec::with_capacity(t * head_dim);
+    let mut sin = Vec::with_capacity(t * head_dim);
+    for pos in start..start + t {
+        for _ in 0..2 {
+            for &f in &freqs {
+                let angle = pos as f64 * f;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+    }
+    let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, t, head_dim]), device);
+    (table(cos), table(sin))
+}
+
+/// RoPE inverse frequencies, with Llama 3's scaling when configured.
+fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
+    let head_dim = config.head_dim();
+    (0..head_dim / 2)
+        .map(|i| {
+            let f = 1.0 / config.rope_theta.powf(2.0 * i as f64 / head_dim as f64);
+            let Some(s) = config.rope_scaling else {
+                return f;
+            };
+            let wavelength = 2.0 * std::f64::consts::PI / f;
+            let low_wavelength = s.original_max_position_embeddings / s.low_freq_factor;
+            let high_wavelength = s.original_max_position_embeddings / s.high_freq_factor;
+            if wavelength < high_wavelength {
+                f
+            } else if wavelength > low_wavelength {
+                f / s.factor
+            } else {
+                let smooth = (s.original_max_position_embeddings / wavelength - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * f / s.factor + smooth * f
+            }
+        })
+        .collect()
+}
+
+fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let half = x.dims()[3] / 2;
+    let first = x.clone().narrow(3, 0, half);
+    let second = x.narrow(3, half, half);
+    Tensor::cat(vec![second.neg(), first], 3)
+}
+
+impl<B: Backend> Attention<B> {
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        batch: usize,
+        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        adapters: Adapters,
+    ) -> Tensor<B, 2> {
+        let t = x.dims()[0] / batch;
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let split =
+            |y: Tensor<B, 2>, heads: usize| y.reshape([batch, t, heads, hd]).swap_dims(1, 2);
+        let q = split(self.q.forward(x.clone(), adapters), h);
+        let k = split(self.k.forward(x.clone(), adapters), kvh);
+        let v = split(self.v.forward(x, adapters), kvh);
+        let (cos, sin) = rope;
+        let q = q.clone().mul(cos.clone()) + rotate_half(q).mul(sin.clone());
+        let k = k.clone().mul(cos.clone()) + rotate_half(k).mul(sin.clone());
+        let (k, v) = match cache.take() {
+            Some((k0, v0)) => (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let total = k.dims()[2];
+        let groups = h / kvh;
+        // Query heads g*i..g*(i+1) share key/value head i: fold them into the row dimension so
+        // keys and values are never copied per query head.
+        let q = q.reshape([batch, kvh, groups * t, hd]);
+        let mut scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(1.0 / (hd as f64).sqrt());
+        if t > 1 {
+            let device = scores.device();
+            scores = scores + causal_mask::<B>(groups, t, total, &device);
+        }
+        let out = softmax(scores, 3).matmul(v);
+        let out = out
+            .reshape([batch, h, t, hd])
+            .swap_dims(1, 2)
+            .reshape([batch * t, h * hd]);
+        self.o.forward(out, adapters)
+    }
+}
+
+/// Additive mask `[1, 1, groups * t, total]`: query `i` of the newest `t` positions sees keys
+/// `0..=total - t + i`.
+fn causal_mask<B: Backend>(
+    groups: usize,
+    t: usize,
+    total: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let offset = total - t;
+    let mut mask = Vec::with_capacity(groups * t * total);
+    for _ in 0..groups {
+        for i in 0..t {
+            mask.extend((0..total).map(|s| {
+                if s <= offset + i {
+                    0.0f32
+                } else {
+                    f32::NEG_INFINITY
+                }
+            }));
+        }
+    }
+    Tensor::from_data(TensorData::new(mask, [1, 1, groups * t, total]), device)
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 2>, adapters: Adapters) -> Tensor<B, 2> {
+        let gate = silu(self.gate.forward(x.clone(), adapters));
+        self.down
+            .forward(gate * self.up.forward(x, adapters), adapters)
+    }
+}
+
+/// Builds a model from named tensors in Hugging Face's layout (see [`crate::weights`]).
+pub(crate) struct Parts<B: Backend> {
+    pub(crate) embed: Tensor<B, 2>,
+    pub(crate) layers: Vec<LayerParts<B>>,
+    pub(crate) norm: Tensor<B, 1>,
+    pub(crate) lm_head: Option<Tensor<B, 2>>,
+}
+
+/// One layer's tensors; projections already `[d_in, d_out]`.
+pub(crate) struct LayerParts<B: Backend> {
+    pub(crate) attn_norm: Tensor<B, 1>,
+    pub(crate) q: Tensor<B, 2>,
+    pub(crate) k: Tensor<B, 2>,
+    pub(crate) v: Tensor<B, 2>,
+    pub(crate) o: Tensor<B, 2>,
+    pub(crate) mlp_norm: Tensor<B, 1>,
+    pub(crate) gate: Tensor<B, 2>,
+    pub(crate) up: Tensor<B, 2>,
+    pub(crate) down: Tensor<B, 2>,
+}
+
+impl<B: Backend> Llama<B> {
+    pub(crate) fn from_parts(config: LlamaConfig, parts: Parts<B>) -> Self {
+        let norm = |w: Tensor<B, 1>| RmsNorm {
+            weight: Param::from_tensor(w).set_require_grad(false),
+            eps: config.rms_norm_eps,
+        };
+        let layers = parts
+            .layers
+            .into_iter()
+            .map(|l| Block {
+                attn_norm: norm(l.attn_norm),
+                attn: Attention {
+                    q: Linear::frozen(l.q),
+                    k: Linear::frozen(l.k),
+                    v: Linear::frozen(l.v),
+                    o: Linear::frozen(l.o),
+                    heads: config.num_attention_heads,
+                    kv_heads: config.num_key_value_heads,
+                    head_dim: config.head_dim(),
+                },
+                mlp_norm: norm(l.mlp_norm),
+                mlp: Mlp {
+                    gate: Linear::frozen(l.gate),
+                    up: Linear::frozen(l.up),
+                    down: Linear::frozen(l.down),
+                },
+            })
+            .collect();
+        Self {
+            embed: Param::from_tensor(parts.embed).set_require_grad(false),
+            layers,
+            norm: norm(parts.norm),
+            lm_head: parts
+                .lm_head
+                .map(|w| Param::from_tensor(w).set_require_grad(false)),
+            config,
+        }
+    }
+
+    /// A model with random weights (tests and benchmarks of a model's shape).
+    pub fn random(config: LlamaConfig, seed: u64, device: &B::Device) -> Self {
+        B::seed(device, seed);
+        let normal =
+            |shape: [usize; 2]| Tensor::random(shape, Distribution::Normal(0.0, 0.02), device);
+        let (d, ff, hd) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.head_dim(),
+        );
+        let ones = || Tensor::ones([d], device);
+        let layers = (0..config.num_hidden_layers)
+            .map(|_| LayerParts {
+                attn_norm: ones(),
+                q: normal([d, config.num_attention_heads * hd]),
+                k: normal([d, config.num_key_value_heads * hd]),
+                v: normal([d, config.num_key_value_heads * hd]),
+                o: normal([config.num_attention_heads * hd, d]),
+                mlp_norm: ones(),
+                gate: normal([d, ff]),
+                up: normal([d, ff]),
+                down: normal([ff, d]),
+            })
+            .collect();
+        let parts = Parts {
+            embed: normal([config.vocab_size, d]),
+            layers,
+            norm: ones(),
+            lm_head: (!config.tie_word_embeddings).then(|| normal([d, config.vocab_size])),
+        };
+        Self::from_parts(config, parts)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// An empty key/value cache for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Runs `tokens` (`[batch, t]`) after the positions already in `cache` and appends them to
+    /// it; returns the final hidden states `[batch, t, d]` (see [`Llama::logits`]).
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+        adapters: Adapters,
+    ) -> Tensor<B, 3> {
+        let [batch, t] = tokens.dims();
+        let device = tokens.device();
+        let d = self.config.hidden_size;
+        let rope = rope_tables::<B>(&self.config, cache.len, t, &device);
+        let mut x =
+            burn::tensor::module::embedding(self.embed.val(), tokens).reshape([batch * t, d]);
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let h = layer.attn_norm.forward(x.clone());
+            x = x + layer.attn.forward(h, batch, &rope, kv, adapters);
+            let h = layer.mlp_norm.forward(x.clone());
+            x = x + layer.mlp.forward(h, adapters);
+        }
+        cache.len += t;
+        self.norm.forward(x).reshape([batch, t, d])
+    }
+
+    /// Output logits `[n, vocab]` for hidden states `[n, d]`.
+    pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.lm_head {
+            Some(head) => hidden.matmul(head.val()),
+            None => hidden.matmul(self.embed.val().transpose()),
+        }
+    }
+
+    /// Attaches fresh LoRA adapters to every attention and MLP projection.
+    pub fn attach_lora(mut self, config: &LoraConfig, device: &B::Device) -> Self {
+        for layer in &mut self.layers {
+            for linear in layer.linears_mut() {
+                linear.attach(config, device);
+            }
+        }
+        self
+    }
+
+    /// Folds the adapters into the base weights (`W + s A B`) for faster inference.
+    pub fn merge_lora(mut self) -> Self {
+        for layer in &mut self.layers {
+            for linear in layer.linears_mut() {
+                linear.merge();
+            }
+        }
+        self
+    }
+
+    /// Every LoRA-carrying projection with its Hugging Face name, in a fixed order.
+    pub fn named_linears(&self) -> Vec<(String, &Linear<B>)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, linear) in layer.names().into_iter().zip(layer.linears()) {
+                out.push((format!("model.layers.{i}.{name}"), linear));
+            }
+        }
+        out
+    }
+
+    /// Mutable access to the projections, in the order of [`Llama::named_linears`].
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
+        self.layers
+            .iter_mut()
+            .flat_map(|layer| layer.linears_mut())
+            .collect()
+    }
+}
+
+impl<B: Backend> Block<B> {
+    fn names(&self) -> [&'static str; 7] {
+        [
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        ]
+    }
+
+    fn linears(&self) -> [&Linear<B>; 7] {
+        let (a, m) = (&self.attn, &self.mlp);
+        [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
+    }
+
+    fn linears_mut(&mut self) -> [&mut Linear<B>; 7] {
+        let (a, m) = (&mut self.attn, &mut self.mlp);
+        [
+            &mut a.q,
+            &mut a.k,
+            &mut a.v,
+            &mut a.o,
+            &mut m.gate,
+            &mut m.up,
+            &mut m.down,
+        ]
+    }
+}
