@@ -129,12 +129,14 @@ impl LlamaConfig {
         }
         if self.num_attention_heads == 0
             || self.num_key_value_heads == 0
-            || self.hidden_size % self.num_attention_heads != 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
         {
             return bad("heads must divide hidden_size and key/value heads must divide heads");
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad("the head dimension must be even for RoPE");
         }
         Ok(())
@@ -196,8 +198,8 @@ impl LlamaConfig {
             )));
         }
         let int = |key: &str| -> Result<usize, PolicyError> {
-            Ok(usize::try_from(gguf.get_u64(&format!("llama.{key}"))?)
-                .map_err(|_| PolicyError::Config(format!("llama.{key} is too large")))?)
+            usize::try_from(gguf.get_u64(&format!("llama.{key}"))?)
+                .map_err(|_| PolicyError::Config(format!("llama.{key} is too large")))
         };
         let heads = int("attention.head_count")?;
         let vocab_size = match int("vocab_size") {

@@ -333,7 +333,10 @@ impl Gguf {
                 .ok_or_else(|| GgufError::Corrupt(format!("tensor {name}: dims {dims:?}")))?
                 as usize;
             let (block_elems, block_bytes) = kind.block();
-            if dims.first().is_some_and(|&d| d as usize % block_elems != 0) {
+            if dims
+                .first()
+                .is_some_and(|&d| !(d as usize).is_multiple_of(block_elems))
+            {
                 return Err(GgufError::Corrupt(format!(
                     "tensor {name}: row of {} is not a whole number of {kind:?} blocks",
                     dims[0]
@@ -584,7 +587,8 @@ mod tests {
 
     #[test]
     fn every_truncation_is_an_error() {
-        let file = tiny_file(&[("t", vec![4], 0, vec![0; 16])]);
+        // 32 bytes of data: the file ends exactly where the tensor does.
+        let file = tiny_file(&[("t", vec![8], 0, vec![0; 32])]);
         for cut in 0..file.len() - 1 {
             let err = Gguf::parse(file[..cut].to_vec());
             assert!(err.is_err(), "cut at {cut} parsed");

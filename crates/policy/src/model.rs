@@ -5,8 +5,10 @@
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
+use burn::tensor::TensorData;
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::{Distribution, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use crate::config::LlamaConfig;
 
@@ -95,15 +97,14 @@ impl<B: Backend> Linear<B> {
         }
     }
 
-    fn attach(&mut self, config: &LoraConfig, device: &B::Device) {
+    fn attach(&mut self, config: &LoraConfig, rng: &mut StdRng, device: &B::Device) {
         let [d_in, d_out] = self.weight.dims();
         // Kaiming-uniform bound for A as PEFT does; B zero.
-        let bound = (1.0 / d_in as f64).sqrt();
-        let a = Tensor::random(
-            [d_in, config.rank],
-            Distribution::Uniform(-bound, bound),
-            device,
-        );
+        let bound = (1.0 / d_in as f32).sqrt();
+        let values = (0..d_in * config.rank)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect::<Vec<f32>>();
+        let a = Tensor::from_data(TensorData::new(values, [d_in, config.rank]), device);
         let b = Tensor::zeros([config.rank, d_out], device);
         self.lora = Some(LoraAdapter::new(a, b, config));
     }
@@ -309,6 +310,13 @@ fn inverse_frequencies(config: &LlamaConfig) -> Vec<f64> {
         .collect()
 }
 
+/// A standard normal draw (Box-Muller).
+fn standard_normal(rng: &mut StdRng) -> f32 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random();
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+}
+
 fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let half = x.dims()[3] / 2;
     let first = x.clone().narrow(3, 0, half);
@@ -453,11 +461,16 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// A model with random weights (tests and benchmarks of a model's shape).
+    /// A model with random weights (tests and benchmarks of a model's shape); the same seed
+    /// gives the same weights on every backend and thread.
     pub fn random(config: LlamaConfig, seed: u64, device: &B::Device) -> Self {
-        B::seed(device, seed);
-        let normal =
-            |shape: [usize; 2]| Tensor::random(shape, Distribution::Normal(0.0, 0.02), device);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut normal = |shape: [usize; 2], std: f32| {
+            let values = (0..shape[0] * shape[1])
+                .map(|_| std * standard_normal(&mut rng))
+                .collect::<Vec<f32>>();
+            Tensor::from_data(TensorData::new(values, shape), device)
+        };
         let (d, ff, hd) = (
             config.hidden_size,
             config.intermediate_size,
@@ -467,21 +480,22 @@ impl<B: Backend> Llama<B> {
         let layers = (0..config.num_hidden_layers)
             .map(|_| LayerParts {
                 attn_norm: ones(),
-                q: normal([d, config.num_attention_heads * hd]),
-                k: normal([d, config.num_key_value_heads * hd]),
-                v: normal([d, config.num_key_value_heads * hd]),
-                o: normal([config.num_attention_heads * hd, d]),
+                q: normal([d, config.num_attention_heads * hd], 0.02),
+                k: normal([d, config.num_key_value_heads * hd], 0.02),
+                v: normal([d, config.num_key_value_heads * hd], 0.02),
+                o: normal([config.num_attention_heads * hd, d], 0.02),
                 mlp_norm: ones(),
-                gate: normal([d, ff]),
-                up: normal([d, ff]),
-                down: normal([ff, d]),
+                gate: normal([d, ff], 0.02),
+                up: normal([d, ff], 0.02),
+                down: normal([ff, d], 0.02),
             })
             .collect();
         let parts = Parts {
-            embed: normal([config.vocab_size, d]),
+            // Larger than the projections so a random model's logits are not all equal.
+            embed: normal([config.vocab_size, d], 0.05),
             layers,
             norm: ones(),
-            lm_head: (!config.tie_word_embeddings).then(|| normal([d, config.vocab_size])),
+            lm_head: (!config.tie_word_embeddings).then(|| normal([d, config.vocab_size], 0.02)),
         };
         Self::from_parts(config, parts)
     }
@@ -528,11 +542,13 @@ impl<B: Backend> Llama<B> {
         }
     }
 
-    /// Attaches fresh LoRA adapters to every attention and MLP projection.
-    pub fn attach_lora(mut self, config: &LoraConfig, device: &B::Device) -> Self {
+    /// Attaches fresh LoRA adapters to every attention and MLP projection (`A` drawn from
+    /// `seed`, `B` zero).
+    pub fn attach_lora(mut self, config: &LoraConfig, seed: u64, device: &B::Device) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
         for layer in &mut self.layers {
             for linear in layer.linears_mut() {
-                linear.attach(config, device);
+                linear.attach(config, &mut rng, device);
             }
         }
         self

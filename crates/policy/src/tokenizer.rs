@@ -204,6 +204,36 @@ impl TextTokenizer {
         Self::new(inner)
     }
 
+    /// A character-level ChatML tokenizer of at most 64 ids, matching
+    /// [`crate::LlamaConfig::tiny`], for tests: lower-case letters, digits, the upper-case
+    /// letters of the edit commands, some punctuation, space and newline; other characters are
+    /// dropped.
+    pub fn tiny() -> Result<Self, PolicyError> {
+        let specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>"];
+        // Byte-level BPE spells space as U+0120 and newline as U+010A.
+        let chars = "\u{120}\u{10a}abcdefghijklmnopqrstuvwxyz0123456789ADELPRWXIT()'=:,._";
+        let vocab: tokenizers::models::bpe::Vocab = specials
+            .iter()
+            .map(|s| s.to_string())
+            .chain(chars.chars().map(String::from))
+            .enumerate()
+            .map(|(i, t)| (t, i as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, Vec::new())
+            .build()
+            .map_err(tok_err)?;
+        let mut inner = Tokenizer::new(bpe);
+        inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        inner.with_decoder(Some(ByteLevelDecoder::default()));
+        let special: Vec<AddedToken> = specials
+            .iter()
+            .map(|s| AddedToken::from(s.to_string(), true))
+            .collect();
+        inner.add_special_tokens(&special);
+        Self::new(inner)
+    }
+
     /// The chat template.
     pub fn template(&self) -> ChatTemplate {
         self.template

@@ -84,7 +84,7 @@ impl TensorSource for GgufSource<'_> {
 /// (row `2j + p` of a head) to Hugging Face's halves (row `p * head_dim / 2 + j`).
 fn unpermute_rope_rows(values: &[f32], shape: &[usize], heads: usize) -> Option<Vec<f32>> {
     let [rows, cols] = *shape else { return None };
-    if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+    if heads == 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
         return None;
     }
     let head_dim = rows / heads;

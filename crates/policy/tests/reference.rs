@@ -90,3 +90,31 @@ fn smollm2_matches_the_reference() {
         "greedy ids"
     );
 }
+
+/// The tokenizer built from GGUF metadata, written as `tokenizer.json` and read back through the
+/// `tokenizer.json` path, gives the same ids on a fixed set of texts (code, digits, unicode,
+/// special tokens), and those ids decode back to the text.
+#[test]
+fn tokenizer_json_and_gguf_paths_agree() {
+    let Some(policy) = load() else { return };
+    let dir = std::env::temp_dir().join(format!("coe-tokenizer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    policy.tokenizer.save(&path).unwrap();
+    let reloaded = coe_policy::TextTokenizer::from_file(&path).unwrap();
+    let texts = [
+        "def max_of_three(a, b, c):\n    return max(a, max(b, c))\n",
+        "  12 |     x = 1234567890 + 3.14159e-10",
+        "REPL 3 'if n % 2 == 0:'\nREPW 7 'range(n)' 'range(n + 1)'\nEXIT",
+        "naïve café — 日本語 🙂 \t tabs\r\n",
+        "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n",
+    ];
+    for text in texts {
+        let ids = policy.tokenizer.encode(text).unwrap();
+        assert_eq!(reloaded.encode(text).unwrap(), ids, "{text:?}");
+        assert_eq!(policy.tokenizer.decode(&ids).unwrap(), text);
+    }
+    // Digits are split one by one.
+    assert_eq!(policy.tokenizer.encode("1234").unwrap().len(), 4);
+    std::fs::remove_dir_all(&dir).ok();
+}
