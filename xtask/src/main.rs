@@ -21,13 +21,17 @@ struct Cli {
 enum Bench {
     /// Sandbox throughput, latency, start-up and memory against CPython per run.
     Sandbox,
+    /// Policy prefill/decode speed and memory on CPU (each burn backend) against llama.cpp and
+    /// transformers on the same GGUF file; installs the Python peers in a virtual environment.
+    Policy,
 }
 
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Run the main job on the bundled example.
     Demo,
-    /// Run every test of the workspace (what CI runs, after the lints).
+    /// Run every test of the workspace (what CI runs, after the lints); fetches the default model
+    /// first, for the policy's reference test.
     Test {
         /// Extra arguments for `cargo test`, after `--`.
         #[arg(last = true)]
@@ -199,7 +203,129 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
             args.extend(extra.iter().map(String::as_str));
             run_release("coe-benches", "sandbox-bench", &args)
         }
+        Bench::Policy => policy_bench(extra),
     }
+}
+
+/// One row per engine, side by side in one run, with ratios against llama.cpp F32 and
+/// transformers.
+fn policy_bench(extra: &[String]) -> Result<()> {
+    let model = model()?;
+    cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "coe-benches",
+        "--features",
+        "all-backends",
+        "--bin",
+        "policy-bench",
+    ])?;
+    let bench = target_dir().join("release/policy-bench");
+    let python = bench_venv()?;
+    let prompt_ids = Path::new("fixtures/smollm2-reference/prompt_ids.json");
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut collect = |command: &mut Command| -> Result<()> {
+        eprintln!("xtask: {command:?}");
+        let output = command
+            .output()
+            .with_context(|| format!("starting {command:?}"))?;
+        if !output.status.success() {
+            bail!(
+                "{command:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let line = String::from_utf8_lossy(&output.stdout);
+        let row = line.lines().last().context("no output")?;
+        rows.push(serde_json::from_str(row).with_context(|| format!("reading {row}"))?);
+        Ok(())
+    };
+    for backend in ["flex", "ndarray", "candle"] {
+        collect(
+            Command::new(&bench)
+                .args(["--backend", backend])
+                .args(extra)
+                .arg("--model")
+                .arg(&model),
+        )?;
+    }
+    for engine in ["llama.cpp-f32", "llama.cpp-q4_1", "transformers"] {
+        collect(
+            Command::new(&python)
+                .arg("benches/python/policy_peers.py")
+                .arg(engine)
+                .arg(&model)
+                .arg(prompt_ids),
+        )?;
+    }
+    let find = |engine: &str, weights: &str| {
+        rows.iter().find(|r| {
+            r["engine"].as_str().is_some_and(|e| e.starts_with(engine))
+                && r["weights"]
+                    .as_str()
+                    .is_some_and(|w| w.starts_with(weights))
+        })
+    };
+    let (llama_f32, hf) = (find("llama.cpp", "F32"), find("transformers", "float32"));
+    let ratio = |row: &serde_json::Value, peer: Option<&serde_json::Value>, key: &str| {
+        peer.and_then(|p| Some(row[key].as_f64()? / p[key].as_f64()?))
+            .map_or("-".to_string(), |r| format!("{r:.2}x"))
+    };
+    println!(
+        "SmolLM2-135M-Instruct on CPU, {} prompt tokens, greedy decode of 128 tokens, medians:",
+        rows[0]["prompt_tokens"]
+    );
+    println!();
+    println!(
+        "| engine | weights | prefill tok/s | decode tok/s | peak RSS MiB | decode vs llama.cpp F32 | decode vs transformers | prefill vs transformers |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} |",
+            row["engine"].as_str().unwrap_or("?"),
+            row["weights"].as_str().unwrap_or("?"),
+            row["prefill_tok_s"].as_f64().unwrap_or(f64::NAN),
+            row["decode_tok_s"].as_f64().unwrap_or(f64::NAN),
+            row["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
+            ratio(row, llama_f32, "decode_tok_s"),
+            ratio(row, hf, "decode_tok_s"),
+            ratio(row, hf, "prefill_tok_s"),
+        );
+    }
+    Ok(())
+}
+
+/// A virtual environment in the cache with the Python peers of the benchmarks, installed by
+/// name from PyPI on first use.
+fn bench_venv() -> Result<PathBuf> {
+    let venv = coe_cache::cache_dir().join("bench-venv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import llama_cpp, transformers, torch, gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ready {
+        eprintln!(
+            "xtask: installing llama-cpp-python, transformers, torch and gguf into {}",
+            venv.display()
+        );
+        let system = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+        run(Command::new(system).args(["-m", "venv"]).arg(&venv))?;
+        run(Command::new(&python).args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "llama-cpp-python",
+            "transformers",
+            "torch",
+            "gguf",
+        ]))?;
+    }
+    Ok(python)
 }
 
 /// `cargo run --release -p PACKAGE --bin BINARY -- ARGS`, after the toolchain set-up.
@@ -225,6 +351,8 @@ fn target_dir() -> PathBuf {
 
 fn test(extra: &[String]) -> Result<()> {
     ensure_wasm_target()?;
+    // The policy's reference test needs the default model.
+    model()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     if !extra.is_empty() {
         args.push("--");

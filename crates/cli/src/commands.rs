@@ -236,7 +236,7 @@ fn sandbox() -> Result<Sandbox, Failure> {
     Sandbox::new(&Default::default()).map_err(|e| Failure::Internal(format!("coe: {e}")))
 }
 
-fn read_text(path: &Path) -> Result<String, Failure> {
+pub(crate) fn read_text(path: &Path) -> Result<String, Failure> {
     let bytes = std::fs::read(path)
         .map_err(|e| Failure::Input(format!("coe: cannot read {}: {e}", path.display())))?;
     String::from_utf8(bytes)

@@ -147,11 +147,30 @@ impl<B: Backend> Session<B> {
         config: &SamplingConfig,
         rng: &mut StdRng,
     ) -> Result<Vec<(Generation, Session<B>)>, PolicyError> {
+        let logits = self.prefill(model, Adapters::On)?;
+        self.decode(model, tokenizer, logits, n, config, rng)
+    }
+
+    /// Like [`Session::generate`], for a session whose pending tokens were already run by
+    /// [`Session::prefill`], which returned `logits`.
+    pub fn decode(
+        self,
+        model: &Llama<B>,
+        tokenizer: &TextTokenizer,
+        logits: Vec<f32>,
+        n: usize,
+        config: &SamplingConfig,
+        rng: &mut StdRng,
+    ) -> Result<Vec<(Generation, Session<B>)>, PolicyError> {
         if n == 0 {
             return Ok(Vec::new());
         }
+        if !self.pending.is_empty() {
+            return Err(PolicyError::Generation(
+                "decode needs a prefilled session".into(),
+            ));
+        }
         let limit = model.config().max_position_embeddings;
-        let logits = self.prefill(model, Adapters::On)?;
         let base = self.cache.len();
         let mut cache = if n > 1 {
             self.cache.repeat(n)

@@ -317,6 +317,14 @@ fn standard_normal(rng: &mut StdRng) -> f32 {
     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
 }
 
+/// What every layer needs about the positions of one forward pass: RoPE tables and, when more
+/// than one token is new, the causal mask (built once per pass, not per layer).
+struct Positions<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4>>,
+}
+
 fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     let half = x.dims()[3] / 2;
     let first = x.clone().narrow(3, 0, half);
@@ -329,7 +337,7 @@ impl<B: Backend> Attention<B> {
         &self,
         x: Tensor<B, 2>,
         batch: usize,
-        rope: &(Tensor<B, 4>, Tensor<B, 4>),
+        positions: &Positions<B>,
         cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
         adapters: Adapters,
     ) -> Tensor<B, 2> {
@@ -340,7 +348,7 @@ impl<B: Backend> Attention<B> {
         let q = split(self.q.forward(x.clone(), adapters), h);
         let k = split(self.k.forward(x.clone(), adapters), kvh);
         let v = split(self.v.forward(x, adapters), kvh);
-        let (cos, sin) = rope;
+        let (cos, sin) = (&positions.cos, &positions.sin);
         let q = q.clone().mul(cos.clone()) + rotate_half(q).mul(sin.clone());
         let k = k.clone().mul(cos.clone()) + rotate_half(k).mul(sin.clone());
         let (k, v) = match cache.take() {
@@ -348,7 +356,6 @@ impl<B: Backend> Attention<B> {
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
-        let total = k.dims()[2];
         let groups = h / kvh;
         // Query heads g*i..g*(i+1) share key/value head i: fold them into the row dimension so
         // keys and values are never copied per query head.
@@ -356,9 +363,8 @@ impl<B: Backend> Attention<B> {
         let mut scores = q
             .matmul(k.swap_dims(2, 3))
             .mul_scalar(1.0 / (hd as f64).sqrt());
-        if t > 1 {
-            let device = scores.device();
-            scores = scores + causal_mask::<B>(groups, t, total, &device);
+        if let Some(mask) = &positions.mask {
+            scores = scores + mask.clone();
         }
         let out = softmax(scores, 3).matmul(v);
         let out = out
@@ -521,12 +527,18 @@ impl<B: Backend> Llama<B> {
         let [batch, t] = tokens.dims();
         let device = tokens.device();
         let d = self.config.hidden_size;
-        let rope = rope_tables::<B>(&self.config, cache.len, t, &device);
+        let (cos, sin) = rope_tables::<B>(&self.config, cache.len, t, &device);
+        let groups = self.config.num_attention_heads / self.config.num_key_value_heads;
+        let positions = Positions {
+            cos,
+            sin,
+            mask: (t > 1).then(|| causal_mask::<B>(groups, t, cache.len + t, &device)),
+        };
         let mut x =
             burn::tensor::module::embedding(self.embed.val(), tokens).reshape([batch * t, d]);
         for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
             let h = layer.attn_norm.forward(x.clone());
-            x = x + layer.attn.forward(h, batch, &rope, kv, adapters);
+            x = x + layer.attn.forward(h, batch, &positions, kv, adapters);
             let h = layer.mlp_norm.forward(x.clone());
             x = x + layer.mlp.forward(h, adapters);
         }
@@ -538,7 +550,9 @@ impl<B: Backend> Llama<B> {
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.lm_head {
             Some(head) => hidden.matmul(head.val()),
-            None => hidden.matmul(self.embed.val().transpose()),
+            // `E h^T` keeps the big embedding as the contiguous left operand: multiplying by a
+            // transposed view of it made a backend copy all of it on every call.
+            None => self.embed.val().matmul(hidden.transpose()).transpose(),
         }
     }
 
