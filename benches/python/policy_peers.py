@@ -60,7 +60,12 @@ def f32_copy(path):
 
 
 def llama_cpp(path, ids, args, weights):
+    import numpy as np
     from llama_cpp import Llama
+
+    def last_logits():
+        # Without logits_all, llama-cpp-python keeps no scores: read the context's last row.
+        return np.ctypeslib.as_array(model._ctx.get_logits(), shape=(model.n_vocab(),))
 
     model = Llama(model_path=path, n_ctx=1024, n_threads=args.threads, n_batch=512, verbose=False)
     prefill, decode = [], []
@@ -70,11 +75,11 @@ def llama_cpp(path, ids, args, weights):
         model.eval(ids)
         prefill_s = time.perf_counter() - start
         start = time.perf_counter()
-        token = int(model.scores[model.n_tokens - 1].argmax())
+        token = int(last_logits().argmax())
         generated = 1
         while generated < args.decode_tokens:
             model.eval([token])
-            token = int(model.scores[model.n_tokens - 1].argmax())
+            token = int(last_logits().argmax())
             generated += 1
         decode_s = time.perf_counter() - start
         if round_ > 0:

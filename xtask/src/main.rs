@@ -304,12 +304,15 @@ fn bench_venv() -> Result<PathBuf> {
     let venv = coe_cache::cache_dir().join("bench-venv");
     let python = venv.join("bin/python");
     let ready = Command::new(&python)
-        .args(["-c", "import llama_cpp, transformers, torch, gguf"])
+        .args([
+            "-c",
+            "import llama_cpp, transformers, torch, gguf, accelerate",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ready {
         eprintln!(
-            "xtask: installing llama-cpp-python, transformers, torch and gguf into {}",
+            "xtask: installing llama-cpp-python, transformers, torch, gguf and accelerate into {}",
             venv.display()
         );
         let system = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
@@ -323,6 +326,7 @@ fn bench_venv() -> Result<PathBuf> {
             "transformers",
             "torch",
             "gguf",
+            "accelerate",
         ]))?;
     }
     Ok(python)

@@ -32,8 +32,13 @@ pub fn save_adapters<B: Backend>(
     path: &Path,
 ) -> Result<(), PolicyError> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut ids = serde_json::Map::new();
     for (name, linear) in model.named_linears() {
         let Some(lora) = &linear.lora else { continue };
+        ids.insert(
+            name.clone(),
+            serde_json::json!([lora.a.id.val(), lora.b.id.val()]),
+        );
         let [d_in, rank] = lora.a.dims();
         let [_, d_out] = lora.b.dims();
         let a = transpose(&host(lora.a.val()), d_in, rank);
@@ -64,6 +69,11 @@ pub fn save_adapters<B: Backend>(
         ("r".to_string(), config.rank.to_string()),
         ("lora_alpha".to_string(), config.alpha.to_string()),
         ("lora_dropout".to_string(), config.dropout.to_string()),
+        // burn parameter ids, so a resumed run's optimiser state finds its parameters.
+        (
+            "coe_param_ids".to_string(),
+            serde_json::Value::Object(ids).to_string(),
+        ),
     ]
     .into();
     let bytes = safetensors::serialize(views, Some(metadata))
@@ -98,6 +108,10 @@ pub fn load_adapters<B: Backend>(
     if config.rank == 0 {
         return Err(bad("rank 0".into()));
     }
+    let param_ids: serde_json::Map<String, serde_json::Value> = meta
+        .get("coe_param_ids")
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
     let device = model.embed.val().device();
     let names: Vec<String> = model.named_linears().into_iter().map(|(n, _)| n).collect();
     let mut found = 0;
@@ -136,11 +150,15 @@ pub fn load_adapters<B: Backend>(
         };
         let a = transpose(&a, config.rank, d_in);
         let b = transpose(&b, d_out, config.rank);
-        linear.lora = Some(LoraAdapter::new(
-            Tensor::from_data(TensorData::new(a, [d_in, config.rank]), &device),
-            Tensor::from_data(TensorData::new(b, [config.rank, d_out]), &device),
-            &config,
-        ));
+        let a = Tensor::from_data(TensorData::new(a, [d_in, config.rank]), &device);
+        let b = Tensor::from_data(TensorData::new(b, [config.rank, d_out]), &device);
+        let ids = param_ids
+            .get(name.as_str())
+            .and_then(|v| Some([v.get(0)?.as_u64()?, v.get(1)?.as_u64()?]));
+        linear.lora = Some(match ids {
+            Some(ids) => LoraAdapter::with_ids(a, b, ids, &config),
+            None => LoraAdapter::new(a, b, &config),
+        });
         found += 1;
     }
     if found == 0 {

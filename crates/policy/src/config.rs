@@ -95,7 +95,7 @@ impl LlamaConfig {
             rope_theta: 10_000.0,
             rope_scaling: None,
             tie_word_embeddings: true,
-            max_position_embeddings: 256,
+            max_position_embeddings: 4096,
         }
     }
 

@@ -2,7 +2,7 @@
 //! `rotate_half` layout, with optional Llama-3 frequency scaling), grouped-query attention with a
 //! key/value cache, SwiGLU MLP, tied or untied output head, and LoRA on every projection.
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -65,6 +65,15 @@ impl<B: Backend> LoraAdapter<B> {
             scale: config.alpha / config.rank as f64,
             dropout: DropoutConfig::new(config.dropout).init(),
         }
+    }
+
+    /// Like [`LoraAdapter::new`], keeping given parameter ids (so an optimiser's saved state,
+    /// which is keyed by parameter id, still applies after a reload).
+    pub fn with_ids(a: Tensor<B, 2>, b: Tensor<B, 2>, ids: [u64; 2], config: &LoraConfig) -> Self {
+        let mut adapter = Self::new(a, b, config);
+        adapter.a = Param::initialized(ParamId::from(ids[0]), adapter.a.val());
+        adapter.b = Param::initialized(ParamId::from(ids[1]), adapter.b.val());
+        adapter
     }
 }
 

@@ -1,0 +1,94 @@
+//! Chat transcripts as training sequences: token ids plus a mask that is true on the tokens the
+//! model must learn to produce (each assistant message and its end-of-turn token).
+
+use coe_data::prompt::{Message, Role};
+use coe_policy::{ChatMessage, TextTokenizer};
+
+use crate::TrainerError;
+
+/// A tokenised conversation with its loss mask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    /// Token ids.
+    pub tokens: Vec<u32>,
+    /// True where the token is a target (assistant content and end of turn).
+    pub targets: Vec<bool>,
+    /// Assistant turns kept (the rest were cut by the context limit).
+    pub turns: usize,
+}
+
+pub(crate) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+/// Tokenises `messages` in the tokenizer's chat template.
+///
+/// Truncation rule: the opening (every message before the first assistant message) is always
+/// kept; then whole exchanges (assistant message plus the user message after it) are added in
+/// order while the total stays within `context`; the first exchange that does not fit, and all
+/// after it, are dropped. A conversation whose opening plus first assistant message does not fit
+/// is an error (it cannot teach anything).
+pub fn encode(
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+    context: usize,
+) -> Result<Encoded, TrainerError> {
+    let template = tokenizer.template();
+    let piece = |text: &str| tokenizer.encode(text).map_err(TrainerError::from);
+    let mut tokens = piece(template.bos())?;
+    let mut targets = vec![false; tokens.len()];
+    let mut turns = 0;
+    for message in messages {
+        let chat = ChatMessage {
+            role: role_name(message.role),
+            content: &message.content,
+        };
+        let (ids, mask) = if message.role == Role::Assistant {
+            // Header (not learned), then content and end of turn (learned).
+            let header = piece(template.generation_prompt())?;
+            let body = piece(&format!("{}{}", message.content, template.end_of_turn()))?;
+            // What follows the end-of-turn token in the template (ChatML: a newline).
+            let rendered = template.message(chat);
+            let tail_text = rendered
+                .split_once(template.end_of_turn())
+                .map_or("", |(_, tail)| tail);
+            let tail = piece(tail_text)?;
+            let mut ids = header.clone();
+            ids.extend(&body);
+            ids.extend(&tail);
+            let mut mask = vec![false; header.len()];
+            mask.extend(std::iter::repeat_n(true, body.len()));
+            mask.extend(std::iter::repeat_n(false, tail.len()));
+            (ids, mask)
+        } else {
+            let ids = piece(&template.message(chat))?;
+            let mask = vec![false; ids.len()];
+            (ids, mask)
+        };
+        if tokens.len() + ids.len() > context {
+            if turns == 0 {
+                return Err(TrainerError::Data(format!(
+                    "the opening and first command need more than {context} tokens"
+                )));
+            }
+            // Drop a trailing user message that has no assistant answer after it.
+            break;
+        }
+        tokens.extend(ids);
+        targets.extend(mask);
+        if message.role == Role::Assistant {
+            turns += 1;
+        }
+    }
+    // A cut conversation must not end on a user message that teaches nothing: trailing
+    // non-target tokens are harmless, so they stay.
+    Ok(Encoded {
+        tokens,
+        targets,
+        turns,
+    })
+}

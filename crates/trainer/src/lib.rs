@@ -1,0 +1,49 @@
+//! coe-trainer: turns the parts into the paper's method.
+//!
+//! - [`chat`]: demonstrations as token sequences with a loss mask on the model's own tokens;
+//! - [`sft`]: supervised fine-tuning of the LoRA adapters (AdamW, warm-up + cosine,
+//!   accumulation, clipping), and the optimiser step GRPO shares;
+//! - [`rollout`]: episodes played by the policy against the real environment;
+//! - [`grpo`]: per-turn returns normalised within a group, the clipped objective and the KL
+//!   penalty to the frozen base;
+//! - [`eval`]: pass@k and the other evaluation metrics.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod chat;
+pub mod eval;
+pub mod grpo;
+pub mod rollout;
+pub mod sft;
+
+/// Why training or evaluation stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// The model failed.
+    #[error(transparent)]
+    Policy(#[from] coe_policy::PolicyError),
+    /// The environment's executor failed.
+    #[error(transparent)]
+    Executor(#[from] coe_exec::ExecutorError),
+    /// An episode could not take a step.
+    #[error(transparent)]
+    Step(#[from] coe_tool_state::StepError),
+    /// Training data is unusable.
+    #[error("data: {0}")]
+    Data(String),
+    /// The loss became NaN or infinite; the last good state is kept.
+    #[error("training diverged at step {step}: loss {loss}")]
+    Diverged {
+        /// The step that failed.
+        step: usize,
+        /// The loss seen.
+        loss: f64,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}

@@ -1,0 +1,190 @@
+//! Supervised fine-tuning: the next-token loss on assistant tokens only, LoRA parameters only,
+//! AdamW with linear warm-up then cosine decay, gradient accumulation and clipping.
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use coe_policy::generate::token_logprobs;
+use coe_policy::{Adapters, Llama};
+use serde::{Deserialize, Serialize};
+
+use crate::TrainerError;
+use crate::chat::Encoded;
+
+/// Optimiser settings shared by SFT and GRPO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Total optimiser steps (the cosine decays to `min_lr_ratio * lr` at the last one).
+    pub steps: usize,
+    /// Floor of the cosine, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Micro-batches whose gradients are summed before one optimiser step.
+    pub grad_accum: usize,
+    /// Each parameter tensor's gradient is scaled down to at most this L2 norm (burn clips per
+    /// tensor, not over all parameters at once).
+    pub clip_norm: f32,
+    /// AdamW decoupled weight decay (applies to the adapters only: the base is frozen).
+    pub weight_decay: f32,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            warmup_steps: 20,
+            steps: 1000,
+            min_lr_ratio: 0.1,
+            grad_accum: 8,
+            clip_norm: 1.0,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The learning rate of optimiser step `step` (0-based): linear warm-up, then cosine decay.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+    }
+
+    /// The AdamW optimiser these settings describe.
+    pub fn optimizer<B: AutodiffBackend>(&self) -> OptimizerAdaptor<AdamW, Llama<B>, B> {
+        AdamWConfig::new()
+            .with_weight_decay(self.weight_decay)
+            .with_grad_clipping(Some(GradientClippingConfig::Norm(self.clip_norm)))
+            .init()
+    }
+}
+
+/// Right-pads sequences to one length and lists the target positions `(row, position)`.
+pub fn batch_targets(batch: &[&Encoded]) -> (Vec<Vec<u32>>, Vec<(usize, usize)>) {
+    let len = batch.iter().map(|e| e.tokens.len()).max().unwrap_or(0);
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut targets = Vec::new();
+    for (row, encoded) in batch.iter().enumerate() {
+        let mut tokens = encoded.tokens.clone();
+        tokens.resize(len, 0);
+        rows.push(tokens);
+        targets.extend(
+            encoded
+                .targets
+                .iter()
+                .enumerate()
+                .filter(|&(pos, &is_target)| is_target && pos > 0)
+                .map(|(pos, _)| (row, pos)),
+        );
+    }
+    (rows, targets)
+}
+
+/// Mean negative log-likelihood of the target tokens of `batch` (a scalar tensor).
+pub fn sft_loss<B: Backend>(
+    model: &Llama<B>,
+    batch: &[&Encoded],
+) -> Result<Tensor<B, 1>, TrainerError> {
+    let (rows, targets) = batch_targets(batch);
+    if targets.is_empty() {
+        return Err(TrainerError::Data("a batch without target tokens".into()));
+    }
+    let logprobs = token_logprobs(model, &rows, &targets, Adapters::On)?;
+    Ok(logprobs.mean().neg())
+}
+
+/// The state of a fine-tuning run.
+pub struct Trainer<B: AutodiffBackend> {
+    /// The model being trained (base frozen, adapters trainable).
+    pub model: Llama<B>,
+    optimizer: OptimizerAdaptor<AdamW, Llama<B>, B>,
+    /// Settings.
+    pub config: OptimConfig,
+    /// Optimiser steps taken.
+    pub step: usize,
+}
+
+impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("step", &self.step).finish()
+    }
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Step number (1-based, after the step).
+    pub step: usize,
+    /// Mean loss over the micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer for `model` (which should carry LoRA adapters).
+    pub fn new(model: Llama<B>, config: OptimConfig) -> Self {
+        Self {
+            optimizer: config.optimizer(),
+            model,
+            config,
+            step: 0,
+        }
+    }
+
+    /// One optimiser step over `micro_batches` (gradients of each micro-batch's loss, divided
+    /// by their number, are summed). `loss_fn` computes a micro-batch's loss. A loss that is not
+    /// finite stops with an error and leaves the model as it was.
+    pub fn step_with<T>(
+        &mut self,
+        micro_batches: &[T],
+        mut loss_fn: impl FnMut(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError>,
+    ) -> Result<StepReport, TrainerError> {
+        if micro_batches.is_empty() {
+            return Err(TrainerError::Data("an optimiser step needs data".into()));
+        }
+        let mut accumulator = GradientsAccumulator::new();
+        let mut total = 0.0;
+        let scale = 1.0 / micro_batches.len() as f64;
+        for batch in micro_batches {
+            let loss = loss_fn(&self.model, batch)?;
+            let value = f64::from(loss.clone().into_scalar().elem::<f32>());
+            if !value.is_finite() {
+                return Err(TrainerError::Diverged {
+                    step: self.step + 1,
+                    loss: value,
+                });
+            }
+            total += value * scale;
+            let grads = loss.mul_scalar(scale).backward();
+            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+        }
+        let lr = self.config.lr_at(self.step);
+        let model = self.model.clone();
+        self.model = self.optimizer.step(lr, model, accumulator.grads());
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: total,
+            lr,
+        })
+    }
+
+    /// One SFT step on `micro_batches` of encoded demonstrations.
+    pub fn sft_step(
+        &mut self,
+        micro_batches: &[Vec<&Encoded>],
+    ) -> Result<StepReport, TrainerError> {
+        self.step_with(micro_batches, |model, batch| sft_loss(model, batch))
+    }
+}

@@ -1,0 +1,306 @@
+//! The trainer on a tiny random model and a toy environment (fast, no files needed).
+
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use coe_data::prompt::{Message, Role};
+use coe_exec::{ExecRequest, Executor, ExecutorError, Outcome, Status, TestResult};
+use coe_policy::generate::{rng, token_logprobs};
+use coe_policy::{
+    Adapters, CpuBackend, Llama, LlamaConfig, LoraConfig, Policy, SamplingConfig, TextTokenizer,
+};
+use coe_tool_state::{EpisodeConfig, Task};
+use coe_trainer::chat::{Encoded, encode};
+use coe_trainer::grpo::{GrpoConfig, episode_loss, group_advantages};
+use coe_trainer::rollout::{PlayConfig, Rollout, TurnSpan, play};
+use coe_trainer::sft::{OptimConfig, Trainer, sft_loss};
+
+type AD = Autodiff<CpuBackend>;
+
+fn tokenizer() -> TextTokenizer {
+    TextTokenizer::tiny().unwrap()
+}
+
+fn lora_model<B: burn::prelude::Backend>(seed: u64) -> Llama<B> {
+    let lora = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+    };
+    let mut model = Llama::random(LlamaConfig::tiny(), seed, &Default::default());
+    // A stronger (frozen) embedding, so the tiny model's logits can move far enough to
+    // memorise: the random one's logits are all within about 1.6 of each other.
+    model.embed =
+        burn::module::Param::from_tensor(model.embed.val().mul_scalar(4.0)).set_require_grad(false);
+    model.attach_lora(&lora, seed, &Default::default())
+}
+
+fn demo(command: &str) -> Vec<Message> {
+    vec![
+        Message::new(Role::System, "fix it"),
+        Message::new(Role::User, "L 1 x = 1\n***\nfailed"),
+        Message::new(Role::Assistant, command),
+        Message::new(Role::User, "L 1 x = 2\n***\nall passed"),
+        Message::new(Role::Assistant, "EXIT"),
+    ]
+}
+
+#[test]
+fn only_assistant_tokens_are_targets() {
+    let tok = tokenizer();
+    let encoded = encode(&tok, &demo("REPL 1 >>>x = 2"), 2048).unwrap();
+    assert_eq!(encoded.turns, 2);
+    assert_eq!(encoded.tokens.len(), encoded.targets.len());
+    let target_text: Vec<u32> = encoded
+        .tokens
+        .iter()
+        .zip(&encoded.targets)
+        .filter(|&(_, &t)| t)
+        .map(|(&id, _)| id)
+        .collect();
+    assert_eq!(
+        tok.decode(&target_text).unwrap(),
+        "REPL 1 x = 2<|im_end|>EXIT<|im_end|>".replace(">>>", "")
+    );
+    // The whole sequence is the template's rendering of the conversation.
+    let all = tok.decode(&encoded.tokens).unwrap();
+    assert!(all.starts_with("<|im_start|>system\nfix it<|im_end|>\n<|im_start|>user\n"));
+    assert!(all.ends_with("<|im_start|>assistant\nEXIT<|im_end|>\n"));
+}
+
+#[test]
+fn truncation_keeps_whole_exchanges() {
+    let tok = tokenizer();
+    let full = encode(&tok, &demo("REPL 1 x = 2"), 2048).unwrap();
+    let cut = encode(&tok, &demo("REPL 1 x = 2"), full.tokens.len() - 3).unwrap();
+    assert_eq!(cut.turns, 1);
+    assert_eq!(cut.tokens[..], full.tokens[..cut.tokens.len()]);
+    assert!(encode(&tok, &demo("REPL 1 x = 2"), 10).is_err());
+}
+
+#[test]
+fn masked_user_tokens_carry_no_loss() {
+    // Changing a user message's tokens (not what the assistant learns) changes the context but
+    // the loss is computed on the same target tokens: its gradient reaches only through them.
+    let tok = tokenizer();
+    let model = lora_model::<CpuBackend>(1);
+    let encoded = encode(&tok, &demo("DELL 1"), 2048).unwrap();
+    let mut no_targets = encoded.clone();
+    no_targets.targets.iter_mut().for_each(|t| *t = false);
+    assert!(
+        sft_loss(&model, &[&no_targets]).is_err(),
+        "no targets, no loss"
+    );
+    let (rows, targets) = coe_trainer::sft::batch_targets(&[&encoded]);
+    assert!(targets.iter().all(|&(_, p)| encoded.targets[p]));
+    assert_eq!(
+        targets.len(),
+        encoded.targets.iter().filter(|&&t| t).count()
+    );
+    assert_eq!(rows[0], encoded.tokens);
+}
+
+#[test]
+fn sft_overfits_a_few_demos() {
+    let tok = tokenizer();
+    let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]
+        .iter()
+        .map(|c| encode(&tok, &demo(c), 2048).unwrap())
+        .collect();
+    let config = OptimConfig {
+        lr: 3e-2,
+        warmup_steps: 2,
+        steps: 60,
+        grad_accum: 3,
+        ..OptimConfig::default()
+    };
+    let mut trainer = Trainer::new(lora_model::<AD>(2), config);
+    let batches: Vec<Vec<&Encoded>> = demos.iter().map(|d| vec![d]).collect();
+    let first = trainer.sft_step(&batches).unwrap().loss;
+    let mut last = first;
+    for _ in 1..60 {
+        last = trainer.sft_step(&batches).unwrap().loss;
+    }
+    // The tiny random model (frozen random embedding and head) fits slowly; the threshold is
+    // relative: the loss must fall below 30% of where it started within 60 steps.
+    assert!(
+        last < 0.3 * first,
+        "loss {first} -> {last} after 60 steps (threshold 30%)"
+    );
+}
+
+#[test]
+fn schedule_warms_up_then_decays() {
+    let c = OptimConfig {
+        lr: 1.0,
+        warmup_steps: 4,
+        steps: 104,
+        min_lr_ratio: 0.1,
+        ..OptimConfig::default()
+    };
+    assert_eq!(c.lr_at(0), 0.25);
+    assert_eq!(c.lr_at(3), 1.0);
+    assert!((c.lr_at(54) - 0.55).abs() < 1e-9);
+    assert!((c.lr_at(104) - 0.1).abs() < 1e-9);
+    assert!((c.lr_at(500) - 0.1).abs() < 1e-9);
+}
+
+/// A toy rollout: the prompt, then one turn whose command is `command`.
+fn toy_rollout(tok: &TextTokenizer, command: &str, model: &Llama<CpuBackend>) -> Rollout {
+    let prompt = tok
+        .encode("<|im_start|>user\nfix<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
+    let generated = tok.encode(&format!("{command}<|im_end|>")).unwrap();
+    let mut tokens = prompt.clone();
+    tokens.extend(&generated);
+    let targets: Vec<(usize, usize)> = (prompt.len()..tokens.len()).map(|p| (0, p)).collect();
+    let old = token_logprobs(model, &[tokens.clone()], &targets, Adapters::On).unwrap();
+    let old_logprobs = old.into_data().convert::<f32>().into_vec().unwrap();
+    let trace: coe_tool_state::Trace = serde_json::from_value(serde_json::json!({
+        "task_id": "toy", "initial_observation": "", "initial_status": "passed", "turns": [],
+        "end": null, "solved": false, "return": 0.0, "final_program": ""
+    }))
+    .unwrap();
+    Rollout {
+        trace,
+        turns: vec![TurnSpan {
+            start: prompt.len(),
+            len: generated.len(),
+            old_logprobs,
+            reward: 0.0,
+        }],
+        tokens,
+        context_full: false,
+    }
+}
+
+fn command_logprob(model: &Llama<CpuBackend>, rollout: &Rollout) -> f32 {
+    let span = &rollout.turns[0];
+    let targets: Vec<(usize, usize)> = (span.start..span.start + span.len)
+        .map(|p| (0, p))
+        .collect();
+    token_logprobs(
+        model,
+        std::slice::from_ref(&rollout.tokens),
+        &targets,
+        Adapters::On,
+    )
+    .unwrap()
+    .sum()
+    .into_scalar()
+}
+
+#[test]
+fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
+    let tok = tokenizer();
+    let mut trainer = Trainer::new(
+        lora_model::<AD>(3),
+        OptimConfig {
+            lr: 2e-2,
+            warmup_steps: 0,
+            steps: 1,
+            ..OptimConfig::default()
+        },
+    );
+    let valid = trainer.model.valid();
+    let good = toy_rollout(&tok, "EXIT", &valid);
+    let bad = toy_rollout(&tok, "DELL 1", &valid);
+    let before = (
+        command_logprob(&valid, &good),
+        command_logprob(&valid, &bad),
+    );
+    // Rewards: the good command solves (+1), the bad one is penalised (-0.5).
+    let adv = group_advantages(&[vec![1.0], vec![-0.5]]);
+    let config = GrpoConfig::default();
+    let episodes = [
+        (good.clone(), adv[0].clone()),
+        (bad.clone(), adv[1].clone()),
+    ];
+    trainer
+        .step_with(&episodes, |model, (rollout, a)| {
+            Ok(episode_loss(model, rollout, a, &config)?.unwrap())
+        })
+        .unwrap();
+    let valid = trainer.model.valid();
+    let after = (
+        command_logprob(&valid, &good),
+        command_logprob(&valid, &bad),
+    );
+    assert!(
+        after.0 > before.0,
+        "rewarded command: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 < before.1,
+        "penalised command: {before:?} -> {after:?}"
+    );
+}
+
+/// Runs nothing: the program "passes" when it contains `x = 2`.
+#[derive(Clone)]
+struct ToyExecutor;
+
+impl Executor for ToyExecutor {
+    fn execute(&self, request: &ExecRequest<'_>) -> Result<Outcome, ExecutorError> {
+        let passed = request.program.contains("x = 2");
+        Ok(Outcome {
+            status: if passed {
+                Status::Passed
+            } else {
+                Status::Failed
+            },
+            tests: request
+                .tests
+                .iter()
+                .map(|_| TestResult {
+                    passed,
+                    error: None,
+                })
+                .collect(),
+            error: None,
+            stdout: String::new(),
+            elapsed_ms: 0.0,
+        })
+    }
+}
+
+#[test]
+fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
+    let policy = Policy {
+        model: lora_model::<CpuBackend>(4),
+        tokenizer: tokenizer(),
+    };
+    let task = Task {
+        task_id: "toy/1".into(),
+        text: String::new(),
+        code: "x = 1\n".into(),
+        reference: None,
+        setup: None,
+        tests: vec!["assert x == 2".into()],
+    };
+    let config = PlayConfig {
+        episode: EpisodeConfig {
+            max_turns: 3,
+            ..EpisodeConfig::default()
+        },
+        sampling: SamplingConfig {
+            max_tokens: 8,
+            ..SamplingConfig::default()
+        },
+        context: 2048,
+    };
+    let rollouts = play(&policy, &task, &ToyExecutor, 4, &config, &mut rng(1)).unwrap();
+    assert_eq!(rollouts.len(), 4);
+    for rollout in &rollouts {
+        assert_eq!(rollout.turns.len(), rollout.trace.turns.len());
+        for (span, turn) in rollout.turns.iter().zip(&rollout.trace.turns) {
+            assert_eq!(span.reward, turn.reward);
+            assert_eq!(span.old_logprobs.len(), span.len);
+            if matches!(turn.effect, coe_tool_state::Effect::Malformed { .. }) {
+                // A malformed command really gets -0.5 (plus the no-EXIT penalty on the last turn).
+                assert!(turn.reward <= -0.5, "{turn:?}");
+            }
+        }
+    }
+    let summary = coe_trainer::eval::summarize(&[rollouts.into_iter().map(|r| r.trace).collect()]);
+    assert_eq!((summary.tasks, summary.samples), (1, 4));
+}
