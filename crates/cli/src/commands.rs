@@ -232,7 +232,7 @@ pub(crate) fn prepare() -> Result<(), Failure> {
     ))
 }
 
-fn sandbox() -> Result<Sandbox, Failure> {
+pub(crate) fn sandbox() -> Result<Sandbox, Failure> {
     Sandbox::new(&Default::default()).map_err(|e| Failure::Internal(format!("coe: {e}")))
 }
 

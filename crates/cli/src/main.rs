@@ -145,6 +145,56 @@ enum Commands {
         #[arg(long)]
         json: bool,
     },
+    /// Train LoRA adapters: `sft` on the demonstrations, `rl` (GRPO) over sandbox episodes.
+    ///
+    /// Settings come from a TOML file (see fixtures/configs); outputs (metrics.jsonl,
+    /// checkpoint/, adapter.safetensors, config.toml) go to its out_dir.
+    Train {
+        /// Which phase.
+        #[arg(value_enum)]
+        phase: model::Phase,
+        /// The run's TOML configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Continue from out_dir/checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Override the number of optimiser steps.
+        #[arg(long, value_name = "N")]
+        steps: Option<usize>,
+        /// Override the output folder.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Evaluate a policy on a task file: pass@1, pass@k (unbiased), mean turns, malformed rate.
+    Eval {
+        /// The tasks, one JSON object per line.
+        tasks: PathBuf,
+        /// Base model (default: SmolLM2-135M-Instruct).
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// LoRA adapters to apply.
+        #[arg(long, value_name = "PATH")]
+        adapter: Option<PathBuf>,
+        /// Episodes per task (1: greedy; more: sampled at temperature 1).
+        #[arg(long, default_value_t = 1, value_name = "K")]
+        samples: usize,
+        /// Turns per episode.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        max_turns: usize,
+        /// Only the first N tasks.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write every episode's trace here (JSON Lines).
+        #[arg(long, value_name = "FILE")]
+        traces: Option<PathBuf>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// The program a task run uses.
@@ -256,6 +306,34 @@ fn main() -> ExitCode {
             temperature,
             top_p,
             seed,
+            json,
+        }),
+        Commands::Train {
+            phase,
+            config,
+            resume,
+            steps,
+            out,
+        } => model::train(phase, &config, resume, steps, out),
+        Commands::Eval {
+            tasks,
+            model,
+            adapter,
+            samples,
+            max_turns,
+            limit,
+            seed,
+            traces,
+            json,
+        } => model::eval(model::EvalArgs {
+            tasks,
+            model,
+            adapter,
+            samples,
+            max_turns,
+            limit,
+            seed,
+            traces,
             json,
         }),
     };

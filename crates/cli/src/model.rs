@@ -123,3 +123,137 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<(), Failure> {
         print(&format!("{text}\n"))
     }
 }
+
+/// Which training phase `coe train` runs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Phase {
+    /// Supervised fine-tuning on the demonstrations.
+    Sft,
+    /// GRPO over live sandbox episodes.
+    Rl,
+}
+
+pub(crate) fn train(
+    phase: Phase,
+    config_path: &Path,
+    resume: bool,
+    steps: Option<usize>,
+    out: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let mut config = coe_trainer::run::RunConfig::load(config_path)
+        .map_err(|e| Failure::Input(e.to_string()))?;
+    if let Some(steps) = steps {
+        config.optim.steps = steps;
+    }
+    if let Some(out) = out {
+        config.out_dir = out;
+    }
+    // Data made by `cargo xtask data` lives in the cache.
+    let data = coe_cache::cache_dir().join("data");
+    if config.sft_data.is_none() {
+        config.sft_data = Some(data.join("sft-train.jsonl"));
+    }
+    if config.rl_tasks.is_none() && config.rl_demos.is_none() {
+        config.rl_demos = Some(data.join("demos-train.jsonl"));
+    }
+    if !config.model_path().exists() {
+        return Err(Failure::Input(format!(
+            "no base model at {}: run `cargo xtask model`",
+            config.model_path().display()
+        )));
+    }
+    let failed = |e: coe_trainer::TrainerError| Failure::Internal(e.to_string());
+    let adapter = match phase {
+        Phase::Sft => coe_trainer::run::run_sft::<coe_policy::CpuTrainBackend>(&config, resume)
+            .map_err(failed)?,
+        Phase::Rl => {
+            let sandbox = std::sync::Arc::new(crate::commands::sandbox()?);
+            coe_trainer::run::run_rl::<coe_policy::CpuTrainBackend, _>(&config, &sandbox, resume)
+                .map_err(failed)?
+        }
+    };
+    print(&format!(
+        "adapter: {}\nmetrics: {}\n",
+        adapter.display(),
+        config.out_dir.join("metrics.jsonl").display()
+    ))
+}
+
+/// Options of `coe eval`.
+pub(crate) struct EvalArgs {
+    pub(crate) tasks: PathBuf,
+    pub(crate) model: Option<PathBuf>,
+    pub(crate) adapter: Option<PathBuf>,
+    pub(crate) samples: usize,
+    pub(crate) max_turns: usize,
+    pub(crate) limit: Option<usize>,
+    pub(crate) seed: u64,
+    pub(crate) traces: Option<PathBuf>,
+    pub(crate) json: bool,
+}
+
+pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
+    let mut tasks =
+        coe_trainer::run::load_tasks(&args.tasks).map_err(|e| Failure::Input(e.to_string()))?;
+    if let Some(limit) = args.limit {
+        tasks.truncate(limit);
+    }
+    if args.samples == 0 {
+        return Err(Failure::Input("--samples must be at least 1".into()));
+    }
+    let policy = load_policy(args.model.as_deref(), args.adapter.as_deref())?;
+    let sandbox = std::sync::Arc::new(crate::commands::sandbox()?);
+    let config = coe_trainer::rollout::PlayConfig {
+        episode: coe_tool_state::EpisodeConfig {
+            max_turns: args.max_turns,
+            ..Default::default()
+        },
+        sampling: SamplingConfig {
+            temperature: if args.samples == 1 { 0.0 } else { 1.0 },
+            ..SamplingConfig::default()
+        },
+        context: 2048,
+    };
+    let total = tasks.len();
+    let (summary, groups) = coe_trainer::run::evaluate(
+        &policy,
+        &tasks,
+        &sandbox,
+        args.samples,
+        &config,
+        args.seed,
+        |i, traces| {
+            let solved = traces.iter().filter(|t| t.solved).count();
+            eprintln!(
+                "[{}/{total}] {}: {solved}/{} solved",
+                i + 1,
+                traces[0].task_id,
+                traces.len()
+            );
+        },
+    )
+    .map_err(|e| Failure::Internal(e.to_string()))?;
+    if let Some(path) = &args.traces {
+        let mut text = String::new();
+        for trace in groups.iter().flatten() {
+            text.push_str(&json_line(trace)?);
+        }
+        std::fs::write(path, text)
+            .map_err(|e| Failure::Internal(format!("{}: {e}", path.display())))?;
+    }
+    if args.json {
+        print(&json_line(&summary)?)
+    } else {
+        print(&format!(
+            "tasks {}  samples {}\npass@1 {:.2}%  pass@{} {:.2}%\nmean turns {:.2}  malformed {:.1}%  solved-then-broken {:.1}%\n",
+            summary.tasks,
+            summary.samples,
+            summary.pass_at_1,
+            summary.samples,
+            summary.pass_at_k,
+            summary.mean_turns,
+            summary.malformed_rate,
+            summary.solved_then_broken_rate
+        ))
+    }
+}

@@ -13,6 +13,7 @@ pub mod chat;
 pub mod eval;
 pub mod grpo;
 pub mod rollout;
+pub mod run;
 pub mod sft;
 
 /// Why training or evaluation stopped.

@@ -4,7 +4,10 @@
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use std::path::Path;
+
 use burn::prelude::*;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use coe_policy::generate::token_logprobs;
 use coe_policy::{Adapters, Llama};
@@ -112,6 +115,20 @@ pub struct Trainer<B: AutodiffBackend> {
     pub config: OptimConfig,
     /// Optimiser steps taken.
     pub step: usize,
+    /// Seed of the backend's random generator (dropout), reset before each step to
+    /// `seed + step` so a resumed run draws the same masks.
+    pub seed: u64,
+}
+
+/// What a checkpoint's `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// The LoRA settings of the adapters.
+    pub lora: coe_policy::LoraConfig,
 }
 
 impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
@@ -139,7 +156,80 @@ impl<B: AutodiffBackend> Trainer<B> {
             model,
             config,
             step: 0,
+            seed: 0,
         }
+    }
+
+    /// Writes adapters, optimiser state and step to `dir` atomically: everything goes to a
+    /// sibling temporary folder first, which then replaces `dir`.
+    pub fn save_checkpoint(
+        &self,
+        dir: &Path,
+        lora: &coe_policy::LoraConfig,
+    ) -> Result<(), TrainerError> {
+        let tmp = dir.with_extension("tmp");
+        let io = |path: &Path, e: &dyn std::fmt::Display| TrainerError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
+        coe_policy::adapter::save_adapters(&self.model, lora, &tmp.join("adapter.safetensors"))?;
+        BinFileRecorder::<FullPrecisionSettings>::new()
+            .record(self.optimizer.to_record(), tmp.join("optimizer"))
+            .map_err(|e| io(&tmp.join("optimizer.bin"), &e))?;
+        let state = CheckpointState {
+            step: self.step,
+            seed: self.seed,
+            lora: *lora,
+        };
+        let json = serde_json::to_string_pretty(&state).map_err(|e| io(dir, &e))?;
+        std::fs::write(tmp.join("state.json"), json).map_err(|e| io(&tmp, &e))?;
+        let old = dir.with_extension("old");
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| io(dir, &e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| io(dir, &e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| io(&old, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Restores a trainer from a checkpoint written by [`Trainer::save_checkpoint`], on top of
+    /// the frozen `base` model.
+    pub fn load_checkpoint(
+        base: Llama<B>,
+        dir: &Path,
+        config: OptimConfig,
+    ) -> Result<(Self, CheckpointState), TrainerError> {
+        let io = |path: &Path, e: &dyn std::fmt::Display| TrainerError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let state_path = dir.join("state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, &e))?;
+        let state: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| io(&state_path, &e))?;
+        let (model, _) =
+            coe_policy::adapter::load_adapters(base, &dir.join("adapter.safetensors"))?;
+        let device = model.embed.val().device();
+        let record = BinFileRecorder::<FullPrecisionSettings>::new()
+            .load(dir.join("optimizer"), &device)
+            .map_err(|e| io(&dir.join("optimizer.bin"), &e))?;
+        let optimizer = config.optimizer().load_record(record);
+        Ok((
+            Self {
+                model,
+                optimizer,
+                config,
+                step: state.step,
+                seed: state.seed,
+            },
+            state,
+        ))
     }
 
     /// One optimiser step over `micro_batches` (gradients of each micro-batch's loss, divided
@@ -153,6 +243,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         if micro_batches.is_empty() {
             return Err(TrainerError::Data("an optimiser step needs data".into()));
         }
+        B::seed(
+            &self.model.embed.val().device(),
+            self.seed.wrapping_add(self.step as u64),
+        );
         let mut accumulator = GradientsAccumulator::new();
         let mut total = 0.0;
         let scale = 1.0 / micro_batches.len() as f64;

@@ -304,3 +304,48 @@ fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
     let summary = coe_trainer::eval::summarize(&[rollouts.into_iter().map(|r| r.trace).collect()]);
     assert_eq!((summary.tasks, summary.samples), (1, 4));
 }
+
+#[test]
+fn resume_reproduces_the_next_step() {
+    let tok = tokenizer();
+    let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1"]
+        .iter()
+        .map(|c| encode(&tok, &demo(c), 2048).unwrap())
+        .collect();
+    let batches: Vec<Vec<&Encoded>> = demos.iter().map(|d| vec![d]).collect();
+    let config = OptimConfig {
+        lr: 1e-2,
+        warmup_steps: 1,
+        steps: 10,
+        grad_accum: 2,
+        ..OptimConfig::default()
+    };
+    // Dropout on, so the per-step seeding of its masks is exercised too.
+    let lora = LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+    };
+    let base = || {
+        let mut model = Llama::<AD>::random(LlamaConfig::tiny(), 9, &Default::default());
+        model.embed = burn::module::Param::from_tensor(model.embed.val().mul_scalar(4.0))
+            .set_require_grad(false);
+        model
+    };
+    let mut straight = Trainer::new(
+        base().attach_lora(&lora, 9, &Default::default()),
+        config.clone(),
+    );
+    straight.seed = 5;
+    straight.sft_step(&batches).unwrap();
+    straight.sft_step(&batches).unwrap();
+    let dir = std::env::temp_dir().join(format!("coe-resume-{}", std::process::id()));
+    straight.save_checkpoint(&dir, &lora).unwrap();
+    let expected = straight.sft_step(&batches).unwrap();
+
+    let (mut resumed, state) = Trainer::load_checkpoint(base(), &dir, config).unwrap();
+    assert_eq!((state.step, state.seed), (2, 5));
+    let got = resumed.sft_step(&batches).unwrap();
+    assert_eq!(got, expected, "the step after resuming differs");
+    std::fs::remove_dir_all(&dir).ok();
+}
