@@ -26,7 +26,8 @@ def f32_copy(path):
     from gguf.quants import dequantize
 
     out = os.path.join(tempfile.gettempdir(), "coe-bench-f32.gguf")
-    if os.path.exists(out):
+    # A finished copy is at least as large as the F32 weights (a partial one is never renamed).
+    if os.path.exists(out) and os.path.getsize(out) > 4 * os.path.getsize(path):
         return out
     reader = GGUFReader(path)
     arch = reader.fields["general.architecture"]

@@ -295,6 +295,8 @@ fn policy_bench(extra: &[String]) -> Result<()> {
         }
         let line = String::from_utf8_lossy(&output.stdout);
         let row = line.lines().last().context("no output")?;
+        // Each row as it comes, so a later engine's failure does not lose the earlier ones.
+        eprintln!("{row}");
         rows.push(serde_json::from_str(row).with_context(|| format!("reading {row}"))?);
         Ok(())
     };

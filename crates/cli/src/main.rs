@@ -166,6 +166,37 @@ enum Commands {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Repair a program with the policy: play episodes, print each turn and the diff.
+    ///
+    /// Uses fixtures/policy/adapter.safetensors on the default base model when it exists;
+    /// --model and --adapter choose others. With --samples K, K episodes are sampled and the
+    /// first solved one (or the best) is shown. Exit code 0 whether or not it was solved
+    /// (the output says); 2 when the tests already pass or an input is missing.
+    Repair {
+        /// The Python program to repair.
+        program: PathBuf,
+        /// A test snippet (usually one assert); repeatable, at least one.
+        #[arg(long = "test", value_name = "SNIPPET")]
+        tests: Vec<String>,
+        /// Base model (default: SmolLM2-135M-Instruct).
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// LoRA adapters to apply.
+        #[arg(long, value_name = "PATH")]
+        adapter: Option<PathBuf>,
+        /// Episodes to sample (1: greedy).
+        #[arg(long, default_value_t = 1, value_name = "K")]
+        samples: usize,
+        /// Turns per episode.
+        #[arg(long, default_value_t = 10, value_name = "N")]
+        max_turns: usize,
+        /// Sampling seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print one JSON object (solved, turns, final_program, diff).
+        #[arg(long)]
+        json: bool,
+    },
     /// Evaluate a policy on a task file: pass@1, pass@k (unbiased), mean turns, malformed rate.
     Eval {
         /// The tasks, one JSON object per line.
@@ -315,6 +346,25 @@ fn main() -> ExitCode {
             steps,
             out,
         } => model::train(phase, &config, resume, steps, out),
+        Commands::Repair {
+            program,
+            tests,
+            model,
+            adapter,
+            samples,
+            max_turns,
+            seed,
+            json,
+        } => model::repair(model::RepairArgs {
+            program,
+            tests,
+            model,
+            adapter,
+            samples,
+            max_turns,
+            seed,
+            json,
+        }),
         Commands::Eval {
             tasks,
             model,

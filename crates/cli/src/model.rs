@@ -257,3 +257,133 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         ))
     }
 }
+
+/// Where the committed default policy adapter lives (relative to the workspace root), when a
+/// trained one has been committed.
+const DEFAULT_ADAPTER: &str = "fixtures/policy/adapter.safetensors";
+
+/// Options of `coe repair`.
+pub(crate) struct RepairArgs {
+    pub(crate) program: PathBuf,
+    pub(crate) tests: Vec<String>,
+    pub(crate) model: Option<PathBuf>,
+    pub(crate) adapter: Option<PathBuf>,
+    pub(crate) samples: usize,
+    pub(crate) max_turns: usize,
+    pub(crate) seed: u64,
+    pub(crate) json: bool,
+}
+
+#[derive(Serialize)]
+struct RepairJson<'a> {
+    solved: bool,
+    turns: &'a [coe_tool_state::Turn],
+    final_program: &'a str,
+    diff: String,
+    episodes_played: usize,
+}
+
+pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
+    if args.tests.is_empty() {
+        return Err(Failure::Input("give at least one --test".into()));
+    }
+    if args.samples == 0 {
+        return Err(Failure::Input("--samples must be at least 1".into()));
+    }
+    let code = read_text(&args.program)?;
+    let task = coe_tool_state::Task {
+        task_id: args.program.display().to_string(),
+        text: String::new(),
+        code: code.clone(),
+        reference: None,
+        setup: None,
+        tests: args.tests.clone(),
+    };
+    let sandbox = std::sync::Arc::new(crate::commands::sandbox()?);
+    let episode = coe_tool_state::EpisodeConfig {
+        max_turns: args.max_turns,
+        ..Default::default()
+    };
+    let probe = coe_tool_state::Episode::start(task.clone(), &sandbox, episode)
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    if probe.is_passing() {
+        return Err(Failure::Input(format!(
+            "{}: the tests already pass; nothing to repair",
+            args.program.display()
+        )));
+    }
+    let adapter = args.adapter.clone().or_else(|| {
+        let default = PathBuf::from(DEFAULT_ADAPTER);
+        (args.model.is_none() && default.exists()).then_some(default)
+    });
+    if adapter.is_none() && !args.json {
+        eprintln!(
+            "coe: no adapter given and no trained default policy committed; using the base model alone"
+        );
+    }
+    let policy = load_policy(args.model.as_deref(), adapter.as_deref())?;
+    let config = coe_trainer::rollout::PlayConfig {
+        episode,
+        sampling: SamplingConfig {
+            temperature: if args.samples == 1 { 0.0 } else { 0.8 },
+            ..SamplingConfig::default()
+        },
+        context: 2048,
+    };
+    let rollouts = coe_trainer::rollout::play(
+        &policy,
+        &task,
+        &sandbox,
+        args.samples,
+        &config,
+        &mut rng(args.seed),
+    )
+    .map_err(|e| Failure::Internal(e.to_string()))?;
+    let played = rollouts.len();
+    let best = rollouts
+        .into_iter()
+        .max_by(|a, b| {
+            (a.trace.solved, a.trace.total_reward)
+                .partial_cmp(&(b.trace.solved, b.trace.total_reward))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .ok_or_else(|| Failure::Internal("no episode was played".into()))?;
+    let trace = best.trace;
+    let diff = similar::TextDiff::from_lines(&code, &trace.final_program)
+        .unified_diff()
+        .header("before", "after")
+        .to_string();
+    if args.json {
+        return print(&json_line(&RepairJson {
+            solved: trace.solved,
+            turns: &trace.turns,
+            final_program: &trace.final_program,
+            diff,
+            episodes_played: played,
+        })?);
+    }
+    let mut out = String::new();
+    for turn in &trace.turns {
+        out.push_str(&format!("turn {}: {}\n", turn.turn, turn.output));
+        let feedback = turn
+            .observation
+            .rsplit("***\n")
+            .next()
+            .unwrap_or("")
+            .trim_end();
+        for line in feedback.lines() {
+            out.push_str(&format!("    {line}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "\n{} after {} turns\n\n{}",
+        if trace.solved { "solved" } else { "not solved" },
+        trace.turns.len(),
+        if diff.is_empty() {
+            "(program unchanged)\n".to_string()
+        } else {
+            diff
+        }
+    ));
+    print(&out)
+}
