@@ -272,3 +272,95 @@ fn tiny_tokenizer_round_trips_commands() {
     assert!(tok.is_stop(*ids.last().unwrap()));
     assert!(tok.has_newline(tok.encode("\n").unwrap()[0]));
 }
+
+/// A Hugging Face folder (config.json, two safetensors shards, tokenizer.json) written from a
+/// tiny random model loads back into the same model: same logits.
+#[test]
+fn loads_a_sharded_hugging_face_folder() {
+    use safetensors::tensor::TensorView;
+    let model = tiny::<B>(11);
+    let config = model.config().clone();
+    let dir = std::env::temp_dir().join(format!("coe-hf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bytes = |v: Vec<f32>| {
+        v.into_iter()
+            .flat_map(f32::to_le_bytes)
+            .collect::<Vec<u8>>()
+    };
+    // burn keeps projections [in, out]; the files hold PyTorch's [out, in].
+    let torch = |t: Tensor<B, 2>| {
+        let [d_in, d_out] = t.dims();
+        (vec![d_out, d_in], bytes(host(t.transpose())))
+    };
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, linear) in model.named_linears() {
+        let (shape, data) = torch(linear.weight.val());
+        tensors.push((format!("{name}.weight"), shape, data));
+    }
+    for (i, layer) in model.layers.iter().enumerate() {
+        let d = config.hidden_size;
+        tensors.push((
+            format!("model.layers.{i}.input_layernorm.weight"),
+            vec![d],
+            bytes(host(layer.attn_norm.weight.val())),
+        ));
+        tensors.push((
+            format!("model.layers.{i}.post_attention_layernorm.weight"),
+            vec![d],
+            bytes(host(layer.mlp_norm.weight.val())),
+        ));
+    }
+    tensors.push((
+        "model.norm.weight".into(),
+        vec![config.hidden_size],
+        bytes(host(model.norm.weight.val())),
+    ));
+    tensors.push((
+        "model.embed_tokens.weight".into(),
+        vec![config.vocab_size, config.hidden_size],
+        bytes(host(model.embed.val())),
+    ));
+    let half = tensors.len() / 2;
+    for (index, shard) in [&tensors[..half], &tensors[half..]].into_iter().enumerate() {
+        let views: Vec<(String, TensorView<'_>)> = shard
+            .iter()
+            .map(|(n, s, d)| {
+                (
+                    n.clone(),
+                    TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap(),
+                )
+            })
+            .collect();
+        let file = safetensors::serialize(views, None).unwrap();
+        std::fs::write(
+            dir.join(format!("model-0000{}-of-00002.safetensors", index + 1)),
+            file,
+        )
+        .unwrap();
+    }
+    let config_json = serde_json::json!({
+        "model_type": "llama", "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
+        "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+        "tie_word_embeddings": true, "max_position_embeddings": config.max_position_embeddings,
+    });
+    std::fs::write(dir.join("config.json"), config_json.to_string()).unwrap();
+    tiny_tokenizer().save(&dir.join("tokenizer.json")).unwrap();
+
+    let loaded = coe_policy::Policy::<B>::load(&dir, &Default::default()).unwrap();
+    let tokens = [3u32, 14, 15, 9, 26];
+    assert_eq!(
+        full_logits(&loaded.model, &tokens, Adapters::On),
+        full_logits(&model, &tokens, Adapters::On)
+    );
+    assert_eq!(
+        loaded.tokenizer.encode("REPL 1").unwrap(),
+        tiny_tokenizer().encode("REPL 1").unwrap()
+    );
+    // A missing shard is an error naming the tensor, not a panic.
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let err = coe_policy::Policy::<B>::load(&dir, &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("no tensor"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
