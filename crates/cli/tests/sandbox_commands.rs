@@ -217,3 +217,53 @@ fn replay_rejects_a_bad_task() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a task"));
 }
+
+#[test]
+fn model_commands_refuse_bad_input_with_exit_2() {
+    let prompt = temp_file("prompt.txt", "hello");
+    let missing = coe(&[
+        "generate",
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--model",
+        "/nonexistent/model.gguf",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no model at"));
+
+    let corrupt = temp_file("corrupt.gguf", "GGUF\u{3}\0\0\0 not really");
+    let out = coe(&[
+        "generate",
+        "--prompt-file",
+        prompt.to_str().unwrap(),
+        "--model",
+        corrupt.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("GGUF"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Tests that already pass: nothing to repair (decided before any model is loaded).
+    let fine = temp_file("fine.py", "def f():\n    return 1\n");
+    let out = coe(&[
+        "repair",
+        fine.to_str().unwrap(),
+        "--test",
+        "assert f() == 1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already pass"));
+    assert_eq!(
+        coe(&["repair", fine.to_str().unwrap()]).status.code(),
+        Some(2),
+        "no --test"
+    );
+
+    let out = coe(&["eval", "/nonexistent/tasks.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = coe(&["train", "sft", "--config", "/nonexistent/sft.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
