@@ -51,10 +51,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The resident set size of this process in KiB, from `/proc/self/status` (Linux).
 pub fn resident_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+/// The peak resident set size (high-water mark) of this process in KiB (Linux).
+pub fn peak_resident_kib() -> Option<u64> {
+    status_kib("VmHWM:")
+}
+
+/// A KiB field of `/proc/self/status`, e.g. `VmRSS:`.
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
 }

@@ -86,7 +86,7 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
             decode.push((generated - 1) as f64 / decode_s);
         }
     }
-    let peak_rss_mib = peak_rss_kib().map(|k| k as f64 / 1024.0);
+    let peak_rss_mib = coe_benches::peak_resident_kib().map(|k| k as f64 / 1024.0);
     println!(
         "{}",
         serde_json::json!({
@@ -101,16 +101,6 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
         })
     );
     Ok(())
-}
-
-/// Peak resident set (VmHWM) of this process in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
 }
 
 fn main() -> Result<()> {

@@ -178,21 +178,8 @@ enum Commands {
         /// A test snippet (usually one assert); repeatable, at least one.
         #[arg(long = "test", value_name = "SNIPPET")]
         tests: Vec<String>,
-        /// Base model (default: SmolLM2-135M-Instruct).
-        #[arg(long, value_name = "PATH")]
-        model: Option<PathBuf>,
-        /// LoRA adapters to apply.
-        #[arg(long, value_name = "PATH")]
-        adapter: Option<PathBuf>,
-        /// Episodes to sample (1: greedy).
-        #[arg(long, default_value_t = 1, value_name = "K")]
-        samples: usize,
-        /// Turns per episode.
-        #[arg(long, default_value_t = 10, value_name = "N")]
-        max_turns: usize,
-        /// Sampling seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        #[command(flatten)]
+        policy: model::PolicyArgs,
         /// Print one JSON object (solved, turns, final_program, diff).
         #[arg(long)]
         json: bool,
@@ -201,24 +188,11 @@ enum Commands {
     Eval {
         /// The tasks, one JSON object per line.
         tasks: PathBuf,
-        /// Base model (default: SmolLM2-135M-Instruct).
-        #[arg(long, value_name = "PATH")]
-        model: Option<PathBuf>,
-        /// LoRA adapters to apply.
-        #[arg(long, value_name = "PATH")]
-        adapter: Option<PathBuf>,
-        /// Episodes per task (1: greedy; more: sampled at temperature 1).
-        #[arg(long, default_value_t = 1, value_name = "K")]
-        samples: usize,
-        /// Turns per episode.
-        #[arg(long, default_value_t = 10, value_name = "N")]
-        max_turns: usize,
+        #[command(flatten)]
+        policy: model::PolicyArgs,
         /// Only the first N tasks.
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
-        /// Sampling seed.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
         /// Write every episode's trace here (JSON Lines).
         #[arg(long, value_name = "FILE")]
         traces: Option<PathBuf>,
@@ -349,40 +323,24 @@ fn main() -> ExitCode {
         Commands::Repair {
             program,
             tests,
-            model,
-            adapter,
-            samples,
-            max_turns,
-            seed,
+            policy,
             json,
         } => model::repair(model::RepairArgs {
             program,
             tests,
-            model,
-            adapter,
-            samples,
-            max_turns,
-            seed,
+            policy,
             json,
         }),
         Commands::Eval {
             tasks,
-            model,
-            adapter,
-            samples,
-            max_turns,
+            policy,
             limit,
-            seed,
             traces,
             json,
         } => model::eval(model::EvalArgs {
             tasks,
-            model,
-            adapter,
-            samples,
-            max_turns,
+            policy,
             limit,
-            seed,
             traces,
             json,
         }),

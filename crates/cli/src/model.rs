@@ -179,37 +179,54 @@ pub(crate) fn train(
     ))
 }
 
+/// The policy and episode options `coe repair` and `coe eval` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PolicyArgs {
+    /// Base model: a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) model: Option<PathBuf>,
+    /// LoRA adapters to apply.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) adapter: Option<PathBuf>,
+    /// Episodes per task (1: greedy; more: sampled).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub(crate) samples: usize,
+    /// Turns per episode.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub(crate) max_turns: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+}
+
 /// Options of `coe eval`.
 pub(crate) struct EvalArgs {
     pub(crate) tasks: PathBuf,
-    pub(crate) model: Option<PathBuf>,
-    pub(crate) adapter: Option<PathBuf>,
-    pub(crate) samples: usize,
-    pub(crate) max_turns: usize,
+    pub(crate) policy: PolicyArgs,
     pub(crate) limit: Option<usize>,
-    pub(crate) seed: u64,
     pub(crate) traces: Option<PathBuf>,
     pub(crate) json: bool,
 }
 
 pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
+    let p = &args.policy;
     let mut tasks =
         coe_trainer::run::load_tasks(&args.tasks).map_err(|e| Failure::Input(e.to_string()))?;
     if let Some(limit) = args.limit {
         tasks.truncate(limit);
     }
-    if args.samples == 0 {
+    if p.samples == 0 {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
-    let policy = load_policy(args.model.as_deref(), args.adapter.as_deref())?;
+    let policy = load_policy(p.model.as_deref(), p.adapter.as_deref())?;
     let sandbox = std::sync::Arc::new(crate::commands::sandbox()?);
     let config = coe_trainer::rollout::PlayConfig {
         episode: coe_tool_state::EpisodeConfig {
-            max_turns: args.max_turns,
+            max_turns: p.max_turns,
             ..Default::default()
         },
         sampling: SamplingConfig {
-            temperature: if args.samples == 1 { 0.0 } else { 1.0 },
+            temperature: if p.samples == 1 { 0.0 } else { 1.0 },
             ..SamplingConfig::default()
         },
         context: 2048,
@@ -219,9 +236,9 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         &policy,
         &tasks,
         &sandbox,
-        args.samples,
+        p.samples,
         &config,
-        args.seed,
+        p.seed,
         |i, traces| {
             let solved = traces.iter().filter(|t| t.solved).count();
             eprintln!(
@@ -266,11 +283,7 @@ const DEFAULT_ADAPTER: &str = "fixtures/policy/adapter.safetensors";
 pub(crate) struct RepairArgs {
     pub(crate) program: PathBuf,
     pub(crate) tests: Vec<String>,
-    pub(crate) model: Option<PathBuf>,
-    pub(crate) adapter: Option<PathBuf>,
-    pub(crate) samples: usize,
-    pub(crate) max_turns: usize,
-    pub(crate) seed: u64,
+    pub(crate) policy: PolicyArgs,
     pub(crate) json: bool,
 }
 
@@ -284,10 +297,11 @@ struct RepairJson<'a> {
 }
 
 pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
+    let p = &args.policy;
     if args.tests.is_empty() {
         return Err(Failure::Input("give at least one --test".into()));
     }
-    if args.samples == 0 {
+    if p.samples == 0 {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
     let code = read_text(&args.program)?;
@@ -301,7 +315,7 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
     };
     let sandbox = std::sync::Arc::new(crate::commands::sandbox()?);
     let episode = coe_tool_state::EpisodeConfig {
-        max_turns: args.max_turns,
+        max_turns: p.max_turns,
         ..Default::default()
     };
     let probe = coe_tool_state::Episode::start(task.clone(), &sandbox, episode)
@@ -312,20 +326,20 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
             args.program.display()
         )));
     }
-    let adapter = args.adapter.clone().or_else(|| {
+    let adapter = p.adapter.clone().or_else(|| {
         let default = PathBuf::from(DEFAULT_ADAPTER);
-        (args.model.is_none() && default.exists()).then_some(default)
+        (p.model.is_none() && default.exists()).then_some(default)
     });
     if adapter.is_none() && !args.json {
         eprintln!(
             "coe: no adapter given and no trained default policy committed; using the base model alone"
         );
     }
-    let policy = load_policy(args.model.as_deref(), adapter.as_deref())?;
+    let policy = load_policy(p.model.as_deref(), adapter.as_deref())?;
     let config = coe_trainer::rollout::PlayConfig {
         episode,
         sampling: SamplingConfig {
-            temperature: if args.samples == 1 { 0.0 } else { 0.8 },
+            temperature: if p.samples == 1 { 0.0 } else { 0.8 },
             ..SamplingConfig::default()
         },
         context: 2048,
@@ -334,9 +348,9 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
         &policy,
         &task,
         &sandbox,
-        args.samples,
+        p.samples,
         &config,
-        &mut rng(args.seed),
+        &mut rng(p.seed),
     )
     .map_err(|e| Failure::Internal(e.to_string()))?;
     let played = rollouts.len();
