@@ -326,9 +326,14 @@ impl Gguf {
                     name: name.clone(),
                     kind: kind_id,
                 })?;
+            // No zero dims: with one, the other dims could be anything and their product (in
+            // any order a caller multiplies them) could overflow.
             let elements = dims
                 .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .try_fold(
+                    1u64,
+                    |acc, &d| if d == 0 { None } else { acc.checked_mul(d) },
+                )
                 .filter(|&n| n <= bytes.len() as u64 * 8)
                 .ok_or_else(|| GgufError::Corrupt(format!("tensor {name}: dims {dims:?}")))?
                 as usize;
@@ -601,6 +606,13 @@ mod tests {
             Gguf::parse(b"GGML".to_vec()),
             Err(GgufError::BadMagic)
         ));
+    }
+
+    #[test]
+    fn zero_dims_with_huge_neighbours_are_refused() {
+        // Found by fuzzing: dims [0, 2^40, 2^40] multiplied in another order overflowed.
+        let file = tiny_file(&[("t", vec![0, 1 << 40, 1 << 40], 0, vec![])]);
+        assert!(matches!(Gguf::parse(file), Err(GgufError::Corrupt(_))));
     }
 
     #[test]
