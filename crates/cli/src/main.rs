@@ -172,34 +172,9 @@ enum Commands {
     /// --model and --adapter choose others. With --samples K, K episodes are sampled and the
     /// first solved one (or the best) is shown. Exit code 0 whether or not it was solved
     /// (the output says); 2 when the tests already pass or an input is missing.
-    Repair {
-        /// The Python program to repair.
-        program: PathBuf,
-        /// A test snippet (usually one assert); repeatable, at least one.
-        #[arg(long = "test", value_name = "SNIPPET")]
-        tests: Vec<String>,
-        #[command(flatten)]
-        policy: model::PolicyArgs,
-        /// Print one JSON object (solved, turns, final_program, diff).
-        #[arg(long)]
-        json: bool,
-    },
+    Repair(model::RepairArgs),
     /// Evaluate a policy on a task file: pass@1, pass@k (unbiased), mean turns, malformed rate.
-    Eval {
-        /// The tasks, one JSON object per line.
-        tasks: PathBuf,
-        #[command(flatten)]
-        policy: model::PolicyArgs,
-        /// Only the first N tasks.
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
-        /// Write every episode's trace here (JSON Lines).
-        #[arg(long, value_name = "FILE")]
-        traces: Option<PathBuf>,
-        /// Print the summary as one JSON object.
-        #[arg(long)]
-        json: bool,
-    },
+    Eval(model::EvalArgs),
 }
 
 /// The program a task run uses.
@@ -320,30 +295,8 @@ fn main() -> ExitCode {
             steps,
             out,
         } => model::train(phase, &config, resume, steps, out),
-        Commands::Repair {
-            program,
-            tests,
-            policy,
-            json,
-        } => model::repair(model::RepairArgs {
-            program,
-            tests,
-            policy,
-            json,
-        }),
-        Commands::Eval {
-            tasks,
-            policy,
-            limit,
-            traces,
-            json,
-        } => model::eval(model::EvalArgs {
-            tasks,
-            policy,
-            limit,
-            traces,
-            json,
-        }),
+        Commands::Repair(args) => model::repair(args),
+        Commands::Eval(args) => model::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

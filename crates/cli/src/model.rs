@@ -200,11 +200,20 @@ pub(crate) struct PolicyArgs {
 }
 
 /// Options of `coe eval`.
+#[derive(Debug, clap::Args)]
 pub(crate) struct EvalArgs {
+    /// The tasks, one JSON object per line.
     pub(crate) tasks: PathBuf,
+    #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+    /// Only the first N tasks.
+    #[arg(long, value_name = "N")]
     pub(crate) limit: Option<usize>,
+    /// Write every episode's trace here (JSON Lines).
+    #[arg(long, value_name = "FILE")]
     pub(crate) traces: Option<PathBuf>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
     pub(crate) json: bool,
 }
 
@@ -280,10 +289,17 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
 const DEFAULT_ADAPTER: &str = "fixtures/policy/adapter.safetensors";
 
 /// Options of `coe repair`.
+#[derive(Debug, clap::Args)]
 pub(crate) struct RepairArgs {
+    /// The Python program to repair.
     pub(crate) program: PathBuf,
+    /// A test snippet (usually one assert); repeatable, at least one.
+    #[arg(long = "test", value_name = "SNIPPET")]
     pub(crate) tests: Vec<String>,
+    #[command(flatten)]
     pub(crate) policy: PolicyArgs,
+    /// Print one JSON object (solved, turns, final_program, diff).
+    #[arg(long)]
     pub(crate) json: bool,
 }
 

@@ -226,11 +226,7 @@ impl<B: Backend> Session<B> {
         for (i, generation) in rows.into_iter().enumerate() {
             // Every generated token but the last has been run through the model.
             let ran = generation.tokens.len().saturating_sub(1);
-            let cache = if n > 1 {
-                cache.row(i, base + ran)
-            } else {
-                cache.row(0, base + ran)
-            };
+            let cache = cache.row(i, base + ran);
             let mut tokens = self.tokens.clone();
             tokens.extend_from_slice(&generation.tokens);
             let pending = generation
@@ -291,7 +287,10 @@ fn sample(logits: &[f32], config: &SamplingConfig, rng: &mut StdRng) -> (u32, f3
         return (best as u32, logprob(best));
     }
     let mut order: Vec<usize> = (0..logits.len()).collect();
-    order.sort_unstable_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
+    // Only nucleus sampling needs the tokens by probability; plain sampling skips the sort.
+    if config.top_p < 1.0 {
+        order.sort_unstable_by(|&a, &b| scaled[b].total_cmp(&scaled[a]));
+    }
     let mut kept = Vec::new();
     let mut mass = 0.0f64;
     for &i in &order {

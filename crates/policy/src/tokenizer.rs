@@ -65,6 +65,14 @@ impl ChatTemplate {
         }
     }
 
+    /// What the template writes after a message's end-of-turn token (ChatML: a newline).
+    pub fn after_end_of_turn(self) -> &'static str {
+        match self {
+            Self::ChatMl => "\n",
+            Self::Llama3 => "",
+        }
+    }
+
     /// What ends an assistant message (the model emits it to end its turn).
     pub fn end_of_turn(self) -> &'static str {
         match self {

@@ -51,12 +51,7 @@ pub fn encode(
             // Header (not learned), then content and end of turn (learned).
             let header = piece(template.generation_prompt())?;
             let body = piece(&format!("{}{}", message.content, template.end_of_turn()))?;
-            // What follows the end-of-turn token in the template (ChatML: a newline).
-            let rendered = template.message(chat);
-            let tail_text = rendered
-                .split_once(template.end_of_turn())
-                .map_or("", |(_, tail)| tail);
-            let tail = piece(tail_text)?;
+            let tail = piece(template.after_end_of_turn())?;
             let mut ids = header.clone();
             ids.extend(&body);
             ids.extend(&tail);

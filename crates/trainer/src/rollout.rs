@@ -83,8 +83,12 @@ pub fn play<B: Backend, E: Executor + Clone>(
     session.push(&prompt);
     let firsts = session.generate(&policy.model, &policy.tokenizer, n, &config.sampling, rng)?;
     let mut rollouts = Vec::with_capacity(n);
+    let mut first = Some(first);
     for (generation, session) in firsts {
-        let episode = Episode::start(task.clone(), executor.clone(), config.episode)?;
+        let episode = match first.take() {
+            Some(episode) => episode,
+            None => Episode::start(task.clone(), executor.clone(), config.episode)?,
+        };
         rollouts.push(continue_episode(
             policy,
             episode,
@@ -128,11 +132,7 @@ fn continue_episode<B: Backend, E: Executor>(
         if generation.stop != StopReason::EndOfTurn {
             text.push_str(template.end_of_turn());
         }
-        let closed = template.message(ChatMessage {
-            role: "assistant",
-            content: "",
-        });
-        text.push_str(closed.rsplit(template.end_of_turn()).next().unwrap_or(""));
+        text.push_str(template.after_end_of_turn());
         text.push_str(&template.message(ChatMessage {
             role: "user",
             content: episode.observation(),

@@ -219,21 +219,28 @@ pub fn run_sft<B: AutodiffBackend>(
     }
     let mut metrics = Metrics::open(&config.out_dir)?;
     let per_step = config.optim.grad_accum.max(1);
-    let order = |epoch: usize| {
+    let shuffled = |epoch: usize| {
         let mut order: Vec<usize> = (0..examples.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
             config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
         ));
         order
     };
+    // The shuffle of the current epoch, made once per epoch.
+    let mut order: (usize, Vec<usize>) = (0, shuffled(0));
     let started = Instant::now();
     let mut tokens_seen = 0usize;
     while trainer.step < config.optim.steps {
         // Example k of the run is example (k mod n) of epoch (k / n)'s shuffled order.
         let first = trainer.step * per_step;
-        let batches: Vec<Vec<&Encoded>> = (first..first + per_step)
-            .map(|k| vec![&examples[order(k / examples.len())[k % examples.len()]]])
-            .collect();
+        let mut batches: Vec<Vec<&Encoded>> = Vec::with_capacity(per_step);
+        for k in first..first + per_step {
+            let epoch = k / examples.len();
+            if order.0 != epoch {
+                order = (epoch, shuffled(epoch));
+            }
+            batches.push(vec![&examples[order.1[k % examples.len()]]]);
+        }
         tokens_seen += batches
             .iter()
             .flatten()
