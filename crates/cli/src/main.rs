@@ -113,38 +113,7 @@ enum Commands {
     /// The prompt file's text becomes one user message in the model's chat template, unless
     /// --raw tokenizes it as it is (special tokens written in it count). Without --model, the
     /// default base model (fetched by `cargo xtask model`).
-    Generate {
-        /// The prompt text.
-        #[arg(long, value_name = "FILE")]
-        prompt_file: PathBuf,
-        /// A GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
-        #[arg(long, value_name = "PATH")]
-        model: Option<PathBuf>,
-        /// LoRA adapters (safetensors) to apply to the model.
-        #[arg(long, value_name = "PATH")]
-        adapter: Option<PathBuf>,
-        /// Tokenize the prompt file as it is, without the chat template.
-        #[arg(long)]
-        raw: bool,
-        /// Most tokens to generate.
-        #[arg(long, default_value_t = 128, value_name = "N")]
-        max_tokens: usize,
-        /// Always pick the most likely token.
-        #[arg(long)]
-        greedy: bool,
-        /// Sampling temperature (ignored with --greedy).
-        #[arg(long, default_value_t = 0.7)]
-        temperature: f64,
-        /// Nucleus sampling threshold.
-        #[arg(long, default_value_t = 0.95)]
-        top_p: f64,
-        /// Random seed for sampling.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Print one JSON object: prompt_ids, ids, text, top5_first, stop.
-        #[arg(long)]
-        json: bool,
-    },
+    Generate(model::GenerateArgs),
     /// Train LoRA adapters: `sft` on the demonstrations, `rl` (GRPO) over sandbox episodes.
     ///
     /// Settings come from a TOML file (see fixtures/configs); outputs (metrics.jsonl,
@@ -265,29 +234,7 @@ fn main() -> ExitCode {
             limits,
             json,
         } => commands::replay(&task, &edits, max_turns, limits.limits(), json),
-        Commands::Generate {
-            prompt_file,
-            model,
-            adapter,
-            raw,
-            max_tokens,
-            greedy,
-            temperature,
-            top_p,
-            seed,
-            json,
-        } => model::generate(model::GenerateArgs {
-            prompt_file,
-            model,
-            adapter,
-            raw,
-            max_tokens,
-            greedy,
-            temperature,
-            top_p,
-            seed,
-            json,
-        }),
+        Commands::Generate(args) => model::generate(args),
         Commands::Train {
             phase,
             config,

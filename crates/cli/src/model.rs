@@ -41,16 +41,37 @@ pub(crate) fn load_policy(
 }
 
 /// Options of `coe generate`.
+#[derive(Debug, clap::Args)]
 pub(crate) struct GenerateArgs {
+    /// The prompt text.
+    #[arg(long, value_name = "FILE")]
     pub(crate) prompt_file: PathBuf,
+    /// A GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
+    #[arg(long, value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
+    /// LoRA adapters (safetensors) to apply to the model.
+    #[arg(long, value_name = "PATH")]
     pub(crate) adapter: Option<PathBuf>,
+    /// Tokenize the prompt file as it is, without the chat template.
+    #[arg(long)]
     pub(crate) raw: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128, value_name = "N")]
     pub(crate) max_tokens: usize,
+    /// Always pick the most likely token.
+    #[arg(long)]
     pub(crate) greedy: bool,
+    /// Sampling temperature (ignored with --greedy).
+    #[arg(long, default_value_t = 0.7)]
     pub(crate) temperature: f64,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.95)]
     pub(crate) top_p: f64,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Print one JSON object: prompt_ids, ids, text, top5_first, stop.
+    #[arg(long)]
     pub(crate) json: bool,
 }
 

@@ -289,3 +289,44 @@ impl TextTokenizer {
             .map_err(|e| PolicyError::Tokenizer(format!("{}: {e}", path.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_render_as_their_models_expect() {
+        let messages = [
+            ChatMessage {
+                role: "system",
+                content: "S",
+            },
+            ChatMessage {
+                role: "user",
+                content: "U",
+            },
+        ];
+        assert_eq!(
+            ChatTemplate::ChatMl.render(&messages, true),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            ChatTemplate::Llama3.render(&messages, true),
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>\
+             <|start_header_id|>user<|end_header_id|>\n\nU<|eot_id|>\
+             <|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        for template in [ChatTemplate::ChatMl, ChatTemplate::Llama3] {
+            let assistant = template.message(ChatMessage {
+                role: "assistant",
+                content: "X",
+            });
+            let expected_tail = format!(
+                "X{}{}",
+                template.end_of_turn(),
+                template.after_end_of_turn()
+            );
+            assert!(assistant.ends_with(&expected_tail), "{assistant:?}");
+        }
+    }
+}
