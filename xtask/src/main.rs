@@ -24,6 +24,9 @@ enum Bench {
     /// Policy prefill/decode speed and memory on CPU (each burn backend) against llama.cpp and
     /// transformers on the same GGUF file; installs the Python peers in a virtual environment.
     Policy,
+    /// Experience throughput of RL rollouts (episodes/s, environment steps/s, tokens/s, model
+    /// versus sandbox time) with and without sandbox worker threads.
+    Experience,
 }
 
 #[derive(Debug, Subcommand)]
@@ -260,6 +263,12 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
             run_release("coe-benches", "sandbox-bench", &args)
         }
         Bench::Policy => policy_bench(extra),
+        Bench::Experience => {
+            model()?;
+            ensure_wasm_target()?;
+            let args: Vec<&str> = extra.iter().map(String::as_str).collect();
+            run_release("coe-benches", "experience-bench", &args)
+        }
     }
 }
 

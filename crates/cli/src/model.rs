@@ -218,6 +218,9 @@ pub(crate) struct PolicyArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
+    /// Threads running sandbox steps while the model writes the next command (0: none).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) workers: usize,
 }
 
 /// Options of `coe eval`.
@@ -233,6 +236,9 @@ pub(crate) struct EvalArgs {
     /// Write every episode's trace here (JSON Lines).
     #[arg(long, value_name = "FILE")]
     pub(crate) traces: Option<PathBuf>,
+    /// Write DIR/index.html: every episode turn by turn, with each command's diff.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) html: Option<PathBuf>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
@@ -260,6 +266,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
             ..SamplingConfig::default()
         },
         context: 2048,
+        workers: p.workers,
     };
     let total = tasks.len();
     let (summary, groups) = coe_trainer::run::evaluate(
@@ -287,6 +294,22 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         }
         std::fs::write(path, text)
             .map_err(|e| Failure::Internal(format!("{}: {e}", path.display())))?;
+    }
+    if let Some(dir) = &args.html {
+        let title = format!(
+            "coe eval: {} ({}{})",
+            args.tasks.display(),
+            p.model.as_deref().map_or_else(
+                || "SmolLM2-135M-Instruct".into(),
+                |m| m.display().to_string()
+            ),
+            p.adapter
+                .as_deref()
+                .map_or_else(String::new, |a| format!(" + {}", a.display()))
+        );
+        let page = crate::html::write_report(dir, &title, &summary, &groups)
+            .map_err(|e| Failure::Internal(format!("{}: {e}", dir.display())))?;
+        eprintln!("coe: wrote {}", page.display());
     }
     if args.json {
         print(&json_line(&summary)?)
@@ -380,6 +403,7 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
             ..SamplingConfig::default()
         },
         context: 2048,
+        workers: p.workers,
     };
     let rollouts = coe_trainer::rollout::play(
         &policy,

@@ -156,8 +156,9 @@ pub enum StepError {
     Executor(#[from] ExecutorError),
 }
 
-/// A running episode: the tool's state between turns.
-#[derive(Debug)]
+/// A running episode: the tool's state between turns. Cloning copies the state (the executor
+/// handle is cloned): a group of episodes of one task starts from one run of its program.
+#[derive(Debug, Clone)]
 pub struct Episode<E> {
     task: Task,
     executor: E,

@@ -86,14 +86,23 @@ pub fn group_advantages(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// The GRPO loss of one episode (a scalar tensor), given its turns' advantages. `None` when
-/// the episode has no generated tokens.
+/// One episode's part of the GRPO objective.
+#[derive(Debug, Clone)]
+pub struct EpisodeLoss<B: Backend> {
+    /// The loss to minimise (a scalar tensor that carries gradients).
+    pub loss: Tensor<B, 1>,
+    /// Mean per-token KL to the frozen base (k3 estimator), for the logs.
+    pub kl: f32,
+}
+
+/// The GRPO loss of one episode, given its turns' advantages. `None` when the episode has no
+/// generated tokens.
 pub fn episode_loss<B: Backend>(
     model: &Llama<B>,
     rollout: &Rollout,
     advantages: &[f32],
     config: &GrpoConfig,
-) -> Result<Option<Tensor<B, 1>>, TrainerError> {
+) -> Result<Option<EpisodeLoss<B>>, TrainerError> {
     let mut targets = Vec::new();
     let mut old = Vec::new();
     let mut adv = Vec::new();
@@ -126,8 +135,12 @@ pub fn episode_loss<B: Backend>(
     let objective = unclipped.min_pair(clipped);
     let log_ratio_ref = reference - new;
     let kl = log_ratio_ref.clone().exp() - log_ratio_ref - 1.0;
+    let mean_kl = kl.clone().detach().mean().into_scalar().elem::<f32>();
     let per_token = objective - kl.mul_scalar(config.beta);
-    Ok(Some(per_token.mean().neg()))
+    Ok(Some(EpisodeLoss {
+        loss: per_token.mean().neg(),
+        kl: mean_kl,
+    }))
 }
 
 #[cfg(test)]

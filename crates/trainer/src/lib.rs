@@ -6,12 +6,15 @@
 //! - [`rollout`]: episodes played by the policy against the real environment;
 //! - [`grpo`]: per-turn returns normalised within a group, the clipped objective and the KL
 //!   penalty to the frozen base;
-//! - [`eval`]: pass@k and the other evaluation metrics.
+//! - [`eval`]: pass@k and the other evaluation metrics;
+//! - [`plot`]: curves of a run's metrics as SVG.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod chat;
 pub mod eval;
 pub mod grpo;
+pub mod plot;
+mod progress;
 pub mod rollout;
 pub mod run;
 pub mod sft;

@@ -1,13 +1,26 @@
 //! Playing episodes with the policy against the real environment: the model writes one command
 //! per turn, the episode applies and runs it, the observation is appended to the model's
 //! context. The key/value cache lives across the turns of each episode.
+//!
+//! Episodes are pipelined: the model runs on the calling thread while environment steps (the
+//! sandboxed program and its tests) run on [`PlayConfig::workers`] worker threads, so the model
+//! writes the next command of one episode while another episode's program runs. Every episode
+//! samples with its own seeded generator, so results do not depend on thread timing.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use burn::prelude::Backend;
 use coe_data::prompt::opening;
-use coe_exec::Executor;
-use coe_policy::{ChatMessage, Policy, SamplingConfig, Session, StopReason};
-use coe_tool_state::{Episode, EpisodeConfig, Task, Trace};
+use coe_exec::{Executor, ExecutorError};
+use coe_policy::{ChatMessage, Generation, Policy, SamplingConfig, Session, StopReason};
+use coe_tool_state::{Episode, EpisodeConfig, StepError, Task, Trace};
 use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use serde::Serialize;
 
 use crate::TrainerError;
 
@@ -46,6 +59,52 @@ pub struct PlayConfig {
     pub sampling: SamplingConfig,
     /// Context limit in tokens; an episode whose conversation would exceed it ends there.
     pub context: usize,
+    /// Threads that run environment steps while the model generates; 0 runs them on the
+    /// model's thread, one after the other (no overlap).
+    pub workers: usize,
+}
+
+impl Default for PlayConfig {
+    fn default() -> Self {
+        Self {
+            episode: EpisodeConfig::default(),
+            sampling: SamplingConfig::default(),
+            context: 2048,
+            workers: 1,
+        }
+    }
+}
+
+/// Where the time of [`play_tasks`] went, and how much work it did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct PlayStats {
+    /// Episodes played.
+    pub episodes: usize,
+    /// Environment steps (model turns applied and run).
+    pub env_steps: usize,
+    /// Tokens the model generated.
+    pub generated_tokens: usize,
+    /// Prompt and observation tokens the model read.
+    pub prompt_tokens: usize,
+    /// Seconds the model spent (prefill and decoding, on the calling thread).
+    pub model_s: f64,
+    /// Seconds spent in the environment, summed over workers (program runs, tests).
+    pub env_s: f64,
+    /// Seconds from start to finish.
+    pub wall_s: f64,
+}
+
+impl PlayStats {
+    /// Adds another run's counters.
+    pub fn add(&mut self, other: &PlayStats) {
+        self.episodes += other.episodes;
+        self.env_steps += other.env_steps;
+        self.generated_tokens += other.generated_tokens;
+        self.prompt_tokens += other.prompt_tokens;
+        self.model_s += other.model_s;
+        self.env_s += other.env_s;
+        self.wall_s += other.wall_s;
+    }
 }
 
 /// The model's text for a turn: generated tokens without the stop token, first line only.
@@ -60,7 +119,7 @@ fn command_text<B: Backend>(policy: &Policy<B>, tokens: &[u32]) -> Result<String
 }
 
 /// Plays `n` episodes of `task` from one shared prompt (prefilled once, then sampled `n` times).
-pub fn play<B: Backend, E: Executor + Clone>(
+pub fn play<B: Backend, E: Executor + Clone + Send>(
     policy: &Policy<B>,
     task: &Task,
     executor: &E,
@@ -68,68 +127,447 @@ pub fn play<B: Backend, E: Executor + Clone>(
     config: &PlayConfig,
     rng: &mut StdRng,
 ) -> Result<Vec<Rollout>, TrainerError> {
-    let template = policy.tokenizer.template();
-    let first = Episode::start(task.clone(), executor.clone(), config.episode)?;
-    let messages = opening(task, first.observation());
-    let chat: Vec<ChatMessage<'_>> = messages
-        .iter()
-        .map(|m| ChatMessage {
-            role: crate::chat::role_name(m.role),
-            content: &m.content,
-        })
-        .collect();
-    let prompt = policy.tokenizer.encode(&template.render(&chat, true))?;
-    let mut session = Session::new(&policy.model);
-    session.push(&prompt);
-    let firsts = session.generate(&policy.model, &policy.tokenizer, n, &config.sampling, rng)?;
-    let mut rollouts = Vec::with_capacity(n);
-    let mut first = Some(first);
-    for (generation, session) in firsts {
-        let episode = match first.take() {
-            Some(episode) => episode,
-            None => Episode::start(task.clone(), executor.clone(), config.episode)?,
-        };
-        rollouts.push(continue_episode(
-            policy,
-            episode,
-            prompt.len(),
-            generation,
-            session,
-            config,
-            rng,
-        )?);
-    }
-    Ok(rollouts)
+    let (mut groups, _) = play_tasks(
+        policy,
+        std::slice::from_ref(task),
+        executor,
+        n,
+        config,
+        rng,
+        |_, _| {},
+    )?;
+    Ok(groups.pop().unwrap_or_default())
 }
 
-fn continue_episode<B: Backend, E: Executor>(
+/// Plays `n` episodes of every task, pipelined (see the module docs); `on_group(i, rollouts)`
+/// sees task `i`'s group as soon as it is complete. Returns the groups in task order.
+pub fn play_tasks<B: Backend, E: Executor + Clone + Send>(
     policy: &Policy<B>,
-    mut episode: Episode<E>,
-    prompt_len: usize,
-    mut generation: coe_policy::Generation,
-    mut session: Session<B>,
+    tasks: &[Task],
+    executor: &E,
+    n: usize,
     config: &PlayConfig,
     rng: &mut StdRng,
-) -> Result<Rollout, TrainerError> {
-    let template = policy.tokenizer.template();
-    let mut turns = Vec::new();
-    let mut start = prompt_len;
-    let mut context_full = false;
-    loop {
-        let output = command_text(policy, &generation.tokens)?;
-        let turn = episode.step(&output)?;
-        turns.push(TurnSpan {
-            start,
-            len: generation.tokens.len(),
-            old_logprobs: generation.logprobs.clone(),
-            reward: turn.reward,
-        });
-        if episode.is_done() {
-            break;
+    on_group: impl FnMut(usize, &[Rollout]),
+) -> Result<(Vec<Vec<Rollout>>, PlayStats), TrainerError> {
+    let seeds: Vec<u64> = tasks.iter().map(|_| rng.next_u64()).collect();
+    let started = Instant::now();
+    let mut player = Player {
+        policy,
+        tasks,
+        n,
+        config,
+        seeds,
+        episodes: Vec::new(),
+        groups: tasks.iter().map(|_| (0, Vec::new())).collect(),
+        open_groups: 0,
+        on_group,
+        stats: PlayStats::default(),
+        environment: PhantomData,
+    };
+    let result = if config.workers == 0 || tasks.is_empty() {
+        player.run(&mut Inline::new(executor, config.episode))
+    } else {
+        std::thread::scope(|scope| {
+            let mut pool = Pool::start(scope, executor, config.episode, config.workers);
+            player.run(&mut pool)
+        })
+    };
+    result?;
+    player.stats.wall_s = started.elapsed().as_secs_f64();
+    let groups = player
+        .groups
+        .into_iter()
+        .map(|(_, rollouts)| rollouts.into_iter().flatten().collect())
+        .collect();
+    Ok((groups, player.stats))
+}
+
+/// Work for the environment.
+enum Job<E> {
+    /// Start task `group`'s episode (run its program once).
+    Start { group: usize, task: Task },
+    /// Apply `output` in episode `slot`.
+    Step {
+        slot: usize,
+        episode: Box<Episode<E>>,
+        output: String,
+    },
+}
+
+/// The environment's answer to a [`Job`], with the seconds it took.
+enum Done<E> {
+    Started {
+        group: usize,
+        episode: Result<Box<Episode<E>>, ExecutorError>,
+        secs: f64,
+    },
+    Stepped {
+        slot: usize,
+        episode: Box<Episode<E>>,
+        result: Result<(), StepError>,
+        secs: f64,
+    },
+}
+
+fn run_job<E: Executor + Clone>(job: Job<E>, executor: &E, config: EpisodeConfig) -> Done<E> {
+    let clock = Instant::now();
+    match job {
+        Job::Start { group, task } => {
+            let episode = Episode::start(task, executor.clone(), config).map(Box::new);
+            Done::Started {
+                group,
+                episode,
+                secs: clock.elapsed().as_secs_f64(),
+            }
         }
+        Job::Step {
+            slot,
+            mut episode,
+            output,
+        } => {
+            let result = episode.step(&output).map(|_| ());
+            Done::Stepped {
+                slot,
+                episode,
+                result,
+                secs: clock.elapsed().as_secs_f64(),
+            }
+        }
+    }
+}
+
+/// Runs environment jobs somewhere and hands back their results.
+trait Environment<E> {
+    fn submit(&mut self, job: Job<E>);
+    /// A finished job, waiting for one when `block`; `None` when nothing is (or will be) done.
+    fn next(&mut self, block: bool) -> Option<Done<E>>;
+}
+
+/// Runs each job at once on the calling thread.
+struct Inline<'a, E> {
+    executor: &'a E,
+    config: EpisodeConfig,
+    done: VecDeque<Done<E>>,
+}
+
+impl<'a, E> Inline<'a, E> {
+    fn new(executor: &'a E, config: EpisodeConfig) -> Self {
+        Self {
+            executor,
+            config,
+            done: VecDeque::new(),
+        }
+    }
+}
+
+impl<E: Executor + Clone> Environment<E> for Inline<'_, E> {
+    fn submit(&mut self, job: Job<E>) {
+        self.done
+            .push_back(run_job(job, self.executor, self.config));
+    }
+
+    fn next(&mut self, _block: bool) -> Option<Done<E>> {
+        self.done.pop_front()
+    }
+}
+
+/// Worker threads fed through a shared queue; they stop when the pool is dropped.
+struct Pool<E> {
+    jobs: Option<Sender<Job<E>>>,
+    done: Receiver<Done<E>>,
+    in_flight: usize,
+}
+
+impl<E: Executor + Clone + Send> Pool<E> {
+    fn start<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        executor: &E,
+        config: EpisodeConfig,
+        workers: usize,
+    ) -> Self
+    where
+        E: 'scope,
+    {
+        let (jobs, queue) = mpsc::channel::<Job<E>>();
+        let (finished, done) = mpsc::channel();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..workers {
+            let queue = Arc::clone(&queue);
+            let finished = finished.clone();
+            // Each worker owns an executor handle, so executors need not be shared (Sync).
+            let executor = executor.clone();
+            scope.spawn(move || {
+                loop {
+                    // The lock is held only to take a job, not while running it.
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    if finished.send(run_job(job, &executor, config)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        Self {
+            jobs: Some(jobs),
+            done,
+            in_flight: 0,
+        }
+    }
+}
+
+impl<E> Drop for Pool<E> {
+    fn drop(&mut self) {
+        // Closing the queue lets the workers return, so the scope can join them.
+        self.jobs.take();
+    }
+}
+
+impl<E: Send> Environment<E> for Pool<E> {
+    fn submit(&mut self, job: Job<E>) {
+        if let Some(jobs) = &self.jobs
+            && jobs.send(job).is_ok()
+        {
+            self.in_flight += 1;
+        }
+    }
+
+    fn next(&mut self, block: bool) -> Option<Done<E>> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let done = if block {
+            self.done.recv().ok()
+        } else {
+            self.done.try_recv().ok()
+        };
+        if done.is_some() {
+            self.in_flight -= 1;
+        }
+        done
+    }
+}
+
+/// The model's side of an episode between its turns.
+struct Slot<B: Backend> {
+    group: usize,
+    index: usize,
+    session: Session<B>,
+    turns: Vec<TurnSpan>,
+    /// The generation the environment is applying now, and where it starts in the session.
+    pending: Generation,
+    start: usize,
+    rng: StdRng,
+}
+
+/// An episode whose next observation would not fit the context, with its slot.
+type Overflow<E> = Option<(usize, Box<Episode<E>>)>;
+
+/// Model work that is ready to run.
+enum Ready<E> {
+    /// A task's first observation is in: prefill its prompt and sample the group's commands.
+    Open {
+        group: usize,
+        episode: Box<Episode<E>>,
+    },
+    /// An episode took a step and goes on: sample its next command.
+    Continue {
+        slot: usize,
+        episode: Box<Episode<E>>,
+    },
+}
+
+struct Player<'a, B: Backend, E, F> {
+    policy: &'a Policy<B>,
+    tasks: &'a [Task],
+    n: usize,
+    config: &'a PlayConfig,
+    seeds: Vec<u64>,
+    episodes: Vec<Option<Slot<B>>>,
+    /// Per task: episodes still running, and the finished rollouts by index in the group.
+    groups: Vec<(usize, Vec<Option<Rollout>>)>,
+    /// Tasks started and not yet complete.
+    open_groups: usize,
+    on_group: F,
+    stats: PlayStats,
+    environment: PhantomData<fn() -> E>,
+}
+
+impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B, E, F> {
+    fn run(&mut self, env: &mut impl Environment<E>) -> Result<(), TrainerError> {
+        // Tasks open a few at a time so that only their key/value caches are held at once.
+        let window = self.config.workers.max(1) + 1;
+        let mut next_task = 0;
+        let mut ready: VecDeque<Ready<E>> = VecDeque::new();
+        loop {
+            while self.open_groups < window && next_task < self.tasks.len() {
+                env.submit(Job::Start {
+                    group: next_task,
+                    task: self.tasks[next_task].clone(),
+                });
+                next_task += 1;
+                self.open_groups += 1;
+            }
+            if self.open_groups == 0 {
+                return Ok(());
+            }
+            // Collect what the environment finished; wait only when the model has nothing to do.
+            loop {
+                // A finished group frees room: start the next task first.
+                let room = self.open_groups < window && next_task < self.tasks.len();
+                if self.open_groups == 0 || room {
+                    break;
+                }
+                let block = ready.is_empty();
+                let Some(done) = env.next(block) else {
+                    if block {
+                        return Err(TrainerError::Data(
+                            "episodes are open but nothing is running".into(),
+                        ));
+                    }
+                    break;
+                };
+                match self.finished(done)? {
+                    // Continuing episodes go first: they hold caches that opening would add to.
+                    Some(work @ Ready::Continue { .. }) => ready.push_front(work),
+                    Some(work @ Ready::Open { .. }) => ready.push_back(work),
+                    None => {}
+                }
+            }
+            if let Some(work) = ready.pop_front() {
+                let clock = Instant::now();
+                let result = match work {
+                    Ready::Open { group, episode } => self.open(group, episode, env),
+                    Ready::Continue { slot, episode } => self.advance(slot, episode, env),
+                };
+                self.stats.model_s += clock.elapsed().as_secs_f64();
+                if let Some((slot, episode)) = result? {
+                    self.close(slot, &episode, true);
+                }
+            }
+        }
+    }
+
+    /// Books a finished environment job; returns the model work it makes ready.
+    fn finished(&mut self, done: Done<E>) -> Result<Option<Ready<E>>, TrainerError> {
+        match done {
+            Done::Started {
+                group,
+                episode,
+                secs,
+            } => {
+                self.stats.env_s += secs;
+                Ok(Some(Ready::Open {
+                    group,
+                    episode: episode?,
+                }))
+            }
+            Done::Stepped {
+                slot,
+                episode,
+                result,
+                secs,
+            } => {
+                self.stats.env_s += secs;
+                self.stats.env_steps += 1;
+                result?;
+                let state = self.episodes[slot]
+                    .as_mut()
+                    .ok_or_else(|| TrainerError::Data(format!("episode {slot} is not running")))?;
+                let reward = episode.turns().last().map_or(0.0, |t| t.reward);
+                state.turns.push(TurnSpan {
+                    start: state.start,
+                    len: state.pending.tokens.len(),
+                    old_logprobs: std::mem::take(&mut state.pending.logprobs),
+                    reward,
+                });
+                if episode.is_done() {
+                    self.close(slot, &episode, false);
+                    Ok(None)
+                } else {
+                    Ok(Some(Ready::Continue { slot, episode }))
+                }
+            }
+        }
+    }
+
+    /// Prefills task `group`'s prompt once and samples the group's first commands.
+    fn open(
+        &mut self,
+        group: usize,
+        episode: Box<Episode<E>>,
+        env: &mut impl Environment<E>,
+    ) -> Result<Overflow<E>, TrainerError> {
+        let policy = self.policy;
+        let template = policy.tokenizer.template();
+        let messages = opening(&self.tasks[group], episode.observation());
+        let chat: Vec<ChatMessage<'_>> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: crate::chat::role_name(m.role),
+                content: &m.content,
+            })
+            .collect();
+        let prompt = policy.tokenizer.encode(&template.render(&chat, true))?;
+        self.stats.prompt_tokens += prompt.len();
+        let mut session = Session::new(&policy.model);
+        session.push(&prompt);
+        let mut rng = StdRng::seed_from_u64(self.seeds[group]);
+        let firsts = session.generate(
+            &policy.model,
+            &policy.tokenizer,
+            self.n,
+            &self.config.sampling,
+            &mut rng,
+        )?;
+        let count = firsts.len();
+        self.groups[group] = (count, (0..count).map(|_| None).collect());
+        if count == 0 {
+            self.group_done(group);
+        }
+        let mut episode = Some(episode);
+        for (index, (generation, session)) in firsts.into_iter().enumerate() {
+            // The last episode takes the started one; the others are copies of it.
+            let episode = if index + 1 == count {
+                episode.take()
+            } else {
+                episode.clone()
+            }
+            .ok_or_else(|| TrainerError::Data("no episode to continue".into()))?;
+            let slot = self.episodes.len();
+            self.episodes.push(Some(Slot {
+                group,
+                index,
+                session,
+                turns: Vec::new(),
+                pending: generation,
+                start: prompt.len(),
+                rng: StdRng::seed_from_u64(rng.next_u64()),
+            }));
+            self.submit_step(slot, episode, env)?;
+        }
+        Ok(None)
+    }
+
+    /// Appends the observation after a step and samples the episode's next command; returns
+    /// the episode when the context is full.
+    fn advance(
+        &mut self,
+        slot: usize,
+        episode: Box<Episode<E>>,
+        env: &mut impl Environment<E>,
+    ) -> Result<Overflow<E>, TrainerError> {
+        let policy = self.policy;
+        let template = policy.tokenizer.template();
+        let state = self.episodes[slot]
+            .as_mut()
+            .ok_or_else(|| TrainerError::Data(format!("episode {slot} is not running")))?;
         // Close the assistant message as the template does, then the next observation.
         let mut text = String::new();
-        if generation.stop != StopReason::EndOfTurn {
+        if state.pending.stop != StopReason::EndOfTurn {
             text.push_str(template.end_of_turn());
         }
         text.push_str(template.after_end_of_turn());
@@ -139,23 +577,72 @@ fn continue_episode<B: Backend, E: Executor>(
         }));
         text.push_str(template.generation_prompt());
         let next = policy.tokenizer.encode(&text)?;
-        if session.tokens().len() + next.len() + config.sampling.max_tokens > config.context {
-            context_full = true;
-            break;
+        let needed = state.session.tokens().len() + next.len() + self.config.sampling.max_tokens;
+        if needed > self.config.context {
+            return Ok(Some((slot, episode)));
         }
+        self.stats.prompt_tokens += next.len();
+        let mut session = std::mem::replace(&mut state.session, Session::new(&policy.model));
         session.push(&next);
-        start = session.tokens().len();
-        let (g, s) = session
-            .generate(&policy.model, &policy.tokenizer, 1, &config.sampling, rng)?
+        state.start = session.tokens().len();
+        let (generation, session) = session
+            .generate(
+                &policy.model,
+                &policy.tokenizer,
+                1,
+                &self.config.sampling,
+                &mut state.rng,
+            )?
             .pop()
             .ok_or_else(|| TrainerError::Data("no generation".into()))?;
-        generation = g;
-        session = s;
+        state.session = session;
+        state.pending = generation;
+        self.submit_step(slot, episode, env)?;
+        Ok(None)
     }
-    Ok(Rollout {
-        trace: episode.trace(),
-        tokens: session.tokens().to_vec(),
-        turns,
-        context_full,
-    })
+
+    /// Sends the pending command of episode `slot` to the environment.
+    fn submit_step(
+        &mut self,
+        slot: usize,
+        episode: Box<Episode<E>>,
+        env: &mut impl Environment<E>,
+    ) -> Result<(), TrainerError> {
+        let state = self.episodes[slot]
+            .as_ref()
+            .ok_or_else(|| TrainerError::Data(format!("episode {slot} is not running")))?;
+        self.stats.generated_tokens += state.pending.tokens.len();
+        let output = command_text(self.policy, &state.pending.tokens)?;
+        env.submit(Job::Step {
+            slot,
+            episode,
+            output,
+        });
+        Ok(())
+    }
+
+    /// Ends episode `slot`, freeing its cache; reports its group when that was the last one.
+    fn close(&mut self, slot: usize, episode: &Episode<E>, context_full: bool) {
+        let Some(state) = self.episodes.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.stats.episodes += 1;
+        let (running, rollouts) = &mut self.groups[state.group];
+        rollouts[state.index] = Some(Rollout {
+            trace: episode.trace(),
+            tokens: state.session.tokens().to_vec(),
+            turns: state.turns,
+            context_full,
+        });
+        *running -= 1;
+        if *running == 0 {
+            self.group_done(state.group);
+        }
+    }
+
+    fn group_done(&mut self, group: usize) {
+        self.open_groups -= 1;
+        let rollouts: Vec<Rollout> = self.groups[group].1.iter().flatten().cloned().collect();
+        (self.on_group)(group, &rollouts);
+    }
 }

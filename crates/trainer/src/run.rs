@@ -22,7 +22,9 @@ use crate::TrainerError;
 use crate::chat::{Encoded, encode};
 use crate::eval::{EvalSummary, summarize};
 use crate::grpo::{GrpoConfig, episode_loss, group_advantages};
-use crate::rollout::{PlayConfig, play};
+use crate::plot::plot_metrics;
+use crate::progress::Progress;
+use crate::rollout::{PlayConfig, play_tasks};
 use crate::sft::{OptimConfig, Trainer};
 
 /// A training run's configuration (`fixtures/configs/*.toml`). Defaults follow the paper where
@@ -65,6 +67,9 @@ pub struct RunConfig {
     pub max_turns: usize,
     /// RL and evaluation: how commands are sampled.
     pub sampling: SamplingConfig,
+    /// RL and evaluation: threads running sandbox steps while the model generates (0: none,
+    /// steps run between generations).
+    pub workers: usize,
 }
 
 impl Default for RunConfig {
@@ -92,6 +97,7 @@ impl Default for RunConfig {
                 max_tokens: 96,
                 stop_at_newline: true,
             },
+            workers: 1,
         }
     }
 }
@@ -125,6 +131,7 @@ impl RunConfig {
             },
             sampling: self.sampling,
             context: self.context,
+            workers: self.workers,
         }
     }
 }
@@ -145,6 +152,13 @@ impl Metrics {
 
     fn write(&mut self, value: &serde_json::Value) -> Result<(), TrainerError> {
         writeln!(self.0, "{value}").map_err(|e| io_err(&self.1, e))
+    }
+}
+
+/// Redraws the run's curves into `dir/plots`; a failure to draw is reported, not fatal.
+fn plot_run(dir: &Path) {
+    if let Err(e) = plot_metrics(&dir.join("metrics.jsonl"), &dir.join("plots")) {
+        eprintln!("warning: {e}");
     }
 }
 
@@ -180,6 +194,7 @@ fn finish<B: AutodiffBackend>(
     let text = toml::to_string(config).map_err(|e| io_err(&config.out_dir, e))?;
     std::fs::write(config.out_dir.join("config.toml"), text)
         .map_err(|e| io_err(&config.out_dir, e))?;
+    plot_run(&config.out_dir);
     Ok(path)
 }
 
@@ -230,6 +245,7 @@ pub fn run_sft<B: AutodiffBackend>(
     let mut order: (usize, Vec<usize>) = (0, shuffled(0));
     let started = Instant::now();
     let mut tokens_seen = 0usize;
+    let progress = Progress::new("sft", trainer.step, config.optim.steps);
     while trainer.step < config.optim.steps {
         // Example k of the run is example (k mod n) of epoch (k / n)'s shuffled order.
         let first = trainer.step * per_step;
@@ -255,13 +271,23 @@ pub fn run_sft<B: AutodiffBackend>(
                 "tokens": tokens_seen, "tokens_per_s": tokens_seen as f64 / elapsed,
                 "elapsed_s": elapsed,
             });
-            eprintln!("{line}");
+            progress.log(&line);
             metrics.write(&line)?;
         }
+        progress.step(
+            report.step,
+            &format!(
+                "loss {:.3} {:.0} tok/s",
+                report.loss,
+                tokens_seen as f64 / started.elapsed().as_secs_f64()
+            ),
+        );
         if report.step % config.checkpoint_every.max(1) == 0 {
             trainer.save_checkpoint(&config.out_dir.join("checkpoint"), &config.lora)?;
+            plot_run(&config.out_dir);
         }
     }
+    progress.finish();
     finish(&trainer, config)
 }
 
@@ -322,7 +348,7 @@ pub fn tasks_from_demos(demos: &Path, mbpp: &Path) -> Result<Vec<Task>, TrainerE
 }
 
 /// GRPO over live episodes; returns the final adapter's path.
-pub fn run_rl<B: AutodiffBackend, E: Executor + Clone>(
+pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
     config: &RunConfig,
     executor: &E,
     resume: bool,
@@ -345,6 +371,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone>(
     let mut metrics = Metrics::open(&config.out_dir)?;
     let play_config = config.play_config();
     let started = Instant::now();
+    let progress = Progress::new("rl", trainer.step, config.optim.steps);
     while trainer.step < config.optim.steps {
         let step = trainer.step;
         let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(step as u64));
@@ -352,19 +379,21 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone>(
             model: trainer.model.valid(),
             tokenizer: tokenizer.clone(),
         };
+        let batch: Vec<Task> = (0..config.tasks_per_step)
+            .map(|j| tasks[(step * config.tasks_per_step + j) % tasks.len()].clone())
+            .collect();
+        let (groups, stats) = play_tasks(
+            &sampler,
+            &batch,
+            executor,
+            config.grpo.group_size,
+            &play_config,
+            &mut rng,
+            |_, _| {},
+        )?;
         let mut episodes = Vec::new();
-        let (mut reward_sum, mut solved, mut count) = (0.0f64, 0usize, 0usize);
-        let rollout_start = Instant::now();
-        for j in 0..config.tasks_per_step {
-            let task = &tasks[(step * config.tasks_per_step + j) % tasks.len()];
-            let group = play(
-                &sampler,
-                task,
-                executor,
-                config.grpo.group_size,
-                &play_config,
-                &mut rng,
-            )?;
+        let (mut reward_sum, mut solved, mut malformed, mut turns) = (0.0f64, 0, 0, 0);
+        for group in groups {
             let rewards: Vec<Vec<f32>> = group
                 .iter()
                 .map(|r| r.turns.iter().map(|t| t.reward).collect())
@@ -373,38 +402,64 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone>(
             for (rollout, adv) in group.into_iter().zip(advantages) {
                 reward_sum += f64::from(rollout.trace.total_reward);
                 solved += usize::from(rollout.trace.solved);
-                count += 1;
+                turns += rollout.trace.turns.len();
+                malformed += rollout
+                    .trace
+                    .turns
+                    .iter()
+                    .filter(|t| matches!(t.effect, coe_tool_state::Effect::Malformed { .. }))
+                    .count();
                 episodes.push((rollout, adv));
             }
         }
-        let rollout_s = rollout_start.elapsed().as_secs_f64();
+        let count = episodes.len().max(1) as f64;
         let grpo = config.grpo;
         let trainable: Vec<_> = episodes
             .iter()
             .filter(|(r, _)| !r.turns.is_empty())
             .collect();
+        let mut kls = Vec::with_capacity(trainable.len());
+        let update = Instant::now();
         let report = trainer.step_with(&trainable, |model, (rollout, adv)| {
-            episode_loss(model, rollout, adv, &grpo)?
-                .ok_or_else(|| TrainerError::Data("an episode without tokens".into()))
+            let part = episode_loss(model, rollout, adv, &grpo)?
+                .ok_or_else(|| TrainerError::Data("an episode without tokens".into()))?;
+            kls.push(f64::from(part.kl));
+            Ok(part.loss)
         })?;
+        let kl = kls.iter().sum::<f64>() / kls.len().max(1) as f64;
         let line = serde_json::json!({
             "phase": "rl", "step": report.step, "loss": report.loss, "lr": report.lr,
-            "mean_return": reward_sum / count.max(1) as f64,
-            "solve_rate": solved as f64 / count.max(1) as f64,
-            "episodes": count, "rollout_s": rollout_s,
+            "mean_return": reward_sum / count, "solve_rate": solved as f64 / count,
+            "kl": kl, "mean_turns": turns as f64 / count,
+            "malformed_rate": malformed as f64 / turns.max(1) as f64,
+            "episodes": stats.episodes, "env_steps": stats.env_steps,
+            "generated_tokens": stats.generated_tokens,
+            "rollout_s": stats.wall_s, "model_s": stats.model_s, "env_s": stats.env_s,
+            "update_s": update.elapsed().as_secs_f64(),
             "elapsed_s": started.elapsed().as_secs_f64(),
         });
-        eprintln!("{line}");
+        progress.step(
+            report.step,
+            &format!(
+                "return {:.2} solved {:.0}% kl {kl:.4}",
+                reward_sum / count,
+                100.0 * solved as f64 / count
+            ),
+        );
+        progress.log(&line);
         metrics.write(&line)?;
         if report.step % config.checkpoint_every.max(1) == 0 {
             trainer.save_checkpoint(&config.out_dir.join("checkpoint"), &config.lora)?;
+            plot_run(&config.out_dir);
         }
     }
+    progress.finish();
     finish(&trainer, config)
 }
 
-/// Plays `samples` episodes of each task with the policy and summarises them.
-pub fn evaluate<B: Backend, E: Executor + Clone>(
+/// Plays `samples` episodes of each task with the policy (pipelined, see [`play_tasks`]) and
+/// summarises them; `on_task(i, traces)` sees each task's episodes when they are complete.
+pub fn evaluate<B: Backend, E: Executor + Clone + Send>(
     policy: &Policy<B>,
     tasks: &[Task],
     executor: &E,
@@ -413,15 +468,22 @@ pub fn evaluate<B: Backend, E: Executor + Clone>(
     seed: u64,
     mut on_task: impl FnMut(usize, &[Trace]),
 ) -> Result<(EvalSummary, Vec<Vec<Trace>>), TrainerError> {
-    let mut groups = Vec::with_capacity(tasks.len());
-    for (i, task) in tasks.iter().enumerate() {
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
-        let traces: Vec<Trace> = play(policy, task, executor, samples, config, &mut rng)?
-            .into_iter()
-            .map(|r| r.trace)
-            .collect();
-        on_task(i, &traces);
-        groups.push(traces);
-    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (groups, _) = play_tasks(
+        policy,
+        tasks,
+        executor,
+        samples,
+        config,
+        &mut rng,
+        |i, group| {
+            let traces: Vec<Trace> = group.iter().map(|r| r.trace.clone()).collect();
+            on_task(i, &traces);
+        },
+    )?;
+    let groups: Vec<Vec<Trace>> = groups
+        .into_iter()
+        .map(|group| group.into_iter().map(|r| r.trace).collect())
+        .collect();
     Ok((summarize(&groups), groups))
 }

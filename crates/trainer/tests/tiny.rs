@@ -11,7 +11,7 @@ use coe_policy::{
 use coe_tool_state::{EpisodeConfig, Task};
 use coe_trainer::chat::{Encoded, encode};
 use coe_trainer::grpo::{GrpoConfig, episode_loss, group_advantages};
-use coe_trainer::rollout::{PlayConfig, Rollout, TurnSpan, play};
+use coe_trainer::rollout::{PlayConfig, Rollout, TurnSpan, play, play_tasks};
 use coe_trainer::sft::{OptimConfig, Trainer, sft_loss};
 
 type AD = Autodiff<CpuBackend>;
@@ -217,7 +217,7 @@ fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
     ];
     trainer
         .step_with(&episodes, |model, (rollout, a)| {
-            Ok(episode_loss(model, rollout, a, &config)?.unwrap())
+            Ok(episode_loss(model, rollout, a, &config)?.unwrap().loss)
         })
         .unwrap();
     let valid = trainer.model.valid();
@@ -263,20 +263,95 @@ impl Executor for ToyExecutor {
     }
 }
 
+fn toy_task(id: usize) -> Task {
+    Task {
+        task_id: format!("toy/{id}"),
+        text: String::new(),
+        code: "x = 1\n".into(),
+        reference: None,
+        setup: None,
+        tests: vec![format!("assert x == {}", id + 1)],
+    }
+}
+
+#[test]
+fn pipelined_play_matches_play_without_workers() {
+    let policy = Policy {
+        model: lora_model::<CpuBackend>(5),
+        tokenizer: tokenizer(),
+    };
+    let tasks: Vec<Task> = (1..=3).map(toy_task).collect();
+    let config = PlayConfig {
+        episode: EpisodeConfig {
+            max_turns: 3,
+            ..EpisodeConfig::default()
+        },
+        sampling: SamplingConfig {
+            max_tokens: 8,
+            ..SamplingConfig::default()
+        },
+        workers: 0,
+        ..PlayConfig::default()
+    };
+    let mut reported = Vec::new();
+    let (inline, _) = play_tasks(
+        &policy,
+        &tasks,
+        &ToyExecutor,
+        2,
+        &config,
+        &mut rng(7),
+        |i, g| reported.push((i, g.len())),
+    )
+    .unwrap();
+    reported.sort_unstable();
+    assert_eq!(reported, [(0, 2), (1, 2), (2, 2)]);
+    let workers = PlayConfig {
+        workers: 2,
+        ..config
+    };
+    let (piped, stats) = play_tasks(
+        &policy,
+        &tasks,
+        &ToyExecutor,
+        2,
+        &workers,
+        &mut rng(7),
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(piped.len(), 3);
+    for (task, (a, b)) in tasks.iter().zip(inline.iter().zip(&piped)) {
+        assert_eq!(a.len(), 2);
+        for (a, b) in a.iter().zip(b) {
+            assert_eq!(b.trace.task_id, task.task_id);
+            assert_eq!(a.tokens, b.tokens);
+            assert_eq!(a.turns, b.turns);
+        }
+    }
+    let all: Vec<&Rollout> = piped.iter().flatten().collect();
+    assert_eq!(stats.episodes, 6);
+    assert_eq!(
+        stats.env_steps,
+        all.iter().map(|r| r.trace.turns.len()).sum::<usize>()
+    );
+    assert_eq!(
+        stats.generated_tokens,
+        all.iter()
+            .flat_map(|r| &r.turns)
+            .map(|t| t.len)
+            .sum::<usize>()
+    );
+    assert!(stats.model_s > 0.0 && stats.wall_s >= stats.model_s);
+}
+
 #[test]
 fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
     let policy = Policy {
         model: lora_model::<CpuBackend>(4),
         tokenizer: tokenizer(),
     };
-    let task = Task {
-        task_id: "toy/1".into(),
-        text: String::new(),
-        code: "x = 1\n".into(),
-        reference: None,
-        setup: None,
-        tests: vec!["assert x == 2".into()],
-    };
+    let task = toy_task(1);
     let config = PlayConfig {
         episode: EpisodeConfig {
             max_turns: 3,
@@ -287,6 +362,7 @@ fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
             ..SamplingConfig::default()
         },
         context: 2048,
+        workers: 0,
     };
     let rollouts = play(&policy, &task, &ToyExecutor, 4, &config, &mut rng(1)).unwrap();
     assert_eq!(rollouts.len(), 4);

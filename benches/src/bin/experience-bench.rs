@@ -1,0 +1,150 @@
+//! Experience throughput: the policy plays GRPO-style groups of episodes against the real
+//! sandbox, as RL does, and the run reports episodes/s, environment steps/s, generated tokens/s
+//! and where the time went (model versus sandbox). Each repeat plays the same tasks with the same
+//! seed once with the sandbox on the model's thread (`workers 0`, no overlap) and once per other
+//! worker count, interleaved, so the comparison shares the machine's noise. Prints one JSON
+//! line per run, then a table of medians. `cargo xtask bench experience` runs it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use coe_policy::generate::rng;
+use coe_policy::{CpuBackend, Policy, SamplingConfig};
+use coe_tool_state::EpisodeConfig;
+use coe_trainer::rollout::{PlayConfig, PlayStats, play_tasks};
+
+struct Args {
+    model: PathBuf,
+    adapter: Option<PathBuf>,
+    tasks: PathBuf,
+    limit: usize,
+    group: usize,
+    max_turns: usize,
+    repeats: usize,
+    workers: Vec<usize>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        model: coe_policy::default_model_path(),
+        adapter: None,
+        tasks: coe_benches::fixtures_dir().join("eval/mbpp-synthetic-test.jsonl"),
+        limit: 2,
+        group: 4,
+        max_turns: 10,
+        repeats: 3,
+        workers: vec![0, 1],
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => args.model = value()?.into(),
+            "--adapter" => args.adapter = Some(value()?.into()),
+            "--tasks" => args.tasks = value()?.into(),
+            "--limit" => args.limit = value()?.parse()?,
+            "--group" => args.group = value()?.parse()?,
+            "--max-turns" => args.max_turns = value()?.parse()?,
+            "--repeats" => args.repeats = value()?.parse()?,
+            "--workers" => {
+                args.workers = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?;
+            }
+            other => bail!(
+                "unknown argument {other}; usage: experience-bench [--model PATH] [--adapter PATH] \
+                 [--tasks FILE] [--limit N] [--group G] [--max-turns N] [--repeats N] \
+                 [--workers 0,1]"
+            ),
+        }
+    }
+    if args.workers.is_empty() || args.repeats == 0 || args.limit == 0 || args.group == 0 {
+        bail!("--workers, --repeats, --limit and --group need at least one");
+    }
+    Ok(args)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    coe_benches::percentile(&values, 50.0)
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let device = Default::default();
+    let mut policy = Policy::<CpuBackend>::load(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    if let Some(adapter) = &args.adapter {
+        policy.model = coe_policy::adapter::load_adapters(policy.model, adapter)
+            .with_context(|| format!("loading {}", adapter.display()))?
+            .0;
+    }
+    let mut tasks = coe_benches::load_tasks(&args.tasks)?;
+    tasks.truncate(args.limit);
+    let sandbox = coe_sandbox::Sandbox::new(&Default::default())?;
+    // RL's sampling settings (fixtures/configs/rl.toml).
+    let config = PlayConfig {
+        episode: EpisodeConfig {
+            max_turns: args.max_turns,
+            ..EpisodeConfig::default()
+        },
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens: 96,
+            stop_at_newline: true,
+        },
+        ..PlayConfig::default()
+    };
+    let mut runs: Vec<Vec<PlayStats>> = vec![Vec::new(); args.workers.len()];
+    for repeat in 0..args.repeats {
+        for (i, &workers) in args.workers.iter().enumerate() {
+            let config = PlayConfig { workers, ..config };
+            let (groups, stats) = play_tasks(
+                &policy,
+                &tasks,
+                &sandbox,
+                args.group,
+                &config,
+                &mut rng(repeat as u64),
+                |_, _| {},
+            )?;
+            let solved = groups.iter().flatten().filter(|r| r.trace.solved).count();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "repeat": repeat, "workers": workers, "solved": solved, "stats": stats,
+                })
+            );
+            runs[i].push(stats);
+        }
+    }
+    println!(
+        "\nSmolLM2-135M on CPU, {} tasks x {} episodes, up to {} turns; medians of {} runs\n",
+        tasks.len(),
+        args.group,
+        args.max_turns,
+        args.repeats
+    );
+    println!(
+        "| sandbox workers | episodes/s | env steps/s | generated tok/s | model share | sandbox share | wall s | speed-up vs 0 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let wall = |stats: &[PlayStats]| median(stats.iter().map(|s| s.wall_s).collect());
+    let baseline = wall(&runs[0]);
+    for (&workers, stats) in args.workers.iter().zip(&runs) {
+        let rate = |f: &dyn Fn(&PlayStats) -> f64| median(stats.iter().map(f).collect());
+        println!(
+            "| {workers} | {:.3} | {:.2} | {:.1} | {:.0}% | {:.0}% | {:.1} | {:.2}x |",
+            rate(&|s| s.episodes as f64 / s.wall_s),
+            rate(&|s| s.env_steps as f64 / s.wall_s),
+            rate(&|s| s.generated_tokens as f64 / s.wall_s),
+            100.0 * rate(&|s| s.model_s / s.wall_s),
+            100.0 * rate(&|s| s.env_s / s.wall_s),
+            wall(stats),
+            baseline / wall(stats),
+        );
+    }
+    Ok(())
+}
