@@ -136,7 +136,7 @@ fn main() -> Result<()> {
     for (&workers, stats) in args.workers.iter().zip(&runs) {
         let rate = |f: &dyn Fn(&PlayStats) -> f64| median(stats.iter().map(f).collect());
         println!(
-            "| {workers} | {:.3} | {:.2} | {:.1} | {:.0}% | {:.0}% | {:.1} | {:.2}x |",
+            "| {workers} | {:.3} | {:.2} | {:.1} | {:.2}% | {:.2}% | {:.1} | {:.2}x |",
             rate(&|s| s.episodes as f64 / s.wall_s),
             rate(&|s| s.env_steps as f64 / s.wall_s),
             rate(&|s| s.generated_tokens as f64 / s.wall_s),

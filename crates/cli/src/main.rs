@@ -136,6 +136,12 @@ enum Commands {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
+    /// Draw a training run's curves: DIR/metrics.jsonl to DIR/plots/*.svg (loss, reward, solve
+    /// rate, KL, ...). Training does this at each checkpoint and at the end.
+    Plot {
+        /// The run's output folder.
+        dir: PathBuf,
+    },
     /// Repair a program with the policy: play episodes, print each turn and the diff.
     ///
     /// Uses fixtures/policy/adapter.safetensors on the default base model when it exists;
@@ -243,6 +249,7 @@ fn main() -> ExitCode {
             steps,
             out,
         } => model::train(phase, &config, resume, steps, out),
+        Commands::Plot { dir } => model::plot(&dir),
         Commands::Repair(args) => model::repair(args),
         Commands::Eval(args) => model::eval(args),
     };

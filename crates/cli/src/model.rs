@@ -154,6 +154,24 @@ pub(crate) enum Phase {
     Rl,
 }
 
+pub(crate) fn plot(dir: &Path) -> Result<(), Failure> {
+    let metrics = dir.join("metrics.jsonl");
+    if !metrics.is_file() {
+        return Err(Failure::Input(format!(
+            "coe: no {} (is {} a training run's folder?)",
+            metrics.display(),
+            dir.display()
+        )));
+    }
+    let written = coe_trainer::plot::plot_metrics(&metrics, &dir.join("plots"))
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+    let mut out = String::new();
+    for path in written {
+        out.push_str(&format!("{}\n", path.display()));
+    }
+    print(&out)
+}
+
 pub(crate) fn train(
     phase: Phase,
     config_path: &Path,
@@ -194,9 +212,10 @@ pub(crate) fn train(
         }
     };
     print(&format!(
-        "adapter: {}\nmetrics: {}\n",
+        "adapter: {}\nmetrics: {}\nplots: {}\n",
         adapter.display(),
-        config.out_dir.join("metrics.jsonl").display()
+        config.out_dir.join("metrics.jsonl").display(),
+        config.out_dir.join("plots").display()
     ))
 }
 
