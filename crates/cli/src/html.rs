@@ -87,12 +87,15 @@ fn effect_text(effect: &Effect) -> String {
 
 fn episode_html(out: &mut String, index: usize, trace: &Trace) {
     let verdict = if trace.solved { "solved" } else { "not solved" };
+    let turns = trace.turns.len();
+    // Each task's first episode is shown unfolded; the others open with a click.
     let _ = write!(
         out,
-        "<details class=\"episode {}\"><summary>episode {} &middot; {verdict} &middot; {} turns &middot; return {:.2}</summary>",
+        "<details class=\"episode {}\"{}><summary>episode {} &middot; {verdict} &middot; {turns} turn{} &middot; return {:.2}</summary>",
         if trace.solved { "ok" } else { "fail" },
+        if index == 0 { " open" } else { "" },
         index + 1,
-        trace.turns.len(),
+        if turns == 1 { "" } else { "s" },
         trace.total_reward
     );
     let (mut program, feedback) = split_observation(&trace.initial_observation);
