@@ -74,9 +74,13 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Evaluate on mbpp-synthetic-test, -hard and HumanEvalFix; extra arguments go to each
-    /// `coe eval` (e.g. `-- --adapter runs/rl/adapter.safetensors --samples 4 --limit 50`).
+    /// Evaluate on mbpp-synthetic-test, -hard and HumanEvalFix, with Chain-of-Edits episodes and
+    /// with the direct-answer baseline; extra arguments go to each `coe eval` (e.g. `--
+    /// --adapter runs/rl/adapter.safetensors --samples 4 --limit 50`).
     Eval {
+        /// Where each set's traces and page go (OUT/<set>/).
+        #[arg(long, default_value = "runs/eval")]
+        out: PathBuf,
         /// Extra arguments for `coe eval`, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -110,21 +114,7 @@ fn main() -> Result<()> {
         Task::Model => model().map(|path| println!("model: {}", path.display())),
         Task::Sft { config, args } => train("sft", &config, &args),
         Task::Rl { config, args } => train("rl", &config, &args),
-        Task::Eval { args } => {
-            model()?;
-            for set in [
-                "mbpp-synthetic-test",
-                "mbpp-synthetic-test-hard",
-                "humanevalfix",
-            ] {
-                let tasks = format!("fixtures/eval/{set}.jsonl");
-                println!("== {set}");
-                let mut command = vec!["eval", tasks.as_str()];
-                command.extend(args.iter().map(String::as_str));
-                coe(&command)?;
-            }
-            Ok(())
-        }
+        Task::Eval { out, args } => eval(&out, &args),
         Task::Guest => guest(),
         Task::Bench { which, args } => bench(which, &args),
         Task::Data { stats, args } => {
@@ -159,6 +149,35 @@ fn demo() -> Result<()> {
 /// cached snapshot (`coe prepare`).
 fn guest() -> Result<()> {
     coe(&["prepare"])
+}
+
+/// Each evaluation set with episodes (traces and page in OUT/<set>/) and with the direct-answer
+/// baseline (answers in OUT/<set>/direct.jsonl).
+fn eval(out: &Path, extra: &[String]) -> Result<()> {
+    model()?;
+    for set in [
+        "mbpp-synthetic-test",
+        "mbpp-synthetic-test-hard",
+        "humanevalfix",
+    ] {
+        let dir = out.join(set);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tasks = format!("fixtures/eval/{set}.jsonl");
+        let direct = format!("fixtures/eval/{set}.direct.jsonl");
+        let traces = dir.join("traces.jsonl").to_string_lossy().into_owned();
+        let answers = dir.join("direct.jsonl").to_string_lossy().into_owned();
+        let page = dir.to_string_lossy().into_owned();
+        println!("== {set}: Chain-of-Edits");
+        let mut command = vec!["eval", &tasks, "--traces", &traces, "--html", &page];
+        command.extend(extra.iter().map(String::as_str));
+        coe(&command)?;
+        println!("== {set}: direct answer");
+        let mut command = vec!["eval", &tasks, "--direct", &direct, "--traces", &answers];
+        command.extend(extra.iter().map(String::as_str));
+        coe(&command)?;
+        println!("outputs: {traces}, {page}/index.html, {answers}");
+    }
+    Ok(())
 }
 
 /// Runs a training phase through `coe train`, after fetching the model and making the data.

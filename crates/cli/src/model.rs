@@ -256,8 +256,12 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) traces: Option<PathBuf>,
     /// Write DIR/index.html: every episode turn by turn, with each command's diff.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "direct")]
     pub(crate) html: Option<PathBuf>,
+    /// The direct-answer baseline instead of episodes: ask for the whole fixed program in one
+    /// answer, with the prompts of FILE (fixtures/eval/*.direct.jsonl) matched by task_id.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) direct: Option<PathBuf>,
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
@@ -288,6 +292,43 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         workers: p.workers,
     };
     let total = tasks.len();
+    let progress = |i: usize, id: &str, solved: usize, n: usize| {
+        eprintln!("[{}/{total}] {id}: {solved}/{n} solved", i + 1);
+    };
+    if let Some(prompts) = &args.direct {
+        let prompts = coe_trainer::direct::load_prompts(prompts)
+            .map_err(|e| Failure::Input(e.to_string()))?;
+        let sampling = SamplingConfig {
+            // Room for a whole program; the answer ends at the end-of-turn token.
+            max_tokens: 768,
+            stop_at_newline: false,
+            ..config.sampling
+        };
+        let (summary, groups) = coe_trainer::direct::evaluate_direct(
+            &policy,
+            &tasks,
+            &prompts,
+            &sandbox,
+            p.samples,
+            &sampling,
+            &config.episode.limits,
+            p.seed,
+            |i, answers| {
+                let id = answers.first().map_or("", |a| a.task_id.as_str());
+                progress(
+                    i,
+                    id,
+                    answers.iter().filter(|a| a.solved).count(),
+                    answers.len(),
+                );
+            },
+        )
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+        if let Some(path) = &args.traces {
+            write_json_lines(path, groups.iter().flatten())?;
+        }
+        return print_summary(&summary, args.json);
+    }
     let (summary, groups) = coe_trainer::run::evaluate(
         &policy,
         &tasks,
@@ -296,23 +337,18 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         &config,
         p.seed,
         |i, traces| {
-            let solved = traces.iter().filter(|t| t.solved).count();
-            eprintln!(
-                "[{}/{total}] {}: {solved}/{} solved",
-                i + 1,
-                traces[0].task_id,
-                traces.len()
+            let id = traces.first().map_or("", |t| t.task_id.as_str());
+            progress(
+                i,
+                id,
+                traces.iter().filter(|t| t.solved).count(),
+                traces.len(),
             );
         },
     )
     .map_err(|e| Failure::Internal(e.to_string()))?;
     if let Some(path) = &args.traces {
-        let mut text = String::new();
-        for trace in groups.iter().flatten() {
-            text.push_str(&json_line(trace)?);
-        }
-        std::fs::write(path, text)
-            .map_err(|e| Failure::Internal(format!("{}: {e}", path.display())))?;
+        write_json_lines(path, groups.iter().flatten())?;
     }
     if let Some(dir) = &args.html {
         let title = format!(
@@ -330,8 +366,24 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Internal(format!("{}: {e}", dir.display())))?;
         eprintln!("coe: wrote {}", page.display());
     }
-    if args.json {
-        print(&json_line(&summary)?)
+    print_summary(&summary, args.json)
+}
+
+/// Writes one JSON line per item to `path`.
+fn write_json_lines<'a, T: serde::Serialize + 'a>(
+    path: &Path,
+    items: impl IntoIterator<Item = &'a T>,
+) -> Result<(), Failure> {
+    let mut text = String::new();
+    for item in items {
+        text.push_str(&json_line(item)?);
+    }
+    std::fs::write(path, text).map_err(|e| Failure::Internal(format!("{}: {e}", path.display())))
+}
+
+fn print_summary(summary: &coe_trainer::eval::EvalSummary, json: bool) -> Result<(), Failure> {
+    if json {
+        print(&json_line(summary)?)
     } else {
         print(&format!(
             "tasks {}  samples {}\npass@1 {:.2}%  pass@{} {:.2}%\nmean turns {:.2}  malformed {:.1}%  solved-then-broken {:.1}%\n",

@@ -7,10 +7,12 @@
 //! - [`grpo`]: per-turn returns normalised within a group, the clipped objective and the KL
 //!   penalty to the frozen base;
 //! - [`eval`]: pass@k and the other evaluation metrics;
+//! - [`direct`]: the direct-answer baseline (the whole fixed program in one answer);
 //! - [`plot`]: curves of a run's metrics as SVG.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod chat;
+pub mod direct;
 pub mod eval;
 pub mod grpo;
 pub mod plot;

@@ -346,6 +346,67 @@ fn pipelined_play_matches_play_without_workers() {
 }
 
 #[test]
+fn direct_answers_are_run_against_the_tests() {
+    use coe_trainer::direct::{DirectPrompt, evaluate_direct};
+    let policy = Policy {
+        model: lora_model::<CpuBackend>(6),
+        tokenizer: tokenizer(),
+    };
+    let tasks: Vec<Task> = (1..=2).map(toy_task).collect();
+    let prompts: Vec<DirectPrompt> = tasks
+        .iter()
+        .map(|t| DirectPrompt {
+            task_id: t.task_id.clone(),
+            messages: vec![
+                Message::new(Role::System, "reply with the fixed program"),
+                Message::new(Role::User, &t.code),
+            ],
+        })
+        .collect();
+    let sampling = SamplingConfig {
+        max_tokens: 8,
+        stop_at_newline: false,
+        ..SamplingConfig::default()
+    };
+    let mut seen = 0;
+    let (summary, groups) = evaluate_direct(
+        &policy,
+        &tasks,
+        &prompts,
+        &ToyExecutor,
+        3,
+        &sampling,
+        &Default::default(),
+        1,
+        |_, answers| seen += answers.len(),
+    )
+    .unwrap();
+    assert_eq!((summary.tasks, summary.samples, seen), (2, 3, 6));
+    for (task, answers) in tasks.iter().zip(&groups) {
+        for answer in answers {
+            assert_eq!(answer.task_id, task.task_id);
+            // The toy executor passes a program exactly when it contains `x = 2`.
+            assert_eq!(answer.solved, answer.program.contains("x = 2"));
+        }
+    }
+    // A task without a prompt is an error, not a silent skip.
+    assert!(
+        evaluate_direct(
+            &policy,
+            &[toy_task(9)],
+            &prompts,
+            &ToyExecutor,
+            1,
+            &sampling,
+            &Default::default(),
+            1,
+            |_, _| {}
+        )
+        .is_err()
+    );
+}
+
+#[test]
 fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
     let policy = Policy {
         model: lora_model::<CpuBackend>(4),

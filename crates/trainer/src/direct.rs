@@ -1,0 +1,176 @@
+//! The direct-answer baseline: the same model is asked for the whole fixed program in one
+//! answer (prompts from `fixtures/eval/*.direct.jsonl`), sampled as many times as Chain-of-Edits
+//! episodes are, and each answer is run against the task's tests in the same executor.
+
+use std::path::Path;
+
+use burn::prelude::Backend;
+use coe_data::prompt::Message;
+use coe_exec::{ExecRequest, Executor, Limits, Status};
+use coe_policy::{ChatMessage, Policy, SamplingConfig, Session};
+use coe_tool_state::Task;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainerError;
+use crate::eval::{EvalSummary, pass_at_k};
+
+/// One direct-answer prompt (a line of a `*.direct.jsonl` file; its `answer` is not needed).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DirectPrompt {
+    /// The task it belongs to.
+    pub task_id: String,
+    /// System prompt, then the task, its tests and the first observation.
+    pub messages: Vec<Message>,
+}
+
+/// One sampled answer and what its program did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DirectAnswer {
+    /// The task answered.
+    pub task_id: String,
+    /// The model's whole answer.
+    pub text: String,
+    /// The program taken from it.
+    pub program: String,
+    /// The execution status of that program with the task's tests.
+    pub status: Status,
+    /// Whether every test passed.
+    pub solved: bool,
+}
+
+/// Reads a `*.direct.jsonl` file.
+pub fn load_prompts(path: &Path) -> Result<Vec<DirectPrompt>, TrainerError> {
+    let io = |message: String| TrainerError::Io {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| io(e.to_string()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| serde_json::from_str(line).map_err(|e| io(format!("line {}: {e}", i + 1))))
+        .collect()
+}
+
+/// The program in an answer: the first fenced code block when there is one (the fence may be
+/// unclosed), else the whole answer.
+pub fn extract_program(answer: &str) -> String {
+    let Some(start) = answer.find("```") else {
+        return answer.trim_matches('\n').to_string();
+    };
+    let after = &answer[start + 3..];
+    // Skip the fence's language tag line ("```python").
+    let body = after.split_once('\n').map_or("", |(_, rest)| rest);
+    let code = body.find("```").map_or(body, |end| &body[..end]);
+    code.trim_matches('\n').to_string()
+}
+
+/// Samples `samples` whole-program answers per task and runs them; returns the summary (pass@1,
+/// pass@k; one "turn" per answer) and the answers grouped by task. Every task needs a prompt
+/// with its `task_id`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_direct<B: Backend, E: Executor>(
+    policy: &Policy<B>,
+    tasks: &[Task],
+    prompts: &[DirectPrompt],
+    executor: &E,
+    samples: usize,
+    sampling: &SamplingConfig,
+    limits: &Limits,
+    seed: u64,
+    mut on_task: impl FnMut(usize, &[DirectAnswer]),
+) -> Result<(EvalSummary, Vec<Vec<DirectAnswer>>), TrainerError> {
+    let template = policy.tokenizer.template();
+    let mut groups = Vec::with_capacity(tasks.len());
+    for (i, task) in tasks.iter().enumerate() {
+        let prompt = prompts
+            .iter()
+            .find(|p| p.task_id == task.task_id)
+            .ok_or_else(|| TrainerError::Data(format!("no direct prompt for {}", task.task_id)))?;
+        let chat: Vec<ChatMessage<'_>> = prompt
+            .messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: crate::chat::role_name(m.role),
+                content: &m.content,
+            })
+            .collect();
+        let ids = policy.tokenizer.encode(&template.render(&chat, true))?;
+        let mut session = Session::new(&policy.model);
+        session.push(&ids);
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+        let generations = session.generate(
+            &policy.model,
+            &policy.tokenizer,
+            samples,
+            sampling,
+            &mut rng,
+        )?;
+        let mut answers = Vec::with_capacity(generations.len());
+        for (generation, _) in generations {
+            let visible: Vec<u32> = generation
+                .tokens
+                .iter()
+                .copied()
+                .filter(|&t| !policy.tokenizer.is_stop(t))
+                .collect();
+            let text = policy.tokenizer.decode(&visible)?;
+            let program = extract_program(&text);
+            let outcome = executor.execute(&ExecRequest {
+                program: &program,
+                setup: task.setup(),
+                tests: &task.tests,
+                limits: *limits,
+            })?;
+            answers.push(DirectAnswer {
+                task_id: task.task_id.clone(),
+                text,
+                program,
+                status: outcome.status,
+                solved: outcome.is_passed(),
+            });
+        }
+        on_task(i, &answers);
+        groups.push(answers);
+    }
+    Ok((summarize_answers(&groups), groups))
+}
+
+/// pass@1 and pass@k (k = the most answers of a task) over tasks.
+pub fn summarize_answers(groups: &[Vec<DirectAnswer>]) -> EvalSummary {
+    let samples = groups.iter().map(Vec::len).max().unwrap_or(0);
+    let tasks = groups.len().max(1) as f64;
+    let (mut pass1, mut passk) = (0.0, 0.0);
+    for group in groups {
+        let solved = group.iter().filter(|a| a.solved).count();
+        pass1 += pass_at_k(group.len(), solved, 1);
+        passk += pass_at_k(group.len(), solved, samples);
+    }
+    EvalSummary {
+        tasks: groups.len(),
+        samples,
+        pass_at_1: 100.0 * pass1 / tasks,
+        pass_at_k: 100.0 * passk / tasks,
+        mean_turns: if groups.is_empty() { 0.0 } else { 1.0 },
+        malformed_rate: 0.0,
+        solved_then_broken_rate: 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_come_from_the_first_fence_or_the_whole_answer() {
+        assert_eq!(
+            extract_program("Here:\n```python\ndef f():\n    return 1\n```\nDone."),
+            "def f():\n    return 1"
+        );
+        assert_eq!(extract_program("```\nx = 1\n"), "x = 1");
+        assert_eq!(extract_program("\nx = 2\n"), "x = 2");
+        assert_eq!(extract_program("```"), "");
+    }
+}
