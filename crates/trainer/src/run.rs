@@ -441,9 +441,10 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         progress.step(
             report.step,
             &format!(
-                "return {:.2} solved {:.0}% kl {kl:.4}",
+                "return {:.2} solved {:.0}% kl {kl:.4} {:.2} episodes/s",
                 reward_sum / count,
-                100.0 * solved as f64 / count
+                100.0 * solved as f64 / count,
+                stats.episodes as f64 / stats.wall_s.max(1e-9)
             ),
         );
         progress.log(&line);
