@@ -136,8 +136,10 @@ enum Commands {
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
-    /// Draw a training run's curves: DIR/metrics.jsonl to DIR/plots/*.svg (loss, reward, solve
-    /// rate, KL, ...). Training does this at each checkpoint and at the end.
+    /// Draw a training run's curves (DIR/metrics.jsonl to DIR/plots/*.svg).
+    ///
+    /// One SVG per metric the run logged: loss, reward, solve rate, KL, malformed rate,
+    /// throughput. Training draws them at each checkpoint and at the end.
     Plot {
         /// The run's output folder.
         dir: PathBuf,
