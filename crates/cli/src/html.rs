@@ -161,25 +161,23 @@ pub(crate) fn write_report(
         k = summary.samples
     );
     out.push_str("<h2>tasks</h2><table><tr><th>task</th><th>solved</th><th>turns</th></tr>");
-    for (i, group) in groups.iter().enumerate() {
-        let id = group.first().map_or("", |t| t.task_id.as_str());
+    let ids: Vec<String> = groups
+        .iter()
+        .map(|group| escape(group.first().map_or("", |t| t.task_id.as_str())))
+        .collect();
+    for (i, (group, id)) in groups.iter().zip(&ids).enumerate() {
         let _ = write!(
             out,
             "<tr><td><a href=\"#task-{i}\">{}</a></td><td>{}/{}</td><td>{}</td></tr>",
-            escape(id),
+            id,
             group.iter().filter(|t| t.solved).count(),
             group.len(),
             group.iter().map(|t| t.turns.len()).sum::<usize>()
         );
     }
     out.push_str("</table>");
-    for (i, group) in groups.iter().enumerate() {
-        let id = group.first().map_or("", |t| t.task_id.as_str());
-        let _ = write!(
-            out,
-            "<section class=\"task\" id=\"task-{i}\"><h3>{}</h3>",
-            escape(id)
-        );
+    for (i, (group, id)) in groups.iter().zip(&ids).enumerate() {
+        let _ = write!(out, "<section class=\"task\" id=\"task-{i}\"><h3>{id}</h3>");
         for (j, trace) in group.iter().enumerate() {
             episode_html(&mut out, j, trace);
         }

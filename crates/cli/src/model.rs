@@ -292,9 +292,6 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         workers: p.workers,
     };
     let total = tasks.len();
-    let progress = |i: usize, id: &str, solved: usize, n: usize| {
-        eprintln!("[{}/{total}] {id}: {solved}/{n} solved", i + 1);
-    };
     if let Some(prompts) = &args.direct {
         let prompts = coe_trainer::direct::load_prompts(prompts)
             .map_err(|e| Failure::Input(e.to_string()))?;
@@ -313,15 +310,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
             &sampling,
             &config.episode.limits,
             p.seed,
-            |i, answers| {
-                let id = answers.first().map_or("", |a| a.task_id.as_str());
-                progress(
-                    i,
-                    id,
-                    answers.iter().filter(|a| a.solved).count(),
-                    answers.len(),
-                );
-            },
+            |i, answers| report_task(i, total, answers, |a| (&a.task_id, a.solved)),
         )
         .map_err(|e| Failure::Internal(e.to_string()))?;
         if let Some(path) = &args.traces {
@@ -336,15 +325,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         p.samples,
         &config,
         p.seed,
-        |i, traces| {
-            let id = traces.first().map_or("", |t| t.task_id.as_str());
-            progress(
-                i,
-                id,
-                traces.iter().filter(|t| t.solved).count(),
-                traces.len(),
-            );
-        },
+        |i, traces| report_task(i, total, traces, |t| (&t.task_id, t.solved)),
     )
     .map_err(|e| Failure::Internal(e.to_string()))?;
     if let Some(path) = &args.traces {
@@ -367,6 +348,18 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         eprintln!("coe: wrote {}", page.display());
     }
     print_summary(&summary, args.json)
+}
+
+/// Prints `[i/total] task: solved/n solved` for a task's finished samples; `outcome` gives a
+/// sample's task id and whether it solved the task.
+fn report_task<T>(i: usize, total: usize, samples: &[T], outcome: impl Fn(&T) -> (&str, bool)) {
+    let id = samples.first().map_or("", |s| outcome(s).0);
+    let solved = samples.iter().filter(|s| outcome(s).1).count();
+    eprintln!(
+        "[{}/{total}] {id}: {solved}/{} solved",
+        i + 1,
+        samples.len()
+    );
 }
 
 /// Writes one JSON line per item to `path`.

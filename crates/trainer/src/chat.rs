@@ -25,6 +25,35 @@ pub(crate) fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// The token ids of `messages` in the tokenizer's chat template, ending with the assistant
+/// header: the prompt a generation continues.
+pub(crate) fn prompt_ids(
+    tokenizer: &TextTokenizer,
+    messages: &[Message],
+) -> Result<Vec<u32>, TrainerError> {
+    let chat: Vec<ChatMessage<'_>> = messages
+        .iter()
+        .map(|m| ChatMessage {
+            role: role_name(m.role),
+            content: &m.content,
+        })
+        .collect();
+    Ok(tokenizer.encode(&tokenizer.template().render(&chat, true))?)
+}
+
+/// The text of generated tokens, without stop tokens.
+pub(crate) fn answer_text(
+    tokenizer: &TextTokenizer,
+    tokens: &[u32],
+) -> Result<String, TrainerError> {
+    let visible: Vec<u32> = tokens
+        .iter()
+        .copied()
+        .filter(|&t| !tokenizer.is_stop(t))
+        .collect();
+    Ok(tokenizer.decode(&visible)?)
+}
+
 /// Tokenises `messages` in the tokenizer's chat template.
 ///
 /// Truncation rule: the opening (every message before the first assistant message) is always

@@ -7,13 +7,14 @@ use std::path::Path;
 use burn::prelude::Backend;
 use coe_data::prompt::Message;
 use coe_exec::{ExecRequest, Executor, Limits, Status};
-use coe_policy::{ChatMessage, Policy, SamplingConfig, Session};
+use coe_policy::{Policy, SamplingConfig, Session};
 use coe_tool_state::Task;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainerError;
+use crate::chat::{answer_text, prompt_ids};
 use crate::eval::{EvalSummary, pass_at_k};
 
 /// One direct-answer prompt (a line of a `*.direct.jsonl` file; its `answer` is not needed).
@@ -82,22 +83,13 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
     seed: u64,
     mut on_task: impl FnMut(usize, &[DirectAnswer]),
 ) -> Result<(EvalSummary, Vec<Vec<DirectAnswer>>), TrainerError> {
-    let template = policy.tokenizer.template();
     let mut groups = Vec::with_capacity(tasks.len());
     for (i, task) in tasks.iter().enumerate() {
         let prompt = prompts
             .iter()
             .find(|p| p.task_id == task.task_id)
             .ok_or_else(|| TrainerError::Data(format!("no direct prompt for {}", task.task_id)))?;
-        let chat: Vec<ChatMessage<'_>> = prompt
-            .messages
-            .iter()
-            .map(|m| ChatMessage {
-                role: crate::chat::role_name(m.role),
-                content: &m.content,
-            })
-            .collect();
-        let ids = policy.tokenizer.encode(&template.render(&chat, true))?;
+        let ids = prompt_ids(&policy.tokenizer, &prompt.messages)?;
         let mut session = Session::new(&policy.model);
         session.push(&ids);
         let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
@@ -110,13 +102,7 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
         )?;
         let mut answers = Vec::with_capacity(generations.len());
         for (generation, _) in generations {
-            let visible: Vec<u32> = generation
-                .tokens
-                .iter()
-                .copied()
-                .filter(|&t| !policy.tokenizer.is_stop(t))
-                .collect();
-            let text = policy.tokenizer.decode(&visible)?;
+            let text = answer_text(&policy.tokenizer, &generation.tokens)?;
             let program = extract_program(&text);
             let outcome = executor.execute(&ExecRequest {
                 program: &program,

@@ -23,6 +23,7 @@ use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 
 use crate::TrainerError;
+use crate::chat::{answer_text, prompt_ids};
 
 /// The model's part of one turn, for the policy-gradient update.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,28 +95,21 @@ pub struct PlayStats {
     pub wall_s: f64,
 }
 
-impl PlayStats {
-    /// Adds another run's counters.
-    pub fn add(&mut self, other: &PlayStats) {
-        self.episodes += other.episodes;
-        self.env_steps += other.env_steps;
-        self.generated_tokens += other.generated_tokens;
-        self.prompt_tokens += other.prompt_tokens;
-        self.model_s += other.model_s;
-        self.env_s += other.env_s;
-        self.wall_s += other.wall_s;
-    }
-}
-
 /// The model's text for a turn: generated tokens without the stop token, first line only.
 fn command_text<B: Backend>(policy: &Policy<B>, tokens: &[u32]) -> Result<String, TrainerError> {
-    let visible: Vec<u32> = tokens
-        .iter()
-        .copied()
-        .filter(|&t| !policy.tokenizer.is_stop(t))
-        .collect();
-    let text = policy.tokenizer.decode(&visible)?;
+    let text = answer_text(&policy.tokenizer, tokens)?;
     Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// The model's side of running episode `slot`.
+fn running<B: Backend>(
+    episodes: &mut [Option<Slot<B>>],
+    slot: usize,
+) -> Result<&mut Slot<B>, TrainerError> {
+    episodes
+        .get_mut(slot)
+        .and_then(Option::as_mut)
+        .ok_or_else(|| TrainerError::Data(format!("episode {slot} is not running")))
 }
 
 /// Plays `n` episodes of `task` from one shared prompt (prefilled once, then sampled `n` times).
@@ -474,9 +468,7 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
                 self.stats.env_s += secs;
                 self.stats.env_steps += 1;
                 result?;
-                let state = self.episodes[slot]
-                    .as_mut()
-                    .ok_or_else(|| TrainerError::Data(format!("episode {slot} is not running")))?;
+                let state = running(&mut self.episodes, slot)?;
                 let reward = episode.turns().last().map_or(0.0, |t| t.reward);
                 state.turns.push(TurnSpan {
                     start: state.start,
@@ -502,16 +494,8 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         env: &mut impl Environment<E>,
     ) -> Result<Overflow<E>, TrainerError> {
         let policy = self.policy;
-        let template = policy.tokenizer.template();
         let messages = opening(&self.tasks[group], episode.observation());
-        let chat: Vec<ChatMessage<'_>> = messages
-            .iter()
-            .map(|m| ChatMessage {
-                role: crate::chat::role_name(m.role),
-                content: &m.content,
-            })
-            .collect();
-        let prompt = policy.tokenizer.encode(&template.render(&chat, true))?;
+        let prompt = prompt_ids(&policy.tokenizer, &messages)?;
         self.stats.prompt_tokens += prompt.len();
         let mut session = Session::new(&policy.model);
         session.push(&prompt);
@@ -562,9 +546,7 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
     ) -> Result<Overflow<E>, TrainerError> {
         let policy = self.policy;
         let template = policy.tokenizer.template();
-        let state = self.episodes[slot]
-            .as_mut()
-            .ok_or_else(|| TrainerError::Data(format!("episode {slot} is not running")))?;
+        let state = running(&mut self.episodes, slot)?;
         // Close the assistant message as the template does, then the next observation.
         let mut text = String::new();
         if state.pending.stop != StopReason::EndOfTurn {
@@ -608,9 +590,7 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         episode: Box<Episode<E>>,
         env: &mut impl Environment<E>,
     ) -> Result<(), TrainerError> {
-        let state = self.episodes[slot]
-            .as_ref()
-            .ok_or_else(|| TrainerError::Data(format!("episode {slot} is not running")))?;
+        let state = running(&mut self.episodes, slot)?;
         self.stats.generated_tokens += state.pending.tokens.len();
         let output = command_text(self.policy, &state.pending.tokens)?;
         env.submit(Job::Step {

@@ -263,6 +263,22 @@ impl Executor for ToyExecutor {
     }
 }
 
+/// Short episodes with short commands, the environment on the model's thread.
+fn toy_play_config() -> PlayConfig {
+    PlayConfig {
+        episode: EpisodeConfig {
+            max_turns: 3,
+            ..EpisodeConfig::default()
+        },
+        sampling: SamplingConfig {
+            max_tokens: 8,
+            ..SamplingConfig::default()
+        },
+        workers: 0,
+        ..PlayConfig::default()
+    }
+}
+
 fn toy_task(id: usize) -> Task {
     Task {
         task_id: format!("toy/{id}"),
@@ -281,18 +297,7 @@ fn pipelined_play_matches_play_without_workers() {
         tokenizer: tokenizer(),
     };
     let tasks: Vec<Task> = (1..=3).map(toy_task).collect();
-    let config = PlayConfig {
-        episode: EpisodeConfig {
-            max_turns: 3,
-            ..EpisodeConfig::default()
-        },
-        sampling: SamplingConfig {
-            max_tokens: 8,
-            ..SamplingConfig::default()
-        },
-        workers: 0,
-        ..PlayConfig::default()
-    };
+    let config = toy_play_config();
     let mut reported = Vec::new();
     let (inline, _) = play_tasks(
         &policy,
@@ -413,18 +418,7 @@ fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
         tokenizer: tokenizer(),
     };
     let task = toy_task(1);
-    let config = PlayConfig {
-        episode: EpisodeConfig {
-            max_turns: 3,
-            ..EpisodeConfig::default()
-        },
-        sampling: SamplingConfig {
-            max_tokens: 8,
-            ..SamplingConfig::default()
-        },
-        context: 2048,
-        workers: 0,
-    };
+    let config = toy_play_config();
     let rollouts = play(&policy, &task, &ToyExecutor, 4, &config, &mut rng(1)).unwrap();
     assert_eq!(rollouts.len(), 4);
     for rollout in &rollouts {
