@@ -95,9 +95,7 @@ pub fn encode(
         };
         if tokens.len() + ids.len() > context {
             if turns == 0 {
-                return Err(TrainerError::Data(format!(
-                    "the opening and first command need more than {context} tokens"
-                )));
+                return Err(TrainerError::TooLong { context });
             }
             // Drop a trailing user message that has no assistant answer after it.
             break;

@@ -36,6 +36,12 @@ pub enum TrainerError {
     /// Training data is unusable.
     #[error("data: {0}")]
     Data(String),
+    /// A conversation's opening and first command alone exceed the context.
+    #[error("the opening and first command need more than {context} tokens")]
+    TooLong {
+        /// The context limit.
+        context: usize,
+    },
     /// The loss became NaN or infinite; the last good state is kept.
     #[error("training diverged at step {step}: loss {loss}")]
     Diverged {

@@ -121,6 +121,100 @@ fn draw_curve(path: &Path, title: &str, points: &[(f64, f64)]) -> Result<(), Tra
     root.present().map_err(plot_err)
 }
 
+/// One bar group of [`plot_pass_rates`]: a policy's pass@1 and pass@k on one evaluation set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassRates {
+    /// The evaluation set.
+    pub set: String,
+    /// The policy (or baseline).
+    pub policy: String,
+    /// pass@1 in percent.
+    pub pass_at_1: f64,
+    /// pass@k in percent.
+    pub pass_at_k: f64,
+}
+
+/// Bar chart of pass@1 (solid) and pass@k (light) per evaluation set and policy, as SVG.
+pub fn plot_pass_rates(rows: &[PassRates], k: usize, path: &Path) -> Result<(), TrainerError> {
+    let mut sets: Vec<&str> = Vec::new();
+    let mut policies: Vec<&str> = Vec::new();
+    for row in rows {
+        if !sets.contains(&row.set.as_str()) {
+            sets.push(&row.set);
+        }
+        if !policies.contains(&row.policy.as_str()) {
+            policies.push(&row.policy);
+        }
+    }
+    if rows.is_empty() {
+        return Err(TrainerError::Data("no evaluation results to plot".into()));
+    }
+    let slots = (policies.len() + 1) as f64;
+    let top = rows
+        .iter()
+        .map(|r| r.pass_at_k.max(r.pass_at_1))
+        .fold(10.0_f64, f64::max)
+        * 1.15;
+    let root = SVGBackend::new(path, (880, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("pass@1 (solid) and pass@{k} (light), percent"),
+            ("sans-serif", 22),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(52)
+        .build_cartesian_2d(0.0..sets.len() as f64, 0.0..top)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(sets.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 && i < sets.len() {
+                sets[i].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("percent of tasks")
+        .draw()
+        .map_err(plot_err)?;
+    for (p, policy) in policies.iter().enumerate() {
+        let color = Palette99::pick(p).to_rgba();
+        let bars = rows.iter().filter(|r| r.policy == *policy).filter_map(|r| {
+            let s = sets.iter().position(|name| *name == r.set)? as f64;
+            let left = s + (p as f64 + 0.5) / slots;
+            Some((left, left + 1.0 / slots, r))
+        });
+        let bars: Vec<_> = bars.collect();
+        chart
+            .draw_series(bars.iter().map(|&(l, r, row)| {
+                Rectangle::new([(l, 0.0), (r, row.pass_at_k)], color.mix(0.35).filled())
+            }))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(
+                bars.iter().map(|&(l, r, row)| {
+                    Rectangle::new([(l, 0.0), (r, row.pass_at_1)], color.filled())
+                }),
+            )
+            .map_err(plot_err)?
+            .label(policy.to_string())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()
+        .map_err(plot_err)?;
+    root.present().map_err(plot_err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +242,28 @@ mod tests {
         let svg = std::fs::read_to_string(&written[0]).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("Loss") && svg.contains("<polyline"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn draws_a_bar_per_policy_and_set() {
+        let path = std::env::temp_dir().join(format!("coe-bars-{}.svg", std::process::id()));
+        let row = |set: &str, policy: &str, p1: f64| PassRates {
+            set: set.into(),
+            policy: policy.into(),
+            pass_at_1: p1,
+            pass_at_k: p1 * 2.0,
+        };
+        let rows = [
+            row("mbpp", "base", 0.0),
+            row("mbpp", "sft", 12.5),
+            row("humanevalfix", "sft", 3.0),
+        ];
+        plot_pass_rates(&rows, 4, &path).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.contains("pass@4") && svg.contains("humanevalfix") && svg.contains("sft"));
+        // Two rectangles (pass@1, pass@k) per row, plus legend boxes.
+        assert!(svg.matches("<rect").count() >= 2 * rows.len());
+        assert!(plot_pass_rates(&[], 4, &path).is_err());
+        std::fs::remove_file(&path).ok();
     }
 }

@@ -203,6 +203,39 @@ struct SftRecord {
     messages: Vec<Message>,
 }
 
+/// Reads and encodes the demonstrations of `path` (JSON Lines with `messages`). Returns them
+/// with the number skipped because their opening and first command exceed `context` (they
+/// teach nothing at that length); an error when none is left.
+pub fn load_demonstrations(
+    tokenizer: &TextTokenizer,
+    path: &Path,
+    context: usize,
+) -> Result<(Vec<Encoded>, usize), TrainerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+    let mut examples = Vec::new();
+    let mut too_long = 0;
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: SftRecord = serde_json::from_str(line)
+            .map_err(|e| io_err(path, format!("line {}: {e}", index + 1)))?;
+        match encode(tokenizer, &record.messages, context) {
+            Ok(encoded) => examples.push(encoded),
+            Err(TrainerError::TooLong { .. }) => too_long += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    if examples.is_empty() {
+        return Err(TrainerError::Data(format!(
+            "{} has no demonstrations that fit {context} tokens",
+            path.display()
+        )));
+    }
+    Ok((examples, too_long))
+}
+
 /// Supervised fine-tuning; returns the final adapter's path. With `resume`, continues from
 /// `out_dir/checkpoint` exactly (same data order, dropout masks and optimiser state).
 pub fn run_sft<B: AutodiffBackend>(
@@ -215,22 +248,12 @@ pub fn run_sft<B: AutodiffBackend>(
         .sft_data
         .clone()
         .ok_or_else(|| TrainerError::Data("sft_data is not set".into()))?;
-    let text = std::fs::read_to_string(&data_path).map_err(|e| io_err(&data_path, e))?;
-    let mut examples: Vec<Encoded> = Vec::new();
-    for (index, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let record: SftRecord = serde_json::from_str(line)
-            .map_err(|e| io_err(&data_path, format!("line {}: {e}", index + 1)))?;
-        examples.push(encode(&tokenizer, &record.messages, config.context)?);
-    }
-    if examples.is_empty() {
-        return Err(TrainerError::Data(format!(
-            "{} has no examples",
-            data_path.display()
-        )));
+    let (examples, too_long) = load_demonstrations(&tokenizer, &data_path, config.context)?;
+    if too_long > 0 {
+        eprintln!(
+            "sft: skipped {too_long} demonstrations whose opening and first command exceed {} tokens",
+            config.context
+        );
     }
     let mut metrics = Metrics::open(&config.out_dir)?;
     let per_step = config.optim.grad_accum.max(1);

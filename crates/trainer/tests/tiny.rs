@@ -9,9 +9,11 @@ use coe_policy::{
     Adapters, CpuBackend, Llama, LlamaConfig, LoraConfig, Policy, SamplingConfig, TextTokenizer,
 };
 use coe_tool_state::{EpisodeConfig, Task};
+use coe_trainer::TrainerError;
 use coe_trainer::chat::{Encoded, encode};
 use coe_trainer::grpo::{GrpoConfig, episode_loss, group_advantages};
 use coe_trainer::rollout::{PlayConfig, Rollout, TurnSpan, play, play_tasks};
+use coe_trainer::run::load_demonstrations;
 use coe_trainer::sft::{OptimConfig, Trainer, sft_loss};
 
 type AD = Autodiff<CpuBackend>;
@@ -74,7 +76,37 @@ fn truncation_keeps_whole_exchanges() {
     let cut = encode(&tok, &demo("REPL 1 x = 2"), full.tokens.len() - 3).unwrap();
     assert_eq!(cut.turns, 1);
     assert_eq!(cut.tokens[..], full.tokens[..cut.tokens.len()]);
-    assert!(encode(&tok, &demo("REPL 1 x = 2"), 10).is_err());
+    assert!(matches!(
+        encode(&tok, &demo("REPL 1 x = 2"), 10),
+        Err(TrainerError::TooLong { context: 10 })
+    ));
+}
+
+#[test]
+fn demonstrations_too_long_for_the_context_are_skipped_and_counted() {
+    let tok = tokenizer();
+    let short = serde_json::json!({ "messages": demo("DELL 1") });
+    let long_program = format!("L 1 x = 1\n{}***\nfailed", "L 2 # padding\n".repeat(40));
+    let mut long = demo("DELL 1");
+    long[1] = Message::new(Role::User, &long_program);
+    let long = serde_json::json!({ "messages": long });
+    let context = encode(&tok, &demo("DELL 1"), 2048).unwrap().tokens.len() + 5;
+    let path = std::env::temp_dir().join(format!("coe-demos-{}.jsonl", std::process::id()));
+    std::fs::write(&path, format!("{short}\n{long}\n\n{short}\n")).unwrap();
+    let (examples, skipped) = load_demonstrations(&tok, &path, context).unwrap();
+    assert_eq!((examples.len(), skipped), (2, 1));
+    // Nothing fits: an error that says so, not an empty run.
+    let none = load_demonstrations(&tok, &path, 8).unwrap_err();
+    assert!(
+        none.to_string()
+            .contains("no demonstrations that fit 8 tokens"),
+        "{none}"
+    );
+    // A broken line names its number.
+    std::fs::write(&path, format!("{short}\n{{oops\n")).unwrap();
+    let bad = load_demonstrations(&tok, &path, context).unwrap_err();
+    assert!(bad.to_string().contains("line 2"), "{bad}");
+    std::fs::remove_file(&path).ok();
 }
 
 #[test]
