@@ -10,6 +10,7 @@ mod commands;
 mod html;
 mod model;
 mod output;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,6 +154,12 @@ enum Commands {
     Repair(model::RepairArgs),
     /// Evaluate a policy on a task file: pass@1, pass@k (unbiased), mean turns, malformed rate.
     Eval(model::EvalArgs),
+    /// Gather evaluation summaries (DIR/<policy>/<set>/summary.json, from `coe eval --json`)
+    /// into DIR/report.md, a table next to the paper's numbers, and DIR/pass_at_k.svg.
+    Report {
+        /// The evaluation folder (`cargo xtask eval` writes runs/eval).
+        dir: PathBuf,
+    },
 }
 
 /// The program a task run uses.
@@ -254,6 +261,7 @@ fn main() -> ExitCode {
         Commands::Plot { dir } => model::plot(&dir),
         Commands::Repair(args) => model::repair(args),
         Commands::Eval(args) => model::eval(args),
+        Commands::Report { dir } => report::report(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -392,9 +392,12 @@ fn print_summary(summary: &coe_trainer::eval::EvalSummary, json: bool) -> Result
     }
 }
 
-/// Where the committed default policy adapter lives (relative to the workspace root), when a
-/// trained one has been committed.
-const DEFAULT_ADAPTER: &str = "fixtures/policy/adapter.safetensors";
+/// The committed default policy (LoRA adapters for the default base model), found through the
+/// workspace this binary was built from, so `coe repair` works from any directory.
+const DEFAULT_ADAPTER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/policy/adapter.safetensors"
+);
 
 /// Options of `coe repair`.
 #[derive(Debug, clap::Args)]
@@ -404,6 +407,9 @@ pub(crate) struct RepairArgs {
     /// A test snippet (usually one assert); repeatable, at least one.
     #[arg(long = "test", value_name = "SNIPPET")]
     pub(crate) tests: Vec<String>,
+    /// What the program should do, in a sentence (shown to the model before the tests).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub(crate) task: String,
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
     /// Print one JSON object (solved, turns, final_program, diff).
@@ -431,7 +437,7 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
     let code = read_text(&args.program)?;
     let task = coe_tool_state::Task {
         task_id: args.program.display().to_string(),
-        text: String::new(),
+        text: args.task.clone(),
         code: code.clone(),
         reference: None,
         setup: None,
@@ -454,6 +460,9 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
         let default = PathBuf::from(DEFAULT_ADAPTER);
         (p.model.is_none() && default.exists()).then_some(default)
     });
+    if p.adapter.is_none() && adapter.is_some() && !args.json {
+        eprintln!("coe: using the default policy, fixtures/policy/adapter.safetensors");
+    }
     if adapter.is_none() && !args.json {
         eprintln!(
             "coe: no adapter given and no trained default policy committed; using the base model alone"

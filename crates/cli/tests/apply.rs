@@ -93,3 +93,57 @@ fn usage_errors_exit_2_and_help_describes_the_tool() {
     assert_eq!(help.status.code(), Some(0));
     insta::assert_snapshot!(text(&help.stdout));
 }
+
+#[test]
+fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
+    let dir = temp_dir("report");
+    let summary = |p1: f64, pk: f64| {
+        format!(
+            "{{\"tasks\":8,\"samples\":4,\"pass_at_1\":{p1},\"pass_at_k\":{pk},\"mean_turns\":3.5,\"malformed_rate\":25.0,\"solved_then_broken_rate\":0.0}}\n"
+        )
+    };
+    for (policy, set, p1, pk) in [
+        ("sft", "humanevalfix", 3.125, 12.5),
+        ("base", "humanevalfix", 0.0, 0.0),
+        ("base", "mbpp-synthetic-test", 0.0, 0.0),
+    ] {
+        let cell = dir.join(policy).join(set);
+        std::fs::create_dir_all(&cell).unwrap();
+        write(&cell, "summary.json", summary(p1, pk).as_bytes());
+    }
+    let out = coe(&["report", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    // Known sets and policies in their fixed order, a dash where a policy has no result, and
+    // the paper's HumanEvalFix numbers beside them.
+    assert!(
+        table.contains("| policy | mbpp-synthetic-test | humanevalfix |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| base | 0.00 / 0.00 (8x4) | 0.00 / 0.00 (8x4) |"),
+        "{table}"
+    );
+    assert!(
+        table.contains("| sft | - | 3.12 / 12.50 (8x4) |"),
+        "{table}"
+    );
+    assert!(table.contains("| paper: Llama-3.2-1B CoE (SFT + RL) | - | 7.82 / 11.00 |"));
+    assert!(text(&out.stdout).contains("| sft | - |"));
+    let svg = std::fs::read_to_string(dir.join("pass_at_k.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("pass@4"));
+
+    // A broken summary is named; a folder without any is a usage error.
+    write(
+        &dir.join("sft").join("humanevalfix"),
+        "summary.json",
+        b"{oops",
+    );
+    let out = coe(&["report", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not an eval summary"));
+    let empty = temp_dir("report-empty");
+    let out = coe(&["report", empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("summary.json"));
+}

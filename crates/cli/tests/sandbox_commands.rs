@@ -169,7 +169,9 @@ fn check_reads_mbpp_rows() {
         .map(|l| format!("{l}\n"))
         .collect();
     let tasks = temp_file("mbpp5.jsonl", &rows);
-    let out = coe(&["check", tasks.to_str().unwrap()]);
+    // A generous limit: the default one is wall-clock time, which a loaded machine (tests run
+    // in parallel) can push these real programs over.
+    let out = coe(&["check", tasks.to_str().unwrap(), "--timeout-ms", "30000"]);
     assert_eq!(
         out.status.code(),
         Some(0),

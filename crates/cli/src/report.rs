@@ -1,0 +1,160 @@
+//! `coe report`: the evaluation summaries of several policies on several sets, gathered into
+//! one Markdown table (next to the paper's numbers) and one bar chart.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use coe_trainer::eval::EvalSummary;
+use coe_trainer::plot::{PassRates, plot_pass_rates};
+
+use crate::Failure;
+use crate::output::print;
+
+/// Policies and sets in the order the report lists them; others follow by name.
+const POLICY_ORDER: [&str; 4] = ["base", "direct", "sft", "sft-grpo"];
+const SET_ORDER: [&str; 3] = [
+    "mbpp-synthetic-test",
+    "mbpp-synthetic-test-hard",
+    "humanevalfix",
+];
+
+/// The paper's HumanEvalFix results (Rainone et al. 2025, CoE after SFT and RL): model, pass@1,
+/// pass@4.
+const PAPER_HUMANEVALFIX: [(&str, f64, f64); 2] =
+    [("Llama-3.2-1B", 7.82, 11.0), ("Llama-3.2-3B", 13.8, 19.0)];
+
+fn rank(order: &[&str], name: &str) -> (usize, String) {
+    (
+        order.iter().position(|o| *o == name).unwrap_or(order.len()),
+        name.to_string(),
+    )
+}
+
+fn sorted_dirs(dir: &Path, order: &[&str]) -> Result<Vec<String>, Failure> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))?;
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort_by_key(|n| rank(order, n));
+    Ok(names)
+}
+
+/// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints), writes
+/// `dir/report.md` and `dir/pass_at_k.svg`, and prints the table.
+pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
+    let mut results: Vec<(String, String, EvalSummary)> = Vec::new();
+    for policy in sorted_dirs(dir, &POLICY_ORDER)? {
+        for set in sorted_dirs(&dir.join(&policy), &SET_ORDER)? {
+            let path = dir.join(&policy).join(&set).join("summary.json");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let summary: EvalSummary = serde_json::from_str(text.trim()).map_err(|e| {
+                Failure::Input(format!("coe: {}: not an eval summary: {e}", path.display()))
+            })?;
+            results.push((policy.clone(), set, summary));
+        }
+    }
+    if results.is_empty() {
+        return Err(Failure::Input(format!(
+            "coe: no {}/<policy>/<set>/summary.json (write them with `coe eval --json`)",
+            dir.display()
+        )));
+    }
+    let mut sets: Vec<String> = results.iter().map(|r| r.1.clone()).collect();
+    sets.sort_by_key(|s| rank(&SET_ORDER, s));
+    sets.dedup();
+    let mut policies: Vec<String> = results.iter().map(|r| r.0.clone()).collect();
+    policies.sort_by_key(|p| rank(&POLICY_ORDER, p));
+    policies.dedup();
+    let k = results.iter().map(|r| r.2.samples).max().unwrap_or(1);
+    let find = |policy: &str, set: &str| {
+        results
+            .iter()
+            .find(|r| r.0 == policy && r.1 == set)
+            .map(|r| &r.2)
+    };
+
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "pass@1 / pass@{k} in percent (unbiased estimator over the samples); tasks x samples per cell.\n"
+    );
+    let _ = writeln!(md, "| policy | {} |", sets.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(sets.len()));
+    for policy in &policies {
+        let cells: Vec<String> = sets
+            .iter()
+            .map(|set| match find(policy, set) {
+                Some(s) => format!(
+                    "{:.2} / {:.2} ({}x{})",
+                    s.pass_at_1, s.pass_at_k, s.tasks, s.samples
+                ),
+                None => "-".into(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {policy} | {} |", cells.join(" | "));
+    }
+    for (model, p1, p4) in PAPER_HUMANEVALFIX {
+        let cells: Vec<String> = sets
+            .iter()
+            .map(|set| {
+                if set == "humanevalfix" {
+                    format!("{p1:.2} / {p4:.2}")
+                } else {
+                    "-".into()
+                }
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| paper: {model} CoE (SFT + RL) | {} |",
+            cells.join(" | ")
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nMean turns per episode / malformed-command rate (percent) / solved-then-broken rate (percent):\n"
+    );
+    let _ = writeln!(md, "| policy | {} |", sets.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(sets.len()));
+    for policy in &policies {
+        let cells: Vec<String> = sets
+            .iter()
+            .map(|set| match find(policy, set) {
+                Some(s) => format!(
+                    "{:.1} / {:.1} / {:.1}",
+                    s.mean_turns, s.malformed_rate, s.solved_then_broken_rate
+                ),
+                None => "-".into(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {policy} | {} |", cells.join(" | "));
+    }
+
+    let md_path = dir.join("report.md");
+    std::fs::write(&md_path, &md)
+        .map_err(|e| Failure::Internal(format!("coe: writing {}: {e}", md_path.display())))?;
+    // The chart takes sets and policies in the order they first appear.
+    let mut ordered: Vec<&(String, String, EvalSummary)> = results.iter().collect();
+    ordered.sort_by_key(|r| (rank(&SET_ORDER, &r.1), rank(&POLICY_ORDER, &r.0)));
+    let rows: Vec<PassRates> = ordered
+        .into_iter()
+        .map(|(policy, set, s)| PassRates {
+            set: set.clone(),
+            policy: policy.clone(),
+            pass_at_1: s.pass_at_1,
+            pass_at_k: s.pass_at_k,
+        })
+        .collect();
+    let svg_path = dir.join("pass_at_k.svg");
+    plot_pass_rates(&rows, k, &svg_path).map_err(|e| Failure::Internal(e.to_string()))?;
+    print(&format!(
+        "{md}\nwrote {} and {}\n",
+        md_path.display(),
+        svg_path.display()
+    ))
+}
