@@ -31,7 +31,8 @@ enum Bench {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Run the main job on the bundled example.
+    /// Run the main job: `coe repair` with the default policy on fixtures/examples/max_of_three.py
+    /// (fetches the model first).
     Demo,
     /// Run every test of the workspace (what CI runs, after the lints); fetches the default model
     /// first, for the policy's reference test.
@@ -137,12 +138,24 @@ fn workspace_root() -> Result<PathBuf> {
 /// The main job. Until the policy lands, it replays the example's repairing edits as an
 /// episode in the sandbox.
 fn demo() -> Result<()> {
-    let example = Path::new("fixtures/examples");
-    coe(&[
-        "replay",
-        &example.join("max_of_three.json").to_string_lossy(),
-        &example.join("max_of_three.dsl").to_string_lossy(),
-    ])
+    model()?;
+    let path = Path::new("fixtures/examples/max_of_three.json");
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let task: serde_json::Value =
+        serde_json::from_str(&text).context("parsing the example task")?;
+    let mut args = vec![
+        "repair".to_string(),
+        "fixtures/examples/max_of_three.py".to_string(),
+        "--task".to_string(),
+        task["text"].as_str().unwrap_or_default().to_string(),
+    ];
+    for test in task["tests"].as_array().into_iter().flatten() {
+        args.push("--test".into());
+        args.push(test.as_str().unwrap_or_default().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    coe(&args)
 }
 
 /// Builds the guest (coe-sandbox's build script does, when it is missing or stale) and the
