@@ -75,13 +75,20 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Evaluate on mbpp-synthetic-test, -hard and HumanEvalFix, with Chain-of-Edits episodes and
-    /// with the direct-answer baseline; extra arguments go to each `coe eval` (e.g. `--
-    /// --adapter runs/rl/adapter.safetensors --samples 4 --limit 50`).
+    /// Evaluate a policy on mbpp-synthetic-test, -hard and HumanEvalFix with Chain-of-Edits
+    /// episodes (or, with --direct, the direct-answer baseline), then `coe report OUT`. Each
+    /// set's summary.json, traces and page go to OUT/NAME/<set>/. Extra arguments go to each
+    /// `coe eval` (e.g. `-- --adapter runs/policy-rl/adapter.safetensors --samples 4 --limit 8`).
     Eval {
-        /// Where each set's traces and page go (OUT/<set>/).
+        /// The evaluation folder (one subfolder per policy).
         #[arg(long, default_value = "runs/eval")]
         out: PathBuf,
+        /// The policy's name in the report (default: `direct` with --direct, else `policy`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Ask for the whole fixed program in one answer instead of playing episodes.
+        #[arg(long)]
+        direct: bool,
         /// Extra arguments for `coe eval`, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -115,7 +122,15 @@ fn main() -> Result<()> {
         Task::Model => model().map(|path| println!("model: {}", path.display())),
         Task::Sft { config, args } => train("sft", &config, &args),
         Task::Rl { config, args } => train("rl", &config, &args),
-        Task::Eval { out, args } => eval(&out, &args),
+        Task::Eval {
+            out,
+            name,
+            direct,
+            args,
+        } => {
+            let name = name.unwrap_or_else(|| if direct { "direct" } else { "policy" }.into());
+            eval(&out, &name, direct, &args)
+        }
         Task::Guest => guest(),
         Task::Bench { which, args } => bench(which, &args),
         Task::Data { stats, args } => {
@@ -164,33 +179,57 @@ fn guest() -> Result<()> {
     coe(&["prepare"])
 }
 
-/// Each evaluation set with episodes (traces and page in OUT/<set>/) and with the direct-answer
-/// baseline (answers in OUT/<set>/direct.jsonl).
-fn eval(out: &Path, extra: &[String]) -> Result<()> {
+/// Each evaluation set with episodes (or direct answers): OUT/NAME/<set>/ gets summary.json
+/// (`coe eval --json`), the traces, and the episodes' page; then `coe report OUT` gathers every
+/// policy's results into OUT/report.md and OUT/pass_at_k.svg.
+fn eval(out: &Path, name: &str, direct: bool, extra: &[String]) -> Result<()> {
     model()?;
+    ensure_wasm_target()?;
+    cargo(&[
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "coe-cli",
+        "--bin",
+        "coe",
+    ])?;
+    let coe = target_dir().join("release/coe");
     for set in [
         "mbpp-synthetic-test",
         "mbpp-synthetic-test-hard",
         "humanevalfix",
     ] {
-        let dir = out.join(set);
+        let dir = out.join(name).join(set);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let tasks = format!("fixtures/eval/{set}.jsonl");
-        let direct = format!("fixtures/eval/{set}.direct.jsonl");
-        let traces = dir.join("traces.jsonl").to_string_lossy().into_owned();
-        let answers = dir.join("direct.jsonl").to_string_lossy().into_owned();
-        let page = dir.to_string_lossy().into_owned();
-        println!("== {set}: Chain-of-Edits");
-        let mut command = vec!["eval", &tasks, "--traces", &traces, "--html", &page];
-        command.extend(extra.iter().map(String::as_str));
-        coe(&command)?;
-        println!("== {set}: direct answer");
-        let mut command = vec!["eval", &tasks, "--direct", &direct, "--traces", &answers];
-        command.extend(extra.iter().map(String::as_str));
-        coe(&command)?;
-        println!("outputs: {traces}, {page}/index.html, {answers}");
+        let mut command = Command::new(&coe);
+        command.args(["eval", &format!("fixtures/eval/{set}.jsonl"), "--json"]);
+        if direct {
+            command
+                .args(["--direct", &format!("fixtures/eval/{set}.direct.jsonl")])
+                .arg("--traces")
+                .arg(dir.join("direct.jsonl"));
+        } else {
+            command
+                .arg("--traces")
+                .arg(dir.join("traces.jsonl"))
+                .arg("--html")
+                .arg(&dir);
+        }
+        command.args(extra);
+        println!("== {set}: {name}");
+        let output = command
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("running coe eval")?;
+        if !output.status.success() {
+            bail!("coe eval on {set} failed ({})", output.status);
+        }
+        std::fs::write(dir.join("summary.json"), &output.stdout)
+            .with_context(|| format!("writing {}", dir.display()))?;
+        print!("{}", String::from_utf8_lossy(&output.stdout));
     }
-    Ok(())
+    run(Command::new(&coe).arg("report").arg(out))
 }
 
 /// Runs a training phase through `coe train`, after fetching the model and making the data.

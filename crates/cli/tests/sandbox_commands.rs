@@ -269,3 +269,55 @@ fn model_commands_refuse_bad_input_with_exit_2() {
     let out = coe(&["train", "sft", "--config", "/nonexistent/sft.toml"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn repair_plays_the_default_policy_on_the_example() {
+    if !coe_cache::default_model_path().exists() {
+        eprintln!("skipped: no default model (run `cargo xtask model`)");
+        return;
+    }
+    let task: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("examples/max_of_three.json")).unwrap(),
+    )
+    .unwrap();
+    let program = fixture("examples/max_of_three.py");
+    let mut args = vec![
+        "repair",
+        &program,
+        "--task",
+        task["text"].as_str().unwrap(),
+        "--max-turns",
+        "2",
+        "--json",
+    ];
+    for test in task["tests"].as_array().unwrap() {
+        args.extend(["--test", test.as_str().unwrap()]);
+    }
+    let out = coe(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = json(&out);
+    assert!(first["solved"].is_boolean(), "{first}");
+    let turns = first["turns"].as_array().unwrap();
+    assert!((1..=2).contains(&turns.len()), "{first}");
+    for turn in turns {
+        assert!(
+            turn["output"].is_string() && turn["observation"].is_string(),
+            "{turn}"
+        );
+    }
+    assert!(
+        first["final_program"]
+            .as_str()
+            .unwrap()
+            .contains("def max_of_three")
+    );
+    assert!(first["diff"].is_string());
+    assert_eq!(first["episodes_played"], 1);
+    // One sample is greedy: the same program and tests give the same repair.
+    assert_eq!(json(&coe(&args)), first);
+}
