@@ -52,6 +52,11 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             let Ok(text) = std::fs::read_to_string(&path) else {
                 continue;
             };
+            if text.trim().is_empty() {
+                // `coe eval --json > summary.json` still running.
+                eprintln!("coe: skipping {} (empty)", path.display());
+                continue;
+            }
             let summary: EvalSummary = serde_json::from_str(text.trim()).map_err(|e| {
                 Failure::Input(format!("coe: {}: not an eval summary: {e}", path.display()))
             })?;

@@ -102,6 +102,10 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
             "{{\"tasks\":8,\"samples\":4,\"pass_at_1\":{p1},\"pass_at_k\":{pk},\"mean_turns\":3.5,\"malformed_rate\":25.0,\"solved_then_broken_rate\":0.0}}\n"
         )
     };
+    // An evaluation still running has left an empty summary: skipped.
+    let running = dir.join("direct").join("humanevalfix");
+    std::fs::create_dir_all(&running).unwrap();
+    write(&running, "summary.json", b"");
     for (policy, set, p1, pk) in [
         ("sft", "humanevalfix", 3.125, 12.5),
         ("base", "humanevalfix", 0.0, 0.0),
@@ -130,6 +134,8 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     );
     assert!(table.contains("| paper: Llama-3.2-1B CoE (SFT + RL) | - | 7.82 / 11.00 |"));
     assert!(text(&out.stdout).contains("| sft | - |"));
+    assert!(!table.contains("| direct |"), "{table}");
+    assert!(text(&out.stderr).contains("skipping"));
     let svg = std::fs::read_to_string(dir.join("pass_at_k.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("pass@4"));
 
