@@ -42,6 +42,15 @@ fn sorted_dirs(dir: &Path, order: &[&str]) -> Result<Vec<String>, Failure> {
     Ok(names)
 }
 
+/// Appends a Markdown table with a column per set and the given rows (label, one cell per set).
+fn write_table(md: &mut String, sets: &[String], rows: &[(String, Vec<String>)]) {
+    let _ = writeln!(md, "| policy | {} |", sets.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---:|".repeat(sets.len()));
+    for (label, cells) in rows {
+        let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+    }
+}
+
 /// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints), writes
 /// `dir/report.md` and `dir/pass_at_k.svg`, and prints the table.
 pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
@@ -83,28 +92,27 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             .map(|r| &r.2)
     };
 
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "pass@1 / pass@{k} in percent (unbiased estimator over the samples); tasks x samples per cell.\n"
-    );
-    let _ = writeln!(md, "| policy | {} |", sets.join(" | "));
-    let _ = writeln!(md, "|---|{}", "---:|".repeat(sets.len()));
-    for policy in &policies {
-        let cells: Vec<String> = sets
+    // One row per policy, one cell per set ("-" where the policy has no result there).
+    let policy_rows = |cell: fn(&EvalSummary) -> String| -> Vec<(String, Vec<String>)> {
+        policies
             .iter()
-            .map(|set| match find(policy, set) {
-                Some(s) => format!(
-                    "{:.2} / {:.2} ({}x{})",
-                    s.pass_at_1, s.pass_at_k, s.tasks, s.samples
-                ),
-                None => "-".into(),
+            .map(|policy| {
+                let cells = sets
+                    .iter()
+                    .map(|set| find(policy, set).map_or_else(|| "-".into(), cell))
+                    .collect();
+                (policy.clone(), cells)
             })
-            .collect();
-        let _ = writeln!(md, "| {policy} | {} |", cells.join(" | "));
-    }
+            .collect()
+    };
+    let mut pass_rows = policy_rows(|s| {
+        format!(
+            "{:.2} / {:.2} ({}x{})",
+            s.pass_at_1, s.pass_at_k, s.tasks, s.samples
+        )
+    });
     for (model, p1, p4) in PAPER_HUMANEVALFIX {
-        let cells: Vec<String> = sets
+        let cells = sets
             .iter()
             .map(|set| {
                 if set == "humanevalfix" {
@@ -114,31 +122,22 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
                 }
             })
             .collect();
-        let _ = writeln!(
-            md,
-            "| paper: {model} CoE (SFT + RL) | {} |",
-            cells.join(" | ")
-        );
+        pass_rows.push((format!("paper: {model} CoE (SFT + RL)"), cells));
     }
-    let _ = writeln!(
-        md,
-        "\nMean turns per episode / malformed-command rate (percent) / solved-then-broken rate (percent):\n"
+    let behaviour_rows = policy_rows(|s| {
+        format!(
+            "{:.1} / {:.1} / {:.1}",
+            s.mean_turns, s.malformed_rate, s.solved_then_broken_rate
+        )
+    });
+    let mut md = format!(
+        "pass@1 / pass@{k} in percent (unbiased estimator over the samples); tasks x samples per cell.\n\n"
     );
-    let _ = writeln!(md, "| policy | {} |", sets.join(" | "));
-    let _ = writeln!(md, "|---|{}", "---:|".repeat(sets.len()));
-    for policy in &policies {
-        let cells: Vec<String> = sets
-            .iter()
-            .map(|set| match find(policy, set) {
-                Some(s) => format!(
-                    "{:.1} / {:.1} / {:.1}",
-                    s.mean_turns, s.malformed_rate, s.solved_then_broken_rate
-                ),
-                None => "-".into(),
-            })
-            .collect();
-        let _ = writeln!(md, "| {policy} | {} |", cells.join(" | "));
-    }
+    write_table(&mut md, &sets, &pass_rows);
+    md.push_str(
+        "\nMean turns per episode / malformed-command rate (percent) / solved-then-broken rate (percent):\n\n",
+    );
+    write_table(&mut md, &sets, &behaviour_rows);
 
     let md_path = dir.join("report.md");
     std::fs::write(&md_path, &md)
