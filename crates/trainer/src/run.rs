@@ -211,16 +211,9 @@ pub fn load_demonstrations(
     path: &Path,
     context: usize,
 ) -> Result<(Vec<Encoded>, usize), TrainerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
     let mut examples = Vec::new();
     let mut too_long = 0;
-    for (index, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let record: SftRecord = serde_json::from_str(line)
-            .map_err(|e| io_err(path, format!("line {}: {e}", index + 1)))?;
+    for record in read_json_lines::<SftRecord>(path)? {
         match encode(tokenizer, &record.messages, context) {
             Ok(encoded) => examples.push(encoded),
             Err(TrainerError::TooLong { .. }) => too_long += 1,
@@ -316,6 +309,11 @@ pub fn run_sft<B: AutodiffBackend>(
 
 /// Reads a JSON Lines task file.
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>, TrainerError> {
+    read_json_lines(path)
+}
+
+/// Every non-blank line of `path` as a `T`; a line that does not parse is an error naming it.
+fn read_json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, TrainerError> {
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
     text.lines()
         .enumerate()
@@ -346,15 +344,8 @@ pub fn tasks_from_demos(demos: &Path, mbpp: &Path) -> Result<Vec<Task>, TrainerE
         .iter()
         .map(|t| (t.task_id.as_str(), t))
         .collect();
-    let text = std::fs::read_to_string(demos).map_err(|e| io_err(demos, e))?;
     let mut tasks = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let demo: DemoLine = serde_json::from_str(line)
-            .map_err(|e| io_err(demos, format!("line {}: {e}", i + 1)))?;
+    for demo in read_json_lines::<DemoLine>(demos)? {
         let task = by_id.get(demo.task_id.as_str()).ok_or_else(|| {
             TrainerError::Data(format!(
                 "{}: no MBPP task {}",
