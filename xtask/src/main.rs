@@ -184,17 +184,7 @@ fn guest() -> Result<()> {
 /// policy's results into OUT/report.md and OUT/pass_at_k.svg.
 fn eval(out: &Path, name: &str, direct: bool, extra: &[String]) -> Result<()> {
     model()?;
-    ensure_wasm_target()?;
-    cargo(&[
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
-        "coe-cli",
-        "--bin",
-        "coe",
-    ])?;
-    let coe = target_dir().join("release/coe");
+    let coe = build_release("coe-cli", "coe", &[])?;
     for set in [
         "mbpp-synthetic-test",
         "mbpp-synthetic-test-hard",
@@ -325,9 +315,7 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
     match which {
         Bench::Sandbox => {
             // The table times `coe run` as a whole process too.
-            ensure_wasm_target()?;
-            cargo(&["build", "--quiet", "--release", "--bin", "coe"])?;
-            let coe = target_dir().join("release/coe");
+            let coe = build_release("coe-cli", "coe", &[])?;
             let coe = coe.to_string_lossy();
             let mut args = vec!["--coe", &coe];
             args.extend(extra.iter().map(String::as_str));
@@ -347,18 +335,11 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
 /// transformers.
 fn policy_bench(extra: &[String]) -> Result<()> {
     let model = model()?;
-    cargo(&[
-        "build",
-        "--quiet",
-        "--release",
-        "-p",
+    let bench = build_release(
         "coe-benches",
-        "--features",
-        "all-backends",
-        "--bin",
         "policy-bench",
-    ])?;
-    let bench = target_dir().join("release/policy-bench");
+        &["--features", "all-backends"],
+    )?;
     let python = bench_venv()?;
     let prompt_ids = Path::new("fixtures/smollm2-reference/prompt_ids.json");
     let mut rows: Vec<serde_json::Value> = Vec::new();
@@ -471,20 +452,21 @@ fn bench_venv() -> Result<PathBuf> {
 }
 
 /// `cargo run --release -p PACKAGE --bin BINARY -- ARGS`, after the toolchain set-up.
+/// Builds `binary` of `package` in release mode, then runs it with `args`.
 fn run_release(package: &str, binary: &str, args: &[&str]) -> Result<()> {
+    run(Command::new(build_release(package, binary, &[])?).args(args))
+}
+
+/// Builds `binary` of `package` (with `cargo_args` such as `--features`) in release mode and
+/// returns its path.
+fn build_release(package: &str, binary: &str, cargo_args: &[&str]) -> Result<PathBuf> {
     ensure_wasm_target()?;
-    let mut command = vec![
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        package,
-        "--bin",
-        binary,
-        "--",
-    ];
-    command.extend_from_slice(args);
-    cargo(&command)
+    // Not `--quiet`: a first build takes about 20 minutes on 2 cores (the guest and wasmtime),
+    // and cargo's progress bar is what tells a new user that it is working.
+    let mut command = vec!["build", "--release", "-p", package, "--bin", binary];
+    command.extend_from_slice(cargo_args);
+    cargo(&command)?;
+    Ok(target_dir().join("release").join(binary))
 }
 
 fn target_dir() -> PathBuf {
