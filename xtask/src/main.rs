@@ -78,7 +78,7 @@ enum Task {
     /// Evaluate a policy on mbpp-synthetic-test, -hard and HumanEvalFix with Chain-of-Edits
     /// episodes (or, with --direct, the direct-answer baseline), then `coe report OUT`. Each
     /// set's summary.json, traces and page go to OUT/NAME/<set>/. Extra arguments go to each
-    /// `coe eval` (e.g. `-- --adapter runs/policy-rl/adapter.safetensors --samples 4 --limit 8`).
+    /// `coe eval` (e.g. `-- --adapter runs/policy-rl-more/adapter.safetensors --samples 4 --limit 8`).
     Eval {
         /// The evaluation folder (one subfolder per policy).
         #[arg(long, default_value = "runs/eval")]

@@ -11,7 +11,14 @@ use crate::Failure;
 use crate::output::print;
 
 /// Policies and sets in the order the report lists them; others follow by name.
-const POLICY_ORDER: [&str; 4] = ["base", "direct", "sft", "sft-grpo"];
+const POLICY_ORDER: [&str; 6] = [
+    "base",
+    "direct",
+    "sft",
+    "sft-grpo",
+    "sft-more",
+    "sft-more-grpo",
+];
 const SET_ORDER: [&str; 3] = [
     "mbpp-synthetic-test",
     "mbpp-synthetic-test-hard",
