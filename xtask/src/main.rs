@@ -451,7 +451,6 @@ fn bench_venv() -> Result<PathBuf> {
     Ok(python)
 }
 
-/// `cargo run --release -p PACKAGE --bin BINARY -- ARGS`, after the toolchain set-up.
 /// Builds `binary` of `package` in release mode, then runs it with `args`.
 fn run_release(package: &str, binary: &str, args: &[&str]) -> Result<()> {
     run(Command::new(build_release(package, binary, &[])?).args(args))
