@@ -513,12 +513,16 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
     let mut out = String::new();
     for turn in &trace.turns {
         out.push_str(&format!("turn {}: {}\n", turn.turn, turn.output));
-        let feedback = turn
-            .observation
-            .rsplit("***\n")
-            .next()
-            .unwrap_or("")
-            .trim_end();
+        // EXIT changes nothing, so its observation repeats the previous turn's feedback.
+        let feedback = if turn.effect == coe_tool_state::Effect::Exit {
+            "(episode ended)"
+        } else {
+            turn.observation
+                .rsplit("***\n")
+                .next()
+                .unwrap_or("")
+                .trim_end()
+        };
         for line in feedback.lines() {
             out.push_str(&format!("    {line}\n"));
         }

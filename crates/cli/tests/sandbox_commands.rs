@@ -26,18 +26,23 @@ fn temp_file(name: &str, contents: &str) -> PathBuf {
     path
 }
 
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// Asserts exit code 0 and returns stdout's JSON lines.
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+/// Asserts exit code 0, showing stderr when it is not.
+fn assert_success(out: &Output) {
     assert_eq!(
         out.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Asserts exit code 0 and returns stdout's JSON lines.
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    assert_success(out);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -55,12 +60,7 @@ fn run_prints_the_json_outcome() {
         "assert max_of_three(3, 2, 1) == 3",
         "--json",
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let value = json(&out);
     assert_eq!(value["status"], "failed");
     assert_eq!(value["tests_passed"], 1);
@@ -172,12 +172,7 @@ fn check_reads_mbpp_rows() {
     // A generous limit: the default one is wall-clock time, which a loaded machine (tests run
     // in parallel) can push these real programs over.
     let out = coe(&["check", tasks.to_str().unwrap(), "--timeout-ms", "30000"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(value["status"], "passed", "{line}");
@@ -294,12 +289,7 @@ fn repair_plays_the_default_policy_on_the_example() {
         args.extend(["--test", test.as_str().unwrap()]);
     }
     let out = coe(&args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let first = json(&out);
     assert!(first["solved"].is_boolean(), "{first}");
     let turns = first["turns"].as_array().unwrap();
