@@ -1,7 +1,9 @@
 //! Measurement tools for coe: loading the bundled task sets, and running programs with the real
 //! CPython interpreter as the baseline.
 //!
-//! Binaries: `sandbox-bench` (throughput and latency table, `cargo xtask bench sandbox`) and
+//! Binaries: `sandbox-bench` (throughput and latency table, `cargo xtask bench sandbox`),
+//! `policy-bench` (prefill and decode against llama.cpp and transformers, `cargo xtask bench
+//! policy`), `experience-bench` (RL experience throughput, `cargo xtask bench experience`) and
 //! `compat` (sandbox versus CPython on MBPP and HumanEvalFix, `cargo xtask compat`). Criterion
 //! benches are in `benches/`.
 
@@ -24,10 +26,7 @@ pub fn fixtures_dir() -> PathBuf {
 /// a malformed line is an error here, since the bundled files have none.
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>> {
     let loaded = read_tasks(path).with_context(|| format!("reading {}", path.display()))?;
-    if let Some(error) = loaded.errors.first() {
-        anyhow::bail!("{error}");
-    }
-    Ok(loaded.tasks)
+    Ok(loaded.strict()?)
 }
 
 /// MBPP's 974 tasks (`code` is the reference solution).

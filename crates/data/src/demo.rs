@@ -3,10 +3,12 @@
 
 use coe_dsl::Command;
 use coe_exec::{Executor, ExecutorError, Status};
-use coe_tool_state::{Episode, EpisodeConfig, Trace};
+use coe_tool_state::{Episode, EpisodeConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+
+pub use crate::formats::Demo;
 
 use crate::corrupt::{Corpus, Corruption, EditKind, corrupt};
 use crate::prompt::{Message, Role, opening};
@@ -26,23 +28,6 @@ impl EditRange {
     pub const DEFAULT: EditRange = EditRange { min: 1, max: 5 };
     /// The hard evaluation set's 3-5 edits.
     pub const HARD: EditRange = EditRange { min: 3, max: 5 };
-}
-
-/// One demonstration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Demo {
-    /// The task it was made from.
-    pub task_id: String,
-    /// The data set's seed.
-    pub seed: u64,
-    /// Which sample of the task (several demos per task).
-    pub sample: u32,
-    /// The generator version.
-    pub generator: u32,
-    /// The corruption: broken program and the edits that made it.
-    pub corruption: Corruption,
-    /// The episode: observations and the commands of the repair, ending with `EXIT`.
-    pub trace: Trace,
 }
 
 impl Demo {

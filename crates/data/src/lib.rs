@@ -8,12 +8,15 @@
 //! - [`demo`]: demonstrations: the inverse commands played through a real
 //!   [`coe_tool_state::Episode`], so every observation carries real feedback.
 //! - [`prompt`]: the system prompt, the chat transcripts for SFT, and the direct-answer format.
+//! - [`formats`]: every file the pipeline writes or reads (one type per line format) and the
+//!   one JSON Lines reader and writer.
 //! - [`split`]: MBPP splits by task id; [`stats`]: the statistics of a data set.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod corrupt;
 pub mod demo;
+pub mod formats;
 pub mod normalize;
 pub mod prompt;
 pub mod sources;

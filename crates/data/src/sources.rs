@@ -1,40 +1,12 @@
 //! Reading tasks: MBPP rows, HumanEvalFix rows and coe task JSONL, into one [`Task`] type.
 
-use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::Task;
+use crate::formats::{JsonLines, parse_json_lines_with, read_text};
 use crate::normalize::normalize_source;
-
-/// A line of an input file that is not a task. The rest of the file is still read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LoadError {
-    /// The file (as given).
-    pub source: String,
-    /// The 1-based line number.
-    pub line: usize,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for LoadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.source, self.line, self.message)
-    }
-}
-
-impl std::error::Error for LoadError {}
-
-/// The tasks read from a file, and the lines that could not be read.
-#[derive(Debug, Clone, Default)]
-pub struct Loaded {
-    /// Tasks in file order.
-    pub tasks: Vec<Task>,
-    /// One entry per malformed line.
-    pub errors: Vec<LoadError>,
-}
 
 /// An MBPP row as published.
 #[derive(Debug, Deserialize)]
@@ -48,38 +20,27 @@ struct MbppRow {
 }
 
 /// Reads a JSON Lines file of MBPP rows, HumanEvalFix rows or coe tasks (detected per line).
-pub fn read_tasks(path: &Path) -> std::io::Result<Loaded> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(parse_tasks(&text, &path.display().to_string()))
+/// Every reader of tasks (the data generator, `coe check`, `coe eval`, RL) comes here, so one
+/// row always gives the same task and id.
+pub fn read_tasks(path: &Path) -> std::io::Result<JsonLines<Task>> {
+    Ok(parse_tasks(&read_text(path)?, &path.display().to_string()))
 }
 
 /// Parses JSON Lines text; `source` names it in errors.
 ///
 /// MBPP rows become tasks `mbpp/<id>` whose `code` and `reference` are the normalised
 /// reference solution (see [`normalize_source`]); other rows are read as coe tasks
-/// (HumanEvalFix rows are coe tasks with an extra `bug_type`) with their line endings
-/// normalised.
-pub fn parse_tasks(text: &str, source: &str) -> Loaded {
-    let mut loaded = Loaded::default();
-    for (index, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_line(line) {
-            Ok(task) => loaded.tasks.push(task),
-            Err(message) => loaded.errors.push(LoadError {
-                source: source.to_owned(),
-                line: index + 1,
-                message,
-            }),
-        }
-    }
-    loaded
+/// (HumanEvalFix rows are coe tasks with an extra `bug_type`; evaluation sets' lines carry how
+/// they were made) with their line endings normalised.
+pub fn parse_tasks(text: &str, source: &str) -> JsonLines<Task> {
+    parse_json_lines_with(text, source, parse_task)
 }
 
-fn parse_line(line: &str) -> Result<Task, String> {
+/// Parses one task: a JSON object in any of the forms [`parse_tasks`] reads (it may span
+/// lines).
+pub fn parse_task(json: &str) -> Result<Task, String> {
     let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+        serde_json::from_str(json).map_err(|e| format!("not a task: not JSON: {e}"))?;
     if value.get("test_list").is_some() {
         let row: MbppRow =
             serde_json::from_value(value).map_err(|e| format!("not an MBPP row: {e}"))?;
@@ -122,15 +83,18 @@ mod tests {
             "\n",
         );
         let loaded = parse_tasks(text, "in.jsonl");
-        assert_eq!(loaded.tasks.len(), 2);
-        let mbpp = &loaded.tasks[0];
+        assert_eq!(loaded.items.len(), 2);
+        let mbpp = &loaded.items[0];
         assert_eq!(mbpp.task_id, "mbpp/601");
         assert_eq!(mbpp.code, "def f():\n    return 1\n");
         assert_eq!(mbpp.setup, None);
-        assert_eq!(loaded.tasks[1].reference.as_deref(), Some("x = 2\n"));
+        assert_eq!(loaded.items[1].reference.as_deref(), Some("x = 2\n"));
         let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2);
-        assert!(errors[0].starts_with("in.jsonl:3: not JSON"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("in.jsonl:3: not a task: not JSON"),
+            "{errors:?}"
+        );
         assert!(
             errors[1].starts_with("in.jsonl:5: not a task"),
             "{errors:?}"

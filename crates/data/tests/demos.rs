@@ -26,7 +26,7 @@ fn mbpp(split: Split) -> Vec<Task> {
     let loaded = read_tasks(&fixtures().join("mbpp/mbpp.jsonl")).unwrap();
     assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
     loaded
-        .tasks
+        .items
         .into_iter()
         .filter(|t| Split::of_task_id(&t.task_id) == Some(split))
         .collect()

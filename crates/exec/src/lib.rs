@@ -1,11 +1,14 @@
 //! The contract between coe's editor and whatever runs Python for it.
 //!
 //! [`coe-tool-state`](https://docs.rs/coe-tool-state) asks an [`Executor`] to run a program and
-//! its tests; `coe-sandbox` implements it with RustPython under wasmtime, and tests use small
-//! fakes. Keeping the contract in this tiny crate means neither side depends on the other's
-//! heavy dependencies.
+//! its tests; `coe-sandbox` implements it with RustPython under wasmtime, and test suites use the
+//! one fake behind the `testing` feature (`testing::FakeExecutor`). Keeping the contract in this
+//! tiny crate means neither side depends on the other's heavy dependencies.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::time::Duration;
 
@@ -184,6 +187,44 @@ impl ExecutorError {
 
 /// Runs a program and its tests. Implementations must contain whatever the program does: the
 /// outcome reports it, the caller is never harmed by it.
+///
+/// An executor that "runs" nothing and passes programs that return a constant, to show the
+/// contract (a real one is `coe_sandbox::Sandbox`):
+///
+/// ```
+/// use coe_exec::{ExecRequest, Executor, ExecutorError, Limits, Outcome, Status, TestResult};
+///
+/// struct Constant;
+///
+/// impl Executor for Constant {
+///     fn execute(&self, request: &ExecRequest<'_>) -> Result<Outcome, ExecutorError> {
+///         let passed = request.program.contains("return 1");
+///         Ok(Outcome {
+///             status: if passed { Status::Passed } else { Status::Failed },
+///             tests: request
+///                 .tests
+///                 .iter()
+///                 .map(|_| TestResult { passed, error: None })
+///                 .collect(),
+///             error: None,
+///             stdout: String::new(),
+///             elapsed_ms: 0.0,
+///         })
+///     }
+/// }
+///
+/// let tests = vec!["assert f() == 1".to_owned()];
+/// let request = ExecRequest {
+///     program: "def f():\n    return 1\n",
+///     setup: "",
+///     tests: &tests,
+///     limits: Limits::default(),
+/// };
+/// let outcome = Constant.execute(&request)?;
+/// assert!(outcome.is_passed());
+/// assert_eq!(outcome.tests_passed(), 1);
+/// # Ok::<(), ExecutorError>(())
+/// ```
 pub trait Executor {
     /// Runs `request` and reports the outcome.
     fn execute(&self, request: &ExecRequest<'_>) -> Result<Outcome, ExecutorError>;

@@ -8,7 +8,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::PolicyError;
-use crate::model::{Adapters, KvCache, Llama};
+use crate::cache::KvCache;
+use crate::lora::Adapters;
+use crate::model::Llama;
 use crate::tokenizer::TextTokenizer;
 
 /// How to pick tokens.

@@ -1,17 +1,21 @@
 //! coe-policy: the language model that drives the edit tool.
 //!
 //! A Llama-family decoder in burn, generic over the backend ([`model::Llama`]), loaded from a
-//! GGUF file ([`gguf`], dequantised at load) or a Hugging Face folder; its tokenizer and chat
-//! template ([`tokenizer`]); LoRA adapters saved alone ([`adapter`]); and sampling with a
-//! key/value cache that persists across the turns of an episode ([`generate`]).
+//! GGUF file (dequantised at load) or a Hugging Face folder; its tokenizer and chat template
+//! ([`tokenizer`]); LoRA ([`lora`]: the adapters, the projection that carries them, their
+//! files); the key/value cache ([`cache`]); and sampling with that cache persisting across the
+//! turns of an episode ([`generate`]).
 //!
 //! The crate knows nothing of Python or sandboxes: it turns token ids into token ids.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod adapter;
+pub mod cache;
 pub mod config;
 pub mod generate;
+// Internal: public only so the fuzz target can drive the parser (`fuzz/fuzz_targets/gguf_read.rs`).
+#[doc(hidden)]
 pub mod gguf;
+pub mod lora;
 pub mod model;
 pub mod tokenizer;
 mod weights;
@@ -20,9 +24,12 @@ use std::path::Path;
 
 use burn::prelude::Backend;
 
+pub use cache::KvCache;
 pub use config::LlamaConfig;
 pub use generate::{Generation, SamplingConfig, Session, StopReason};
-pub use model::{Adapters, Llama, LoraConfig};
+pub use gguf::GgufError;
+pub use lora::{Adapters, LoraAdapter, LoraConfig, LoraLinear};
+pub use model::Llama;
 pub use tokenizer::{ChatMessage, ChatTemplate, TextTokenizer};
 
 /// The CPU backend used by default (the fastest of burn 0.21's CPU backends on SmolLM2-135M;
@@ -104,18 +111,3 @@ impl<B: Backend> Policy<B> {
 }
 
 pub use coe_cache::{default_model_path, model_dir};
-
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see half a
-/// file.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), PolicyError> {
-    let io = |source| PolicyError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}

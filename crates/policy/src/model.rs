@@ -1,131 +1,18 @@
 //! The Llama decoder in burn, generic over the backend: RMSNorm, RoPE (Hugging Face's
 //! `rotate_half` layout, with optional Llama-3 frequency scaling), grouped-query attention with a
-//! key/value cache, SwiGLU MLP, tied or untied output head, and LoRA on every projection.
+//! key/value cache ([`crate::cache`]), SwiGLU MLP, tied or untied output head, and a LoRA-carrying
+//! projection ([`crate::lora::LoraLinear`]) for each of the seven projections of a layer.
 
-use burn::module::{Module, Param, ParamId};
-use burn::nn::{Dropout, DropoutConfig};
+use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::{silu, softmax};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::cache::KvCache;
 use crate::config::LlamaConfig;
-
-/// Whether a forward pass uses the LoRA adapters (off gives the frozen base model, the
-/// reference for the KL term).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Adapters {
-    /// Base plus adapters.
-    On,
-    /// The base model alone.
-    Off,
-}
-
-/// LoRA hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct LoraConfig {
-    /// Rank of the update.
-    pub rank: usize,
-    /// Scaling numerator: the update is multiplied by `alpha / rank`.
-    pub alpha: f64,
-    /// Dropout on the adapter's input during training.
-    pub dropout: f64,
-}
-
-impl Default for LoraConfig {
-    /// The paper's setting: rank 16, alpha 32, dropout 0.05.
-    fn default() -> Self {
-        Self {
-            rank: 16,
-            alpha: 32.0,
-            dropout: 0.05,
-        }
-    }
-}
-
-/// A low-rank update `s * (x A) B` beside a frozen weight.
-#[derive(Module, Debug)]
-pub struct LoraAdapter<B: Backend> {
-    /// `[d_in, rank]`, random at start.
-    pub a: Param<Tensor<B, 2>>,
-    /// `[rank, d_out]`, zero at start so a new adapter changes nothing.
-    pub b: Param<Tensor<B, 2>>,
-    /// `alpha / rank`.
-    pub scale: f64,
-    dropout: Dropout,
-}
-
-impl<B: Backend> LoraAdapter<B> {
-    /// An adapter from its matrices `a` `[d_in, rank]` and `b` `[rank, d_out]`.
-    pub fn new(a: Tensor<B, 2>, b: Tensor<B, 2>, config: &LoraConfig) -> Self {
-        Self {
-            a: Param::from_tensor(a),
-            b: Param::from_tensor(b),
-            scale: config.alpha / config.rank as f64,
-            dropout: DropoutConfig::new(config.dropout).init(),
-        }
-    }
-
-    /// Like [`LoraAdapter::new`], keeping given parameter ids (so an optimiser's saved state,
-    /// which is keyed by parameter id, still applies after a reload).
-    pub fn with_ids(a: Tensor<B, 2>, b: Tensor<B, 2>, ids: [u64; 2], config: &LoraConfig) -> Self {
-        let mut adapter = Self::new(a, b, config);
-        adapter.a = Param::initialized(ParamId::from(ids[0]), adapter.a.val());
-        adapter.b = Param::initialized(ParamId::from(ids[1]), adapter.b.val());
-        adapter
-    }
-}
-
-/// A bias-free projection `x W` with `W` stored `[d_in, d_out]` and an optional LoRA adapter.
-#[derive(Module, Debug)]
-pub struct Linear<B: Backend> {
-    /// The (frozen) base weight, `[d_in, d_out]`.
-    pub weight: Param<Tensor<B, 2>>,
-    /// The trainable adapter, when attached.
-    pub lora: Option<LoraAdapter<B>>,
-}
-
-impl<B: Backend> Linear<B> {
-    fn frozen(weight: Tensor<B, 2>) -> Self {
-        Self {
-            weight: Param::from_tensor(weight).set_require_grad(false),
-            lora: None,
-        }
-    }
-
-    /// `x` is `[n, d_in]`.
-    fn forward(&self, x: Tensor<B, 2>, adapters: Adapters) -> Tensor<B, 2> {
-        let base = x.clone().matmul(self.weight.val());
-        match (&self.lora, adapters) {
-            (Some(lora), Adapters::On) => {
-                let low = lora.dropout.forward(x).matmul(lora.a.val());
-                base + low.matmul(lora.b.val()).mul_scalar(lora.scale)
-            }
-            _ => base,
-        }
-    }
-
-    fn attach(&mut self, config: &LoraConfig, rng: &mut StdRng, device: &B::Device) {
-        let [d_in, d_out] = self.weight.dims();
-        // Kaiming-uniform bound for A as PEFT does; B zero.
-        let bound = (1.0 / d_in as f32).sqrt();
-        let values = (0..d_in * config.rank)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect::<Vec<f32>>();
-        let a = Tensor::from_data(TensorData::new(values, [d_in, config.rank]), device);
-        let b = Tensor::zeros([config.rank, d_out], device);
-        self.lora = Some(LoraAdapter::new(a, b, config));
-    }
-
-    fn merge(&mut self) {
-        if let Some(lora) = self.lora.take() {
-            let delta = lora.a.val().matmul(lora.b.val()).mul_scalar(lora.scale);
-            let merged = self.weight.val() + delta;
-            self.weight = Param::from_tensor(merged.detach()).set_require_grad(false);
-        }
-    }
-}
+use crate::lora::{Adapters, LoraConfig, LoraLinear};
 
 /// Root-mean-square layer norm.
 #[derive(Module, Debug)]
@@ -151,13 +38,13 @@ impl<B: Backend> RmsNorm<B> {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// Query projection.
-    pub q: Linear<B>,
+    pub q: LoraLinear<B>,
     /// Key projection.
-    pub k: Linear<B>,
+    pub k: LoraLinear<B>,
     /// Value projection.
-    pub v: Linear<B>,
+    pub v: LoraLinear<B>,
     /// Output projection.
-    pub o: Linear<B>,
+    pub o: LoraLinear<B>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -167,11 +54,11 @@ pub struct Attention<B: Backend> {
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     /// Gate projection.
-    pub gate: Linear<B>,
+    pub gate: LoraLinear<B>,
     /// Up projection.
-    pub up: Linear<B>,
+    pub up: LoraLinear<B>,
     /// Down projection.
-    pub down: Linear<B>,
+    pub down: LoraLinear<B>,
 }
 
 /// One decoder layer.
@@ -200,73 +87,6 @@ pub struct Llama<B: Backend> {
     pub lm_head: Option<Param<Tensor<B, 2>>>,
     #[module(skip)]
     config: LlamaConfig,
-}
-
-/// Keys and values of every layer for the tokens seen so far, `[batch, kv_heads, len, head_dim]`.
-#[derive(Debug, Clone)]
-pub struct KvCache<B: Backend> {
-    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
-    len: usize,
-}
-
-impl<B: Backend> KvCache<B> {
-    /// An empty cache for a model with `layers` layers.
-    pub fn new(layers: usize) -> Self {
-        Self {
-            layers: vec![None; layers],
-            len: 0,
-        }
-    }
-
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The same cache repeated `times` along the batch (to sample several continuations of one
-    /// prompt).
-    pub fn repeat(&self, times: usize) -> Self {
-        Self {
-            layers: self
-                .layers
-                .iter()
-                .map(|kv| {
-                    kv.as_ref().map(|(k, v)| {
-                        (
-                            k.clone().repeat_dim(0, times),
-                            v.clone().repeat_dim(0, times),
-                        )
-                    })
-                })
-                .collect(),
-            len: self.len,
-        }
-    }
-
-    /// Row `row` of the batch, keeping only its first `len` positions.
-    pub fn row(&self, row: usize, len: usize) -> Self {
-        let len = len.min(self.len);
-        Self {
-            layers: self
-                .layers
-                .iter()
-                .map(|kv| {
-                    kv.as_ref().map(|(k, v)| {
-                        (
-                            k.clone().narrow(0, row, 1).narrow(2, 0, len),
-                            v.clone().narrow(0, row, 1).narrow(2, 0, len),
-                        )
-                    })
-                })
-                .collect(),
-            len,
-        }
-    }
 }
 
 /// Cosine and sine tables `[1, 1, t, head_dim]` for positions `start..start + t`, in the
@@ -449,19 +269,19 @@ impl<B: Backend> Llama<B> {
             .map(|l| Block {
                 attn_norm: norm(l.attn_norm),
                 attn: Attention {
-                    q: Linear::frozen(l.q),
-                    k: Linear::frozen(l.k),
-                    v: Linear::frozen(l.v),
-                    o: Linear::frozen(l.o),
+                    q: LoraLinear::frozen(l.q),
+                    k: LoraLinear::frozen(l.k),
+                    v: LoraLinear::frozen(l.v),
+                    o: LoraLinear::frozen(l.o),
                     heads: config.num_attention_heads,
                     kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim(),
                 },
                 mlp_norm: norm(l.mlp_norm),
                 mlp: Mlp {
-                    gate: Linear::frozen(l.gate),
-                    up: Linear::frozen(l.up),
-                    down: Linear::frozen(l.down),
+                    gate: LoraLinear::frozen(l.gate),
+                    up: LoraLinear::frozen(l.up),
+                    down: LoraLinear::frozen(l.down),
                 },
             })
             .collect();
@@ -588,7 +408,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Every LoRA-carrying projection with its Hugging Face name, in a fixed order.
-    pub fn named_linears(&self) -> Vec<(String, &Linear<B>)> {
+    pub fn named_linears(&self) -> Vec<(String, &LoraLinear<B>)> {
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             for (name, linear) in layer.names().into_iter().zip(layer.linears()) {
@@ -599,7 +419,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// Mutable access to the projections, in the order of [`Llama::named_linears`].
-    pub fn linears_mut(&mut self) -> Vec<&mut Linear<B>> {
+    pub fn linears_mut(&mut self) -> Vec<&mut LoraLinear<B>> {
         self.layers
             .iter_mut()
             .flat_map(|layer| layer.linears_mut())
@@ -620,12 +440,12 @@ impl<B: Backend> Block<B> {
         ]
     }
 
-    fn linears(&self) -> [&Linear<B>; 7] {
+    fn linears(&self) -> [&LoraLinear<B>; 7] {
         let (a, m) = (&self.attn, &self.mlp);
         [&a.q, &a.k, &a.v, &a.o, &m.gate, &m.up, &m.down]
     }
 
-    fn linears_mut(&mut self) -> [&mut Linear<B>; 7] {
+    fn linears_mut(&mut self) -> [&mut LoraLinear<B>; 7] {
         let (a, m) = (&mut self.attn, &mut self.mlp);
         [
             &mut a.q,

@@ -174,8 +174,8 @@ fn adapters_round_trip_through_safetensors() {
         dropout: 0.0,
     };
     let model = perturb_adapters(tiny::<B>(5).attach_lora(&config, 1, &Default::default()));
-    coe_policy::adapter::save_adapters(&model, &config, &path).unwrap();
-    let (loaded, loaded_config) = coe_policy::adapter::load_adapters(tiny::<B>(5), &path).unwrap();
+    coe_policy::lora::save_adapters(&model, &config, &path).unwrap();
+    let (loaded, loaded_config) = coe_policy::lora::load_adapters(tiny::<B>(5), &path).unwrap();
     assert_eq!(loaded_config, config);
     let tokens = [1u32, 2, 3, 4];
     assert_eq!(
@@ -187,14 +187,12 @@ fn adapters_round_trip_through_safetensors() {
         hidden_size: 64,
         ..LlamaConfig::tiny()
     };
-    let err = coe_policy::adapter::load_adapters(
-        Llama::<B>::random(other, 1, &Default::default()),
-        &path,
-    )
-    .unwrap_err();
+    let err =
+        coe_policy::lora::load_adapters(Llama::<B>::random(other, 1, &Default::default()), &path)
+            .unwrap_err();
     assert!(err.to_string().contains("expected F32"), "{err}");
     std::fs::write(&path, b"not safetensors").unwrap();
-    assert!(coe_policy::adapter::load_adapters(tiny::<B>(5), &path).is_err());
+    assert!(coe_policy::lora::load_adapters(tiny::<B>(5), &path).is_err());
     std::fs::remove_dir_all(&dir).ok();
 }
 

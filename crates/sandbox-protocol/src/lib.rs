@@ -10,9 +10,12 @@
 use std::borrow::Cow;
 
 #[cfg(feature = "outcome")]
-mod outcome;
+mod verdict;
 #[cfg(feature = "outcome")]
-pub use outcome::{ResponseError, decode_outcome, outcome_from_response};
+pub use verdict::{
+    Ending, GuestReport, ResponseError, RunEnd, VerdictError, decode_outcome,
+    outcome_from_response, verdict,
+};
 
 use serde::{Deserialize, Serialize};
 

@@ -43,6 +43,7 @@ use coe_exec::{ExecRequest, Executor, ExecutorError, Outcome};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, InstancePre, OptLevel};
 
 pub use module::cache_dir_default;
+use run::RunState;
 pub use run::{RunReport, Timings};
 
 /// How often the epoch advances; the time limit is enforced at this granularity.
@@ -98,14 +99,6 @@ impl From<SandboxError> for ExecutorError {
     fn from(error: SandboxError) -> Self {
         ExecutorError::with_source("the Python sandbox failed", error)
     }
-}
-
-/// The state of one run, owned by its wasmtime `Store`.
-pub(crate) struct RunState {
-    pub(crate) wasi: wasmtime_wasi::p1::WasiP1Ctx,
-    pub(crate) limiter: run::MemoryLimiter,
-    pub(crate) response: run::ResponseSlot,
-    pub(crate) phases: run::PhaseClock,
 }
 
 struct Shared {

@@ -75,16 +75,8 @@ fn cache_key(engine: &Engine) -> String {
 
 fn write_cache(module: &Module, path: &Path) -> std::io::Result<()> {
     let bytes = module.serialize().map_err(std::io::Error::other)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    // Write then rename, so a concurrent reader never sees half a file.
-    let temporary = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("guest"),
-        std::process::id()
-    ));
-    std::fs::write(&temporary, bytes)?;
-    std::fs::rename(&temporary, path)
+    // A concurrent reader never sees half a file.
+    coe_cache::write_atomically(path, &bytes)
 }
 
 /// Runs the guest's `wizer-initialize` and returns the pre-initialized module.
@@ -113,7 +105,7 @@ fn snapshot(engine: &Engine, wasm: &[u8]) -> Result<Vec<u8>, SandboxError> {
 
 /// What wizer reads the initialized state from.
 struct SnapshotSource<'a> {
-    store: &'a mut Store<crate::RunState>,
+    store: &'a mut Store<run::RunState>,
     instance: Instance,
 }
 

@@ -5,17 +5,17 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use coe_exec::{ErrorInfo, ExecRequest, Outcome, Status};
+use coe_exec::{ExecRequest, Outcome};
 use coe_sandbox_protocol::{
-    HOST_MODULE, MAX_RESPONSE_BYTES, PHASE_DONE, PHASE_FUNCTION, PHASE_TESTS, Request,
-    SUBMIT_FUNCTION, decode_outcome,
+    Ending, GuestReport, HOST_MODULE, MAX_RESPONSE_BYTES, PHASE_DONE, PHASE_FUNCTION, PHASE_TESTS,
+    Request, RunEnd, SUBMIT_FUNCTION, VerdictError, verdict,
 };
 use wasmtime::{Caller, Engine, Extern, InstancePre, Linker, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
-use crate::{EPOCH_TICK, RunState, SandboxError};
+use crate::{EPOCH_TICK, SandboxError};
 
 /// An outcome with the time spent in each phase.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +37,14 @@ pub struct Timings {
     pub tests: Duration,
     /// The whole run, as the caller sees it.
     pub total: Duration,
+}
+
+/// The state of one run, owned by its wasmtime `Store`.
+pub(crate) struct RunState {
+    pub(crate) wasi: wasmtime_wasi::p1::WasiP1Ctx,
+    limiter: MemoryLimiter,
+    response: GuestReport,
+    phases: PhaseClock,
 }
 
 /// Caps the guest's memory and remembers whether the cap was hit.
@@ -68,15 +76,6 @@ impl ResourceLimiter for MemoryLimiter {
         // Tables hold function references; RustPython never needs more than a few thousand.
         Ok(desired <= 1 << 20)
     }
-}
-
-/// What the guest handed to `coe.submit_response`.
-#[derive(Debug, Default)]
-pub(crate) enum ResponseSlot {
-    #[default]
-    Empty,
-    Received(Vec<u8>),
-    Invalid(String),
 }
 
 /// Instants at which the run reached each phase.
@@ -122,20 +121,20 @@ fn submit_response(mut caller: Caller<'_, RunState>, ptr: i32, len: i32) {
             // i32 -> u32 reinterprets the wasm32 address; it is never negative there.
             let (start, len) = (ptr as u32 as usize, len as u32 as usize);
             if len > MAX_RESPONSE_BYTES {
-                ResponseSlot::Invalid(format!("{len} bytes is over the limit"))
+                GuestReport::Invalid(format!("{len} bytes is over the limit"))
             } else {
                 match memory.data(&caller).get(start..start.saturating_add(len)) {
-                    Some(bytes) => ResponseSlot::Received(bytes.to_vec()),
-                    None => ResponseSlot::Invalid("the response lies outside memory".into()),
+                    Some(bytes) => GuestReport::Received(bytes.to_vec()),
+                    None => GuestReport::Invalid("the response lies outside memory".into()),
                 }
             }
         }
-        _ => ResponseSlot::Invalid("the guest exports no memory".into()),
+        _ => GuestReport::Invalid("the guest exports no memory".into()),
     };
     let current = &mut caller.data_mut().response;
     *current = match current {
-        ResponseSlot::Empty => slot,
-        _ => ResponseSlot::Invalid("the response was submitted twice".into()),
+        GuestReport::Missing => slot,
+        _ => GuestReport::Invalid("the response was submitted twice".into()),
     };
 }
 
@@ -149,7 +148,7 @@ pub(crate) fn init_store(engine: &Engine) -> Store<RunState> {
                 limit_bytes: usize::MAX,
                 hit: false,
             },
-            response: ResponseSlot::Empty,
+            response: GuestReport::Missing,
             phases: PhaseClock::default(),
         },
     );
@@ -177,16 +176,6 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
         });
         runtime.block_on(future)
     })
-}
-
-/// How a run ended, before the response is looked at.
-enum Ending {
-    Returned,
-    Exited(i32),
-    TimedOut,
-    Trapped(wasmtime::Error),
-    /// Failed before the guest started (instantiation).
-    NotStarted(wasmtime::Error),
 }
 
 pub(crate) fn execute(
@@ -224,7 +213,7 @@ pub(crate) fn execute(
                 limit_bytes: memory_limit,
                 hit: false,
             },
-            response: ResponseSlot::Empty,
+            response: GuestReport::Missing,
             phases: PhaseClock::default(),
         },
     );
@@ -237,19 +226,16 @@ pub(crate) fn execute(
         let run = async {
             let instance = match instance_pre.instantiate_async(&mut store).await {
                 Ok(instance) => instance,
-                Err(error) => return Ending::NotStarted(error),
+                Err(error) => return Ending::NotStarted(error.to_string()),
             };
             store.data_mut().phases.instantiated = Some(Instant::now());
             let start = match instance.get_typed_func::<(), ()>(&mut store, "_start") {
                 Ok(start) => start,
-                Err(error) => return Ending::NotStarted(error),
+                Err(error) => return Ending::NotStarted(error.to_string()),
             };
             match start.call_async(&mut store, ()).await {
                 Ok(()) => Ending::Returned,
-                Err(error) => match error.downcast_ref::<I32Exit>() {
-                    Some(exit) => Ending::Exited(exit.0),
-                    None => Ending::Trapped(error),
-                },
+                Err(error) => ending_of(&error),
             }
         };
         // The epoch deadline stops running code; this also stops code blocked in a host call.
@@ -262,76 +248,33 @@ pub(crate) fn execute(
     let state = store.into_data();
     let timings = timings(&state.phases, started, total);
     let captured = stdout.contents();
-    let output_exceeded = captured.len() > output_limit;
-    let stdout_text =
-        String::from_utf8_lossy(&captured[..captured.len().min(output_limit)]).into_owned();
-    let limit_outcome = |status: Status, error: Option<ErrorInfo>| Outcome {
-        status,
-        tests: Vec::new(),
-        error,
-        stdout: stdout_text.clone(),
-        elapsed_ms: total.as_secs_f64() * 1000.0,
-    };
-
-    let outcome = if output_exceeded {
-        limit_outcome(Status::OutputLimit, None)
-    } else if let ResponseSlot::Received(bytes) = &state.response {
-        decode_outcome(bytes, request.tests.len(), stdout_text.clone(), total)
-            .map_err(|e| SandboxError::InvalidResponse(e.to_string()))?
-    } else if let ResponseSlot::Invalid(reason) = &state.response {
-        return Err(SandboxError::InvalidResponse(reason.clone()));
-    } else {
-        match ending {
-            Ending::TimedOut => limit_outcome(Status::Timeout, None),
-            Ending::Trapped(ref e) if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) => {
-                limit_outcome(Status::Timeout, None)
-            }
-            _ if state.limiter.hit => limit_outcome(Status::MemoryLimit, None),
-            Ending::NotStarted(error) => {
-                return Err(SandboxError::Run(format!(
-                    "instantiating the guest: {error}"
-                )));
-            }
-            Ending::Returned | Ending::Exited(_) => {
-                let code = match ending {
-                    Ending::Exited(code) => code,
-                    _ => 0,
-                };
-                limit_outcome(
-                    Status::Error,
-                    Some(ErrorInfo {
-                        type_name: "SystemExit".into(),
-                        message: format!(
-                            "the program exited (code {code}) before the tests finished"
-                        ),
-                        line: None,
-                    }),
-                )
-            }
-            Ending::Trapped(error) => {
-                let (type_name, message) = match error.downcast_ref::<Trap>() {
-                    Some(Trap::StackOverflow) => (
-                        "RecursionError",
-                        "maximum recursion depth exceeded (the sandbox's stack is exhausted)"
-                            .to_owned(),
-                    ),
-                    _ => (
-                        "InterpreterError",
-                        format!("the Python interpreter stopped: {error}"),
-                    ),
-                };
-                limit_outcome(
-                    Status::Error,
-                    Some(ErrorInfo {
-                        type_name: type_name.into(),
-                        message,
-                        line: None,
-                    }),
-                )
-            }
-        }
-    };
+    let outcome = verdict(RunEnd {
+        ending,
+        report: state.response,
+        memory_limit_hit: state.limiter.hit,
+        output_exceeded: captured.len() > output_limit,
+        stdout: String::from_utf8_lossy(&captured[..captured.len().min(output_limit)]).into_owned(),
+        tests_requested: request.tests.len(),
+        elapsed: total,
+    })
+    .map_err(|e| match e {
+        VerdictError::InvalidResponse(reason) => SandboxError::InvalidResponse(reason),
+        not_started @ VerdictError::NotStarted(_) => SandboxError::Run(not_started.to_string()),
+    })?;
     Ok(RunReport { outcome, timings })
+}
+
+/// What a wasmtime error from `_start` says about how the run ended.
+fn ending_of(error: &wasmtime::Error) -> Ending {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Ending::Exited(exit.0);
+    }
+    match error.downcast_ref::<Trap>() {
+        // The epoch deadline: the time limit.
+        Some(Trap::Interrupt) => Ending::TimedOut,
+        Some(Trap::StackOverflow) => Ending::StackOverflow,
+        _ => Ending::Trapped(error.to_string()),
+    }
 }
 
 fn timings(phases: &PhaseClock, started: Instant, total: Duration) -> Timings {

@@ -43,6 +43,31 @@ pub fn render_observation(program: &Program, feedback: &str) -> String {
     text
 }
 
+/// Splits an observation made by [`render_observation`] into the numbered listing (each line
+/// still `L n ...`) and the feedback. The separator is the first line that is exactly `***`:
+/// listing lines always start with `L `, so a program or feedback that contains `***` cannot
+/// move it. Text without a separator is all listing.
+///
+/// ```
+/// use coe_tool_state::{Program, render_observation, split_observation};
+/// let program = Program::parse("s = '***'\n***\n");
+/// let observation = render_observation(&program, "Failed.\n***\n");
+/// assert_eq!(
+///     split_observation(&observation),
+///     ("L 1 s = '***'\nL 2 ***\n", "Failed.\n***\n")
+/// );
+/// ```
+pub fn split_observation(observation: &str) -> (&str, &str) {
+    let mut offset = 0;
+    for line in observation.split_inclusive('\n') {
+        if line.trim_end_matches('\n') == FEEDBACK_SEPARATOR {
+            return (&observation[..offset], &observation[offset + line.len()..]);
+        }
+        offset += line.len();
+    }
+    (observation, "")
+}
+
 /// Renders the feedback for an execution outcome: one short deterministic text per status.
 ///
 /// `tests` are the test snippets that were run (to quote the failing ones) and `limits` the

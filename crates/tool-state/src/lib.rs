@@ -22,6 +22,7 @@ pub use coe_exec::{
 pub use episode::{Effect, EndReason, Episode, EpisodeConfig, Rewards, StepError, Trace, Turn};
 pub use feedback::{
     FEEDBACK_SEPARATOR, render_feedback, render_invalid_command, render_observation,
+    split_observation,
 };
 pub use program::{EditError, LineEnding, Program};
 pub use task::Task;

@@ -5,9 +5,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// One task: a program to repair and the tests that decide when it is repaired.
 ///
 /// Read from JSON Lines: `{"task_id": str, "text": str, "code": str, "reference": str?,
-/// "setup": str?, "tests": [str]}`. A numeric `task_id` (as in MBPP) is accepted and kept as
-/// its decimal text, and MBPP rows (`test_list`, `test_setup_code`) read as tasks whose `code`
-/// is MBPP's reference solution.
+/// "setup": str?, "tests": [str]}`. A numeric `task_id` is accepted and kept as its decimal
+/// text. MBPP's published rows (`test_list`, `test_setup_code`) are read by `coe-data`'s
+/// `sources`, which every task reader uses, so one row always gives one id (`mbpp/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     /// A unique id, e.g. `mbpp/601` or `HumanEvalFix/0`.
@@ -21,16 +21,10 @@ pub struct Task {
     /// A correct program, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
-    /// Code run before the program and its tests (MBPP's `test_setup_code` is read as this).
-    #[serde(
-        default,
-        alias = "test_setup_code",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// Code run before the program and its tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup: Option<String>,
-    /// Test snippets; the task is solved when every one passes (MBPP's `test_list` is read as
-    /// this).
-    #[serde(alias = "test_list")]
+    /// Test snippets; the task is solved when every one passes.
     pub tests: Vec<String>,
 }
 

@@ -1,52 +1,11 @@
 //! Episodes against a fake executor: turns, rewards, endings and traces.
 
-use std::cell::Cell;
+use coe_exec::testing::FakeExecutor;
+use coe_tool_state::{Effect, EndReason, Episode, EpisodeConfig, Status, StepError, Task};
 
-use coe_tool_state::{
-    Effect, EndReason, Episode, EpisodeConfig, ErrorInfo, ExecRequest, Executor, ExecutorError,
-    Outcome, Status, StepError, Task, TestResult,
-};
-
-/// Passes when the program contains `return a + b`; fails its first test otherwise. Counts runs
-/// and can be told to break.
-#[derive(Default)]
-struct FakeExecutor {
-    runs: Cell<usize>,
-    broken: Cell<bool>,
-}
-
-impl Executor for FakeExecutor {
-    fn execute(&self, request: &ExecRequest<'_>) -> Result<Outcome, ExecutorError> {
-        if self.broken.get() {
-            return Err(ExecutorError::new("the fake is broken"));
-        }
-        self.runs.set(self.runs.get() + 1);
-        let passed = request.program.contains("return a + b");
-        let tests = request
-            .tests
-            .iter()
-            .enumerate()
-            .map(|(i, _)| TestResult {
-                passed: passed || i > 0,
-                error: (!passed && i == 0).then(|| ErrorInfo {
-                    type_name: "AssertionError".into(),
-                    message: String::new(),
-                    line: None,
-                }),
-            })
-            .collect::<Vec<_>>();
-        Ok(Outcome {
-            status: if passed {
-                Status::Passed
-            } else {
-                Status::Failed
-            },
-            error: tests.iter().find_map(|t| t.error.clone()),
-            tests,
-            stdout: String::new(),
-            elapsed_ms: 1.0,
-        })
-    }
+/// Passes when the program contains `return a + b`; fails its first test otherwise.
+fn fake() -> FakeExecutor {
+    FakeExecutor::passing_when("return a + b")
 }
 
 fn task(code: &str) -> Task {
@@ -67,7 +26,7 @@ const BROKEN: &str = "def add(a, b):\n    return a - b\n";
 
 #[test]
 fn a_repair_is_rewarded_once_and_exit_ends_it() {
-    let executor = FakeExecutor::default();
+    let executor = fake();
     let mut episode = Episode::start(task(BROKEN), &executor, EpisodeConfig::default()).unwrap();
     assert!(!episode.is_passing());
     insta::assert_snapshot!("initial_observation", episode.observation());
@@ -102,12 +61,12 @@ fn a_repair_is_rewarded_once_and_exit_ends_it() {
     assert_eq!(trace.final_program, "def add(a, b):\n    return a + b\n");
     assert!(!trace.solved_then_broken());
     // Starting run plus two edits; EXIT runs nothing.
-    assert_eq!(executor.runs.get(), 3);
+    assert_eq!(executor.runs(), 3);
 }
 
 #[test]
 fn malformed_and_rejected_commands_cost_half_and_change_nothing() {
-    let executor = FakeExecutor::default();
+    let executor = fake();
     let mut episode = Episode::start(task(BROKEN), &executor, EpisodeConfig::default()).unwrap();
     let before = episode.program().clone();
 
@@ -126,7 +85,7 @@ fn malformed_and_rejected_commands_cost_half_and_change_nothing() {
     assert_eq!(turn.reward, -0.5);
     assert_eq!(episode.program(), &before);
     // Refused commands are never run.
-    assert_eq!(executor.runs.get(), 1);
+    assert_eq!(executor.runs(), 1);
 }
 
 #[test]
@@ -135,7 +94,7 @@ fn running_out_of_turns_costs_half_on_the_last_turn() {
         max_turns: 3,
         ..EpisodeConfig::default()
     };
-    let mut episode = Episode::start(task(BROKEN), FakeExecutor::default(), config).unwrap();
+    let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
     episode.step("REPW 2 >>>- >>>+").unwrap();
     episode.step("REPW 2 >>>+ >>>-").unwrap();
     let last = episode.step("REPW 2 >>>- >>>*").unwrap();
@@ -156,7 +115,7 @@ fn a_solve_on_the_last_turn_still_pays_minus_the_missing_exit() {
         max_turns: 1,
         ..EpisodeConfig::default()
     };
-    let mut episode = Episode::start(task(BROKEN), FakeExecutor::default(), config).unwrap();
+    let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
     assert_eq!(episode.step("REPW 2 >>>- >>>+").unwrap().reward, 0.5);
     assert!(episode.is_done());
 }
@@ -164,12 +123,7 @@ fn a_solve_on_the_last_turn_still_pays_minus_the_missing_exit() {
 #[test]
 fn a_program_that_already_passes_earns_no_solve_reward() {
     let solved = "def add(a, b):\n    return a + b\n";
-    let mut episode = Episode::start(
-        task(solved),
-        FakeExecutor::default(),
-        EpisodeConfig::default(),
-    )
-    .unwrap();
+    let mut episode = Episode::start(task(solved), fake(), EpisodeConfig::default()).unwrap();
     assert!(episode.is_passing());
     assert_eq!(
         episode.step("REPL 1 >>>def add(a, b):").unwrap().reward,
@@ -183,17 +137,17 @@ fn zero_turns_means_over_before_it_starts() {
         max_turns: 0,
         ..EpisodeConfig::default()
     };
-    let mut episode = Episode::start(task(BROKEN), FakeExecutor::default(), config).unwrap();
+    let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
     assert!(episode.is_done());
     assert!(matches!(episode.step("EXIT"), Err(StepError::Finished)));
 }
 
 #[test]
 fn an_executor_failure_keeps_the_episode_as_it_was() {
-    let executor = FakeExecutor::default();
+    let executor = fake();
     let mut episode = Episode::start(task(BROKEN), &executor, EpisodeConfig::default()).unwrap();
     let observation = episode.observation().to_owned();
-    executor.broken.set(true);
+    executor.set_broken(true);
     assert!(matches!(
         episode.step("REPW 2 >>>- >>>+"),
         Err(StepError::Executor(_))
@@ -201,18 +155,13 @@ fn an_executor_failure_keeps_the_episode_as_it_was() {
     assert_eq!(episode.observation(), observation);
     assert!(episode.turns().is_empty());
     assert_eq!(episode.program().to_source(), BROKEN);
-    executor.broken.set(false);
+    executor.set_broken(false);
     assert_eq!(episode.step("REPW 2 >>>- >>>+").unwrap().turn, 1);
 }
 
 #[test]
 fn traces_round_trip_through_json() {
-    let mut episode = Episode::start(
-        task(BROKEN),
-        FakeExecutor::default(),
-        EpisodeConfig::default(),
-    )
-    .unwrap();
+    let mut episode = Episode::start(task(BROKEN), fake(), EpisodeConfig::default()).unwrap();
     episode.step("REPW 2 >>>- >>>+").unwrap();
     episode.step("nonsense").unwrap();
     episode.step("EXIT").unwrap();

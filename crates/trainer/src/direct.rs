@@ -5,26 +5,17 @@
 use std::path::Path;
 
 use burn::prelude::Backend;
-use coe_data::prompt::Message;
+pub use coe_data::formats::DirectPrompt;
 use coe_exec::{ExecRequest, Executor, Limits, Status};
 use coe_policy::{Policy, SamplingConfig, Session};
 use coe_tool_state::Task;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::TrainerError;
 use crate::chat::{answer_text, prompt_ids};
 use crate::eval::{EvalSummary, pass_at_k};
-
-/// One direct-answer prompt (a line of a `*.direct.jsonl` file; its `answer` is not needed).
-#[derive(Debug, Clone, Deserialize)]
-pub struct DirectPrompt {
-    /// The task it belongs to.
-    pub task_id: String,
-    /// System prompt, then the task, its tests and the first observation.
-    pub messages: Vec<Message>,
-}
 
 /// One sampled answer and what its program did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -43,16 +34,7 @@ pub struct DirectAnswer {
 
 /// Reads a `*.direct.jsonl` file.
 pub fn load_prompts(path: &Path) -> Result<Vec<DirectPrompt>, TrainerError> {
-    let io = |message: String| TrainerError::Io {
-        path: path.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| io(e.to_string()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| serde_json::from_str(line).map_err(|e| io(format!("line {}: {e}", i + 1))))
-        .collect()
+    crate::run::read_strict(path)
 }
 
 /// The program in an answer: the first fenced code block when there is one (the fence may be

@@ -51,6 +51,10 @@ pub struct Rollout {
     pub context_full: bool,
 }
 
+/// The context limit of episodes unless a configuration says otherwise, in tokens (the
+/// paper's).
+pub const DEFAULT_CONTEXT: usize = 2048;
+
 /// Settings of episodes played with the policy.
 #[derive(Debug, Clone, Copy)]
 pub struct PlayConfig {
@@ -70,7 +74,7 @@ impl Default for PlayConfig {
         Self {
             episode: EpisodeConfig::default(),
             sampling: SamplingConfig::default(),
-            context: 2048,
+            context: DEFAULT_CONTEXT,
             workers: 1,
         }
     }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::prelude::Backend;
 use burn::tensor::backend::AutodiffBackend;
-use coe_data::prompt::Message;
+use coe_data::formats::{Demo, LineError, Transcript, read_json_lines};
 use coe_exec::Executor;
 use coe_policy::{LoraConfig, Policy, SamplingConfig, TextTokenizer};
 use coe_tool_state::{EpisodeConfig, Task, Trace};
@@ -79,7 +79,7 @@ impl Default for RunConfig {
             init_adapter: None,
             lora: LoraConfig::default(),
             seed: 0,
-            context: 2048,
+            context: crate::rollout::DEFAULT_CONTEXT,
             out_dir: PathBuf::from("runs/default"),
             log_every: 1,
             checkpoint_every: 50,
@@ -175,7 +175,7 @@ fn start<B: AutodiffBackend>(
         Trainer::load_checkpoint(policy.model, &checkpoint, config.optim.clone())?.0
     } else {
         let model = match &config.init_adapter {
-            Some(path) => coe_policy::adapter::load_adapters(policy.model, path)?.0,
+            Some(path) => coe_policy::lora::load_adapters(policy.model, path)?.0,
             None => policy.model.attach_lora(&config.lora, config.seed, &device),
         };
         let mut trainer = Trainer::new(model, config.optim.clone());
@@ -190,17 +190,12 @@ fn finish<B: AutodiffBackend>(
     config: &RunConfig,
 ) -> Result<PathBuf, TrainerError> {
     let path = config.out_dir.join("adapter.safetensors");
-    coe_policy::adapter::save_adapters(&trainer.model, &config.lora, &path)?;
+    coe_policy::lora::save_adapters(&trainer.model, &config.lora, &path)?;
     let text = toml::to_string(config).map_err(|e| io_err(&config.out_dir, e))?;
     std::fs::write(config.out_dir.join("config.toml"), text)
         .map_err(|e| io_err(&config.out_dir, e))?;
     plot_run(&config.out_dir);
     Ok(path)
-}
-
-#[derive(Deserialize)]
-struct SftRecord {
-    messages: Vec<Message>,
 }
 
 /// Reads and encodes the demonstrations of `path` (JSON Lines with `messages`). Returns them
@@ -213,7 +208,7 @@ pub fn load_demonstrations(
 ) -> Result<(Vec<Encoded>, usize), TrainerError> {
     let mut examples = Vec::new();
     let mut too_long = 0;
-    for record in read_json_lines::<SftRecord>(path)? {
+    for record in read_strict::<Transcript>(path)? {
         match encode(tokenizer, &record.messages, context) {
             Ok(encoded) => examples.push(encoded),
             Err(TrainerError::TooLong { .. }) => too_long += 1,
@@ -307,45 +302,36 @@ pub fn run_sft<B: AutodiffBackend>(
     finish(&trainer, config)
 }
 
-/// Reads a JSON Lines task file.
+/// Reads a task file (coe tasks, evaluation sets, MBPP or HumanEvalFix rows) the way every
+/// task reader does ([`coe_data::sources::read_tasks`]); a malformed line is an error naming it.
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>, TrainerError> {
-    read_json_lines(path)
+    let read = coe_data::sources::read_tasks(path).map_err(|e| io_err(path, e))?;
+    read.strict().map_err(line_error)
 }
 
-/// Every non-blank line of `path` as a `T`; a line that does not parse is an error naming it.
-fn read_json_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, TrainerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|e| io_err(path, format!("line {}: {e}", i + 1)))
-        })
-        .collect()
+/// Every line of a JSON Lines file the pipeline made; a malformed line is an error naming it.
+pub(crate) fn read_strict<T: serde::de::DeserializeOwned>(
+    path: &Path,
+) -> Result<Vec<T>, TrainerError> {
+    let read = read_json_lines::<T>(path).map_err(|e| io_err(path, e))?;
+    read.strict().map_err(line_error)
 }
 
-#[derive(Deserialize)]
-struct DemoLine {
-    task_id: String,
-    corruption: DemoCorruption,
-}
-
-#[derive(Deserialize)]
-struct DemoCorruption {
-    broken: String,
+fn line_error(error: LineError) -> TrainerError {
+    TrainerError::Io {
+        path: error.source,
+        message: format!("line {}: {}", error.line, error.message),
+    }
 }
 
 /// RL tasks from demonstrations: each demonstration's broken program with its MBPP task's
 /// tests, in file order.
 pub fn tasks_from_demos(demos: &Path, mbpp: &Path) -> Result<Vec<Task>, TrainerError> {
-    let loaded = coe_data::sources::read_tasks(mbpp).map_err(|e| io_err(mbpp, e))?;
-    let by_id: std::collections::HashMap<&str, &Task> = loaded
-        .tasks
-        .iter()
-        .map(|t| (t.task_id.as_str(), t))
-        .collect();
+    let mbpp_tasks = load_tasks(mbpp)?;
+    let by_id: std::collections::HashMap<&str, &Task> =
+        mbpp_tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
     let mut tasks = Vec::new();
-    for demo in read_json_lines::<DemoLine>(demos)? {
+    for demo in read_strict::<Demo>(demos)? {
         let task = by_id.get(demo.task_id.as_str()).ok_or_else(|| {
             TrainerError::Data(format!(
                 "{}: no MBPP task {}",

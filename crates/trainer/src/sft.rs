@@ -167,16 +167,13 @@ impl<B: AutodiffBackend> Trainer<B> {
         dir: &Path,
         lora: &coe_policy::LoraConfig,
     ) -> Result<(), TrainerError> {
-        let tmp = dir.with_extension("tmp");
+        let tmp = coe_cache::temporary_sibling(dir);
         let io = |path: &Path, e: &dyn std::fmt::Display| TrainerError::Io {
             path: path.display().to_string(),
             message: e.to_string(),
         };
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
-        }
         std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
-        coe_policy::adapter::save_adapters(&self.model, lora, &tmp.join("adapter.safetensors"))?;
+        coe_policy::lora::save_adapters(&self.model, lora, &tmp.join("adapter.safetensors"))?;
         BinFileRecorder::<FullPrecisionSettings>::new()
             .record(self.optimizer.to_record(), tmp.join("optimizer"))
             .map_err(|e| io(&tmp.join("optimizer.bin"), &e))?;
@@ -187,7 +184,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let json = serde_json::to_string_pretty(&state).map_err(|e| io(dir, &e))?;
         std::fs::write(tmp.join("state.json"), json).map_err(|e| io(&tmp, &e))?;
-        let old = dir.with_extension("old");
+        let old = coe_cache::temporary_sibling(dir);
         if dir.exists() {
             std::fs::rename(dir, &old).map_err(|e| io(dir, &e))?;
         }
@@ -213,8 +210,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, &e))?;
         let state: CheckpointState =
             serde_json::from_str(&text).map_err(|e| io(&state_path, &e))?;
-        let (model, _) =
-            coe_policy::adapter::load_adapters(base, &dir.join("adapter.safetensors"))?;
+        let (model, _) = coe_policy::lora::load_adapters(base, &dir.join("adapter.safetensors"))?;
         let device = model.embed.val().device();
         let record = BinFileRecorder::<FullPrecisionSettings>::new()
             .load(dir.join("optimizer"), &device)

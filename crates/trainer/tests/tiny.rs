@@ -3,7 +3,7 @@
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use coe_data::prompt::{Message, Role};
-use coe_exec::{ExecRequest, Executor, ExecutorError, Outcome, Status, TestResult};
+use coe_exec::testing::FakeExecutor;
 use coe_policy::generate::{rng, token_logprobs};
 use coe_policy::{
     Adapters, CpuBackend, Llama, LlamaConfig, LoraConfig, Policy, SamplingConfig, TextTokenizer,
@@ -268,31 +268,8 @@ fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
 }
 
 /// Runs nothing: the program "passes" when it contains `x = 2`.
-#[derive(Clone)]
-struct ToyExecutor;
-
-impl Executor for ToyExecutor {
-    fn execute(&self, request: &ExecRequest<'_>) -> Result<Outcome, ExecutorError> {
-        let passed = request.program.contains("x = 2");
-        Ok(Outcome {
-            status: if passed {
-                Status::Passed
-            } else {
-                Status::Failed
-            },
-            tests: request
-                .tests
-                .iter()
-                .map(|_| TestResult {
-                    passed,
-                    error: None,
-                })
-                .collect(),
-            error: None,
-            stdout: String::new(),
-            elapsed_ms: 0.0,
-        })
-    }
+fn toy_executor() -> FakeExecutor {
+    FakeExecutor::passing_when("x = 2")
 }
 
 /// Short episodes with short commands, the environment on the model's thread.
@@ -334,7 +311,7 @@ fn pipelined_play_matches_play_without_workers() {
     let (inline, _) = play_tasks(
         &policy,
         &tasks,
-        &ToyExecutor,
+        &toy_executor(),
         2,
         &config,
         &mut rng(7),
@@ -350,7 +327,7 @@ fn pipelined_play_matches_play_without_workers() {
     let (piped, stats) = play_tasks(
         &policy,
         &tasks,
-        &ToyExecutor,
+        &toy_executor(),
         2,
         &workers,
         &mut rng(7),
@@ -398,6 +375,7 @@ fn direct_answers_are_run_against_the_tests() {
                 Message::new(Role::System, "reply with the fixed program"),
                 Message::new(Role::User, &t.code),
             ],
+            answer: String::new(),
         })
         .collect();
     let sampling = SamplingConfig {
@@ -410,7 +388,7 @@ fn direct_answers_are_run_against_the_tests() {
         &policy,
         &tasks,
         &prompts,
-        &ToyExecutor,
+        &toy_executor(),
         3,
         &sampling,
         &Default::default(),
@@ -432,7 +410,7 @@ fn direct_answers_are_run_against_the_tests() {
             &policy,
             &[toy_task(9)],
             &prompts,
-            &ToyExecutor,
+            &toy_executor(),
             1,
             &sampling,
             &Default::default(),
@@ -451,7 +429,7 @@ fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
     };
     let task = toy_task(1);
     let config = toy_play_config();
-    let rollouts = play(&policy, &task, &ToyExecutor, 4, &config, &mut rng(1)).unwrap();
+    let rollouts = play(&policy, &task, &toy_executor(), 4, &config, &mut rng(1)).unwrap();
     assert_eq!(rollouts.len(), 4);
     for rollout in &rollouts {
         assert_eq!(rollout.turns.len(), rollout.trace.turns.len());

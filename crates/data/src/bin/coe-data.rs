@@ -1,15 +1,17 @@
 //! `coe-data`: generates the Chain-of-Edits data from scratch, deterministically, verifying
 //! every item in the real sandbox; `cargo xtask data` runs it.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use coe_data::corrupt::Corpus;
-use coe_data::demo::{Demo, EditRange, draw_corruption, make_demo};
-use coe_data::prompt::{Message, direct_prompt};
+use coe_data::demo::{EditRange, draw_corruption, make_demo};
+use coe_data::formats::{
+    Demo, DirectPrompt, EvalTask, Transcript, read_json_lines, write_json_lines,
+};
+use coe_data::prompt::direct_prompt;
 use coe_data::sources::read_tasks;
 use coe_data::split::Split;
 use coe_data::stats::{FailureKind, Item, SetStats, edit_distance};
@@ -18,7 +20,6 @@ use coe_exec::{ExecRequest, Limits, Status};
 use coe_sandbox::Sandbox;
 use coe_tool_state::{Episode, EpisodeConfig};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 #[command(name = "coe-data", about = "Generate and describe Chain-of-Edits data")]
@@ -46,6 +47,9 @@ enum Commands {
         /// Parallel sandbox workers (default: the number of cores).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Only the evaluation sets (minutes less); the demonstrations are left as they are.
+        #[arg(long)]
+        eval_only: bool,
     },
     /// Print the statistics of generated data.
     Stats {
@@ -58,34 +62,6 @@ enum Commands {
     },
 }
 
-/// An evaluation task: a coe task plus how it was made.
-#[derive(Debug, Serialize, Deserialize)]
-struct EvalTask {
-    #[serde(flatten)]
-    task: Task,
-    seed: u64,
-    sample: u32,
-    generator: u32,
-    #[serde(default)]
-    edits: Vec<coe_data::corrupt::EditKind>,
-}
-
-/// The direct-answer form of an evaluation task.
-#[derive(Debug, Serialize)]
-struct DirectTask<'a> {
-    task_id: &'a str,
-    messages: Vec<Message>,
-    answer: &'a str,
-}
-
-/// An SFT transcript.
-#[derive(Debug, Serialize)]
-struct Transcript<'a> {
-    task_id: &'a str,
-    sample: u32,
-    messages: Vec<Message>,
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -95,9 +71,10 @@ fn main() -> Result<()> {
             out,
             eval_dir,
             jobs,
+            eval_only,
         } => generate(
             seed,
-            demos_per_task,
+            if eval_only { 0 } else { demos_per_task },
             &out.unwrap_or_else(default_out),
             &eval_dir,
             jobs,
@@ -147,22 +124,6 @@ fn parallel<T: Sync, R: Send>(
         .collect()
 }
 
-fn write_jsonl<T: Serialize>(path: &Path, items: impl IntoIterator<Item = T>) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let temporary = path.with_extension("jsonl.tmp");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&temporary)?);
-    for item in items {
-        serde_json::to_writer(&mut file, &item)?;
-        file.write_all(b"\n")?;
-    }
-    file.flush()?;
-    drop(file);
-    std::fs::rename(&temporary, path)?;
-    Ok(())
-}
-
 fn generate(
     seed: u64,
     demos_per_task: usize,
@@ -179,23 +140,17 @@ fn generate(
     let sandbox = Sandbox::new(&Default::default())?;
     let config = EpisodeConfig::default();
 
-    let mut mbpp = read_tasks(&fixtures().join("mbpp/mbpp.jsonl"))?;
-    for error in &mbpp.errors {
-        eprintln!("{error}");
-    }
-    let humanevalfix = read_tasks(&fixtures().join("humanevalfix/humanevalfix.jsonl"))?;
-    for error in &humanevalfix.errors {
-        eprintln!("{error}");
-    }
+    let mbpp = read_tasks(&fixtures().join("mbpp/mbpp.jsonl"))?.strict()?;
+    let humanevalfix = read_tasks(&fixtures().join("humanevalfix/humanevalfix.jsonl"))?.strict()?;
 
     // Only references that pass in the sandbox can be corrupted and repaired.
-    let bar = progress(mbpp.tasks.len(), "references");
-    let passing = parallel(&mbpp.tasks, &bar, |task| passes(&sandbox, task));
+    let bar = progress(mbpp.len(), "references");
+    let passing = parallel(&mbpp, &bar, |task| passes(&sandbox, task));
     bar.finish();
-    let before = mbpp.tasks.len();
+    let before = mbpp.len();
     // Corpora (lines of other solutions) come from every task of a split, passing or not, so
     // they do not depend on the sandbox.
-    let all_tasks = mbpp.tasks.clone();
+    let all_tasks = mbpp.clone();
     let corpus_of = |split: Split| {
         Corpus::from_programs(
             all_tasks
@@ -205,42 +160,43 @@ fn generate(
         )
     };
     let mut keep = passing.into_iter();
-    mbpp.tasks.retain(|_| keep.next().unwrap_or(false));
+    let mut mbpp = mbpp;
+    mbpp.retain(|_| keep.next().unwrap_or(false));
     eprintln!(
         "{} of {before} MBPP references pass in the sandbox and are used",
-        mbpp.tasks.len()
+        mbpp.len()
     );
 
     let of_split = |split: Split| -> Vec<Task> {
-        mbpp.tasks
-            .iter()
+        mbpp.iter()
             .filter(|t| Split::of_task_id(&t.task_id) == Some(split))
             .cloned()
             .collect()
     };
-    let test = of_split(Split::Test);
-    let test_corpus = corpus_of(Split::Test);
-
-    // Evaluation sets: one failing corruption per test task.
-    for (name, range) in [
-        ("mbpp-synthetic-test", EditRange::DEFAULT),
-        ("mbpp-synthetic-test-hard", EditRange::HARD),
+    // Evaluation sets: failing corruptions of held-out tasks. The test split gives one per
+    // task (the final report's sets); the validation split two per task, for choosing
+    // checkpoints and settings without looking at the test sets.
+    for (name, split, range, per_task) in [
+        ("mbpp-synthetic-test", Split::Test, EditRange::DEFAULT, 1),
+        ("mbpp-synthetic-test-hard", Split::Test, EditRange::HARD, 1),
+        (
+            "mbpp-synthetic-validation",
+            Split::Validation,
+            EditRange::DEFAULT,
+            2,
+        ),
     ] {
-        let bar = progress(test.len(), name);
-        let items = parallel(&test, &bar, |task| {
-            eval_item(&sandbox, task, &test_corpus, range, seed)
+        let tasks = of_split(split);
+        let corpus = corpus_of(split);
+        let bar = progress(tasks.len(), name);
+        let items = parallel(&tasks, &bar, |task| {
+            eval_items(&sandbox, task, &corpus, range, seed, per_task)
         });
         bar.finish();
-        let items: Vec<EvalTask> = items
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect();
+        let items: Vec<EvalTask> = items.into_iter().flatten().collect();
         write_eval(&sandbox, eval_dir, name, &items, config)?;
     }
     let hef: Vec<EvalTask> = humanevalfix
-        .tasks
         .iter()
         .map(|task| EvalTask {
             task: task.clone(),
@@ -252,8 +208,13 @@ fn generate(
         .collect();
     write_eval(&sandbox, eval_dir, "humanevalfix", &hef, config)?;
 
-    // Demonstrations for train (SFT) and validation (held-out loss).
-    for split in [Split::Train, Split::Validation] {
+    // Demonstrations for train (SFT) and validation (held-out loss); none with --eval-only.
+    let demo_splits = if demos_per_task == 0 {
+        &[][..]
+    } else {
+        &[Split::Train, Split::Validation][..]
+    };
+    for &split in demo_splits {
         let tasks = of_split(split);
         let corpus = corpus_of(split);
         let bar = progress(tasks.len(), split.as_str());
@@ -279,14 +240,14 @@ fn generate(
         bar.finish();
         let per_task = per_task.into_iter().collect::<Result<Vec<_>, _>>()?;
         let demos: Vec<&Demo> = per_task.iter().flatten().collect();
-        write_jsonl(&out.join(format!("demos-{}.jsonl", split.as_str())), &demos)?;
+        write_json_lines(&out.join(format!("demos-{}.jsonl", split.as_str())), &demos)?;
         let by_id: std::collections::HashMap<&str, &Task> =
             tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
-        write_jsonl(
+        write_json_lines(
             &out.join(format!("sft-{}.jsonl", split.as_str())),
             demos.iter().filter_map(|demo| {
                 by_id.get(demo.task_id.as_str()).map(|task| Transcript {
-                    task_id: &demo.task_id,
+                    task_id: demo.task_id.clone(),
                     sample: demo.sample,
                     messages: demo.transcript(task),
                 })
@@ -323,15 +284,20 @@ fn passes(sandbox: &Sandbox, task: &Task) -> bool {
         .is_ok_and(|report| report.outcome.status == Status::Passed)
 }
 
-/// The first sample of `task` whose corruption fails a test.
-fn eval_item(
+/// The first `count` samples of `task` whose corruption fails a test (up to 20 draws each).
+fn eval_items(
     sandbox: &Sandbox,
     task: &Task,
     corpus: &Corpus,
     range: EditRange,
     seed: u64,
-) -> Result<Option<EvalTask>, coe_exec::ExecutorError> {
-    for sample in 0..20 {
+    count: usize,
+) -> Vec<EvalTask> {
+    let mut items = Vec::with_capacity(count);
+    for sample in 0..20 * count as u32 {
+        if items.len() == count {
+            break;
+        }
         let Some(corruption) = draw_corruption(task, corpus, range, seed, sample) else {
             continue;
         };
@@ -340,16 +306,16 @@ fn eval_item(
             ..task.clone()
         };
         if !passes(sandbox, &broken) {
-            return Ok(Some(EvalTask {
+            items.push(EvalTask {
                 task: broken,
                 seed,
                 sample,
                 generator: GENERATOR_VERSION,
                 edits: corruption.edits.iter().map(|e| e.kind).collect(),
-            }));
+            });
         }
     }
-    Ok(None)
+    items
 }
 
 fn write_eval(
@@ -359,34 +325,22 @@ fn write_eval(
     items: &[EvalTask],
     config: EpisodeConfig,
 ) -> Result<()> {
-    write_jsonl(&dir.join(format!("{name}.jsonl")), items)?;
+    write_json_lines(&dir.join(format!("{name}.jsonl")), items)?;
     let mut direct = Vec::with_capacity(items.len());
     for item in items {
         let episode = Episode::start(item.task.clone(), sandbox, config)?;
         direct.push((item, direct_prompt(&item.task, episode.observation())));
     }
-    write_jsonl(
+    write_json_lines(
         &dir.join(format!("{name}.direct.jsonl")),
-        direct.iter().map(|(item, messages)| DirectTask {
-            task_id: &item.task.task_id,
-            messages: messages.clone(),
-            answer: item.task.reference.as_deref().unwrap_or(""),
+        direct.into_iter().map(|(item, messages)| DirectPrompt {
+            task_id: item.task.task_id.clone(),
+            messages,
+            answer: item.task.reference.clone().unwrap_or_default(),
         }),
     )?;
     eprintln!("{name}: {} tasks", items.len());
     Ok(())
-}
-
-fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))
-        })
-        .collect()
 }
 
 fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats>, String)> {
@@ -396,7 +350,7 @@ fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats
         if !path.is_file() {
             continue;
         }
-        let demos: Vec<Demo> = read_jsonl(&path)?;
+        let demos: Vec<Demo> = read_json_lines(&path)?.strict()?;
         let sft_chars: Vec<usize> = std::fs::read_to_string(out.join(format!("sft-{split}.jsonl")))
             .map(|text| text.lines().map(str::len).collect())
             .unwrap_or_default();
@@ -420,13 +374,14 @@ fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats
     for name in [
         "mbpp-synthetic-test",
         "mbpp-synthetic-test-hard",
+        "mbpp-synthetic-validation",
         "humanevalfix",
     ] {
         let path = eval_dir.join(format!("{name}.jsonl"));
         if !path.is_file() {
             continue;
         }
-        let tasks: Vec<EvalTask> = read_jsonl(&path)?;
+        let tasks: Vec<EvalTask> = read_json_lines(&path)?.strict()?;
         let items: Vec<Item> = tasks
             .iter()
             .map(|t| {

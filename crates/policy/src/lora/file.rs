@@ -10,8 +10,9 @@ use burn::tensor::TensorData;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
+use super::{LoraAdapter, LoraConfig};
 use crate::PolicyError;
-use crate::model::{Llama, LoraAdapter, LoraConfig};
+use crate::model::Llama;
 use crate::weights::transpose;
 
 fn tensor_name(module: &str, which: &str) -> String {
@@ -78,7 +79,10 @@ pub fn save_adapters<B: Backend>(
     .into();
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| PolicyError::Weights(format!("serializing adapters: {e}")))?;
-    crate::write_atomically(path, &bytes)
+    coe_cache::write_atomically(path, &bytes).map_err(|source| PolicyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Reads adapters written by [`save_adapters`] (or PEFT) and attaches them to `model`,

@@ -1,0 +1,156 @@
+//! `coe eval`: a policy's pass@k on a task file, or the direct-answer baseline.
+
+use std::path::PathBuf;
+
+use coe_policy::SamplingConfig;
+
+use super::{CONTEXT_TOKENS, PolicyArgs, load_policy, sandbox};
+use crate::Failure;
+use crate::output::{json_line, print};
+
+/// Options of `coe eval`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvalArgs {
+    /// The tasks, one JSON object per line.
+    pub(crate) tasks: PathBuf,
+    #[command(flatten)]
+    pub(crate) policy: PolicyArgs,
+    /// Only the first N tasks.
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Write every episode's trace here (JSON Lines).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) traces: Option<PathBuf>,
+    /// Write DIR/index.html: every episode turn by turn, with each command's diff.
+    #[arg(long, value_name = "DIR", conflicts_with = "direct")]
+    pub(crate) html: Option<PathBuf>,
+    /// The direct-answer baseline instead of episodes: ask for the whole fixed program in one
+    /// answer, with the prompts of FILE (fixtures/eval/*.direct.jsonl) matched by task_id.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) direct: Option<PathBuf>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
+    let p = &args.policy;
+    let mut tasks =
+        coe_trainer::run::load_tasks(&args.tasks).map_err(|e| Failure::Input(e.to_string()))?;
+    if let Some(limit) = args.limit {
+        tasks.truncate(limit);
+    }
+    if p.samples == 0 {
+        return Err(Failure::Input("--samples must be at least 1".into()));
+    }
+    let policy = load_policy(p.model.as_deref(), p.adapter.as_deref())?;
+    let sandbox = std::sync::Arc::new(sandbox()?);
+    let config = coe_trainer::rollout::PlayConfig {
+        episode: coe_tool_state::EpisodeConfig {
+            max_turns: p.max_turns,
+            ..Default::default()
+        },
+        sampling: SamplingConfig {
+            temperature: if p.samples == 1 { 0.0 } else { 1.0 },
+            ..SamplingConfig::default()
+        },
+        context: CONTEXT_TOKENS,
+        workers: p.workers,
+    };
+    let total = tasks.len();
+    if let Some(prompts) = &args.direct {
+        let prompts = coe_trainer::direct::load_prompts(prompts)
+            .map_err(|e| Failure::Input(e.to_string()))?;
+        let sampling = SamplingConfig {
+            // Room for a whole program; the answer ends at the end-of-turn token.
+            max_tokens: 768,
+            stop_at_newline: false,
+            ..config.sampling
+        };
+        let (summary, groups) = coe_trainer::direct::evaluate_direct(
+            &policy,
+            &tasks,
+            &prompts,
+            &sandbox,
+            p.samples,
+            &sampling,
+            &config.episode.limits,
+            p.seed,
+            |i, answers| report_task(i, total, answers, |a| (&a.task_id, a.solved)),
+        )
+        .map_err(|e| Failure::Internal(e.to_string()))?;
+        if let Some(path) = &args.traces {
+            write_traces(path, groups.iter().flatten())?;
+        }
+        return print_summary(&summary, args.json);
+    }
+    let (summary, groups) = coe_trainer::run::evaluate(
+        &policy,
+        &tasks,
+        &sandbox,
+        p.samples,
+        &config,
+        p.seed,
+        |i, traces| report_task(i, total, traces, |t| (&t.task_id, t.solved)),
+    )
+    .map_err(|e| Failure::Internal(e.to_string()))?;
+    if let Some(path) = &args.traces {
+        write_traces(path, groups.iter().flatten())?;
+    }
+    if let Some(dir) = &args.html {
+        let title = format!(
+            "coe eval: {} ({}{})",
+            args.tasks.display(),
+            p.model.as_deref().map_or_else(
+                || "SmolLM2-135M-Instruct".into(),
+                |m| m.display().to_string()
+            ),
+            p.adapter
+                .as_deref()
+                .map_or_else(String::new, |a| format!(" + {}", a.display()))
+        );
+        let page = crate::html::write_report(dir, &title, &summary, &groups)
+            .map_err(|e| Failure::Internal(format!("{}: {e}", dir.display())))?;
+        eprintln!("coe: wrote {}", page.display());
+    }
+    print_summary(&summary, args.json)
+}
+
+/// Prints `[i/total] task: solved/n solved` for a task's finished samples; `outcome` gives a
+/// sample's task id and whether it solved the task.
+fn report_task<T>(i: usize, total: usize, samples: &[T], outcome: impl Fn(&T) -> (&str, bool)) {
+    let id = samples.first().map_or("", |s| outcome(s).0);
+    let solved = samples.iter().filter(|s| outcome(s).1).count();
+    eprintln!(
+        "[{}/{total}] {id}: {solved}/{} solved",
+        i + 1,
+        samples.len()
+    );
+}
+
+/// Writes every episode (or answer) as one JSON line.
+fn write_traces<T: serde::Serialize>(
+    path: &std::path::Path,
+    items: impl IntoIterator<Item = T>,
+) -> Result<(), Failure> {
+    coe_data::formats::write_json_lines(path, items)
+        .map_err(|e| Failure::Internal(format!("{}: {e}", path.display())))
+}
+
+fn print_summary(summary: &coe_trainer::eval::EvalSummary, json: bool) -> Result<(), Failure> {
+    if json {
+        print(&json_line(summary)?)
+    } else {
+        print(&format!(
+            "tasks {}  samples {}\npass@1 {:.2}%  pass@{} {:.2}%\nmean turns {:.2}  malformed {:.1}%  solved-then-broken {:.1}%\n",
+            summary.tasks,
+            summary.samples,
+            summary.pass_at_1,
+            summary.samples,
+            summary.pass_at_k,
+            summary.mean_turns,
+            summary.malformed_rate,
+            summary.solved_then_broken_rate
+        ))
+    }
+}

@@ -1,0 +1,87 @@
+//! One module per subcommand; what several of them share is here.
+
+pub(crate) mod apply;
+pub(crate) mod check;
+pub(crate) mod eval;
+pub(crate) mod generate;
+pub(crate) mod plot;
+pub(crate) mod prepare;
+pub(crate) mod repair;
+pub(crate) mod replay;
+pub(crate) mod report;
+pub(crate) mod run;
+pub(crate) mod train;
+
+use std::path::{Path, PathBuf};
+
+use coe_policy::{CpuBackend, Policy};
+use coe_sandbox::Sandbox;
+
+use crate::Failure;
+
+/// The context limit of episodes played by `coe repair` and `coe eval`, in tokens (the paper's).
+pub(crate) const CONTEXT_TOKENS: usize = coe_trainer::rollout::DEFAULT_CONTEXT;
+
+/// The policy and episode options `coe repair` and `coe eval` share.
+#[derive(Debug, clap::Args)]
+pub(crate) struct PolicyArgs {
+    /// Base model: a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) model: Option<PathBuf>,
+    /// LoRA adapters to apply.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) adapter: Option<PathBuf>,
+    /// Episodes per task (1: greedy; more: sampled).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub(crate) samples: usize,
+    /// Turns per episode.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub(crate) max_turns: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Threads running sandbox steps while the model writes the next command (0: none).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub(crate) workers: usize,
+}
+
+/// Loads the base model (the default one unless `model` names a GGUF file or Hugging Face
+/// folder) and, when given, LoRA adapters.
+pub(crate) fn load_policy(
+    model: Option<&Path>,
+    adapter: Option<&Path>,
+) -> Result<Policy<CpuBackend>, Failure> {
+    let path: PathBuf = match model {
+        Some(path) => path.to_path_buf(),
+        None => coe_policy::default_model_path(),
+    };
+    if !path.exists() {
+        return Err(Failure::Input(if model.is_some() {
+            format!("no model at {}", path.display())
+        } else {
+            format!(
+                "the default model is not installed at {}: run `cargo xtask model` to fetch it",
+                path.display()
+            )
+        }));
+    }
+    let mut policy = Policy::<CpuBackend>::load(&path, &Default::default())
+        .map_err(|e| Failure::Input(format!("loading {}: {e}", path.display())))?;
+    if let Some(adapter) = adapter {
+        let (model, _) = coe_policy::lora::load_adapters(policy.model, adapter)
+            .map_err(|e| Failure::Input(format!("loading adapters: {e}")))?;
+        policy.model = model.merge_lora();
+    }
+    Ok(policy)
+}
+
+pub(crate) fn sandbox() -> Result<Sandbox, Failure> {
+    Sandbox::new(&Default::default()).map_err(|e| Failure::Internal(format!("coe: {e}")))
+}
+
+pub(crate) fn read_text(path: &Path) -> Result<String, Failure> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::Input(format!("coe: cannot read {}: {e}", path.display())))?;
+    String::from_utf8(bytes)
+        .map_err(|_| Failure::Input(format!("coe: {} is not UTF-8 text", path.display())))
+}
