@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use coe_data::corrupt::Corpus;
 use coe_data::demo::{EditRange, draw_corruption, make_demo};
@@ -86,6 +86,11 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Writes a whole file atomically; the error names it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    coe_cache::write_atomically(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 fn default_out() -> PathBuf {
@@ -193,7 +198,14 @@ fn generate(
             eval_items(&sandbox, task, &corpus, range, seed, per_task)
         });
         bar.finish();
-        let items: Vec<EvalTask> = items.into_iter().flatten().collect();
+        let mut items: Vec<EvalTask> = items.into_iter().flatten().collect();
+        if per_task > 1 {
+            // Several items of one task: `<task>#<sample>`, so every line has its own id (the
+            // direct-answer prompts are matched by it).
+            for item in &mut items {
+                item.task.task_id = format!("{}#{}", item.task.task_id, item.sample);
+            }
+        }
         write_eval(&sandbox, eval_dir, name, &items, config)?;
     }
     let hef: Vec<EvalTask> = humanevalfix
@@ -261,8 +273,12 @@ fn generate(
         );
     }
     let (all, text) = stats(&sandbox, out, eval_dir)?;
-    std::fs::write(out.join("stats.md"), &text)?;
-    std::fs::write(out.join("stats.json"), serde_json::to_string_pretty(&all)?)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_atomically(&out.join("stats.md"), text.as_bytes())?;
+    write_atomically(
+        &out.join("stats.json"),
+        serde_json::to_string_pretty(&all)?.as_bytes(),
+    )?;
     print!("{text}");
     eprintln!(
         "wrote demonstrations to {} and evaluation sets to {} in {:.1} s",
