@@ -67,6 +67,12 @@ impl<B: Backend> LoraAdapter<B> {
         }
     }
 
+    /// Sets the dropout on the adapter's input (active only under autodiff, that is in
+    /// training); GRPO sets 0 so that the policy it updates is the one it sampled from.
+    pub fn set_dropout(&mut self, prob: f64) {
+        self.dropout = DropoutConfig::new(prob).init();
+    }
+
     /// Like [`LoraAdapter::new`], keeping given parameter ids (so an optimiser's saved state,
     /// which is keyed by parameter id, still applies after a reload).
     pub fn with_ids(a: Tensor<B, 2>, b: Tensor<B, 2>, ids: [u64; 2], config: &LoraConfig) -> Self {

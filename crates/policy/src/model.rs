@@ -397,6 +397,15 @@ impl<B: Backend> Llama<B> {
         self
     }
 
+    /// Sets the dropout of every adapter (see [`crate::LoraAdapter::set_dropout`]).
+    pub fn set_lora_dropout(&mut self, prob: f64) {
+        for linear in self.linears_mut() {
+            if let Some(lora) = &mut linear.lora {
+                lora.set_dropout(prob);
+            }
+        }
+    }
+
     /// Folds the adapters into the base weights (`W + s A B`) for faster inference.
     pub fn merge_lora(mut self) -> Self {
         for layer in &mut self.layers {

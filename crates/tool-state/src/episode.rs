@@ -7,19 +7,38 @@ use serde::{Deserialize, Serialize};
 use crate::{Program, Task, render_feedback, render_invalid_command, render_observation};
 
 /// Per-turn rewards (DESIGN.md section 7).
+///
+/// | event on turn `t` (of at most `T`) | reward |
+/// |---|---|
+/// | every turn, `EXIT` included | `turn` (-0.01) |
+/// | the command makes failing tests pass (the first pass, or again after a break) | `solved` (+1) |
+/// | the command makes passing tests fail | `broken` (-1): breaking is never free |
+/// | the output is not a command | `malformed` (-0.5) |
+/// | the command cannot be applied | `rejected` (-0.5) |
+/// | turn `T` ends without `EXIT`, or the context fills before `EXIT` | `no_exit` (-0.5), plus `turn` for each turn not taken |
+/// | `EXIT` while the tests fail | the same: `no_exit` plus `turn` for each turn not taken |
+///
+/// So the return is `solved` exactly when the episode ends with passing tests (passes and
+/// breaks cancel), the best return of any task is a repair on turn 1 and `EXIT` on turn 2, an
+/// earlier finish always scores higher, and giving up scores exactly like trying with valid
+/// commands until the limit, never better.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Rewards {
-    /// On the turn whose command makes the tests pass, when they passed at no earlier point
-    /// (the starting program counts as earlier).
+    /// On a turn whose command makes failing tests pass.
     pub solved: f32,
+    /// On a turn whose command makes passing tests fail.
+    pub broken: f32,
     /// For output that does not parse as a command.
     pub malformed: f32,
     /// For a well-formed command the tool cannot apply (no such line, `REPW` text not found).
     /// DESIGN.md only names malformed commands; an inapplicable one is treated alike by
     /// default, since it too is a turn the tool had to refuse.
     pub rejected: f32,
-    /// Added to the last turn when the episode runs out of turns without `EXIT`.
+    /// On every turn: the cost of a turn, so that a quicker repair is a better one.
+    pub turn: f32,
+    /// When the episode ends without `EXIT` (turn limit or full context), or with `EXIT` while
+    /// the tests fail; each turn not taken adds `turn` as well.
     pub no_exit: f32,
 }
 
@@ -27,10 +46,20 @@ impl Default for Rewards {
     fn default() -> Self {
         Self {
             solved: 1.0,
+            broken: -1.0,
             malformed: -0.5,
             rejected: -0.5,
+            turn: -0.01,
             no_exit: -0.5,
         }
+    }
+}
+
+impl Rewards {
+    /// What ending early costs after `taken` of `max_turns` turns: `no_exit` plus the turns
+    /// not taken, so ending early scores like playing valid commands up to the limit.
+    pub fn unfinished(&self, taken: usize, max_turns: usize) -> f32 {
+        self.no_exit + self.turn * max_turns.saturating_sub(taken) as f32
     }
 }
 
@@ -111,6 +140,8 @@ pub enum EndReason {
     Exit,
     /// The turn limit was reached without `EXIT`.
     TurnLimit,
+    /// The conversation filled the model's context before `EXIT` ([`Episode::cut`]).
+    ContextFull,
 }
 
 /// The record of an episode, for data files, training and reports.
@@ -165,7 +196,6 @@ pub struct Episode<E> {
     config: EpisodeConfig,
     program: Program,
     passing: bool,
-    passed_before: bool,
     initial_status: Status,
     initial_error: Option<ErrorInfo>,
     initial_observation: String,
@@ -188,7 +218,6 @@ impl<E: Executor> Episode<E> {
             config,
             program,
             passing,
-            passed_before: passing,
             initial_status: outcome.status,
             initial_error: outcome.error,
             initial_observation: observation.clone(),
@@ -218,9 +247,15 @@ impl<E: Executor> Episode<E> {
                 (Some(command), effect, reward)
             }
         };
+        reward += rewards.turn;
+        let taken = self.turns.len() + 1;
         if effect == Effect::Exit {
             self.end = Some(EndReason::Exit);
-        } else if self.turns.len() + 1 >= self.config.max_turns {
+            if !self.passing {
+                // Giving up scores like trying until the limit.
+                reward += rewards.unfinished(taken, self.config.max_turns);
+            }
+        } else if taken >= self.config.max_turns {
             self.end = Some(EndReason::TurnLimit);
             reward += rewards.no_exit;
         }
@@ -237,6 +272,23 @@ impl<E: Executor> Episode<E> {
         Ok(&self.turns[index])
     }
 
+    /// Ends the episode because the model's context is full (the next observation would not
+    /// fit): scored like reaching the turn limit, on the last turn taken. Does nothing to an
+    /// episode that has ended.
+    pub fn cut(&mut self) {
+        if self.end.is_some() {
+            return;
+        }
+        self.end = Some(EndReason::ContextFull);
+        let penalty = self
+            .config
+            .rewards
+            .unfinished(self.turns.len(), self.config.max_turns);
+        if let Some(last) = self.turns.last_mut() {
+            last.reward += penalty;
+        }
+    }
+
     /// Applies a well-formed edit and runs the result; on executor failure nothing changes.
     fn edit(&mut self, command: &Command) -> Result<(Effect, f32), ExecutorError> {
         let mut edited = self.program.clone();
@@ -247,13 +299,13 @@ impl<E: Executor> Episode<E> {
         }
         let outcome = execute(&self.executor, &self.task, &edited, &self.config.limits)?;
         self.program = edited;
+        let was_passing = self.passing;
         self.passing = outcome.is_passed();
-        let reward = if self.passing && !self.passed_before {
-            self.config.rewards.solved
-        } else {
-            0.0
+        let reward = match (was_passing, self.passing) {
+            (false, true) => self.config.rewards.solved,
+            (true, false) => self.config.rewards.broken,
+            _ => 0.0,
         };
-        self.passed_before |= self.passing;
         let feedback = render_feedback(&outcome, &self.task.tests, &self.config.limits);
         self.show_feedback(&feedback);
         let effect = Effect::Edited {

@@ -1,7 +1,18 @@
 //! Episodes against a fake executor: turns, rewards, endings and traces.
 
 use coe_exec::testing::FakeExecutor;
-use coe_tool_state::{Effect, EndReason, Episode, EpisodeConfig, Status, StepError, Task};
+use coe_tool_state::{Effect, EndReason, Episode, EpisodeConfig, Rewards, Status, StepError, Task};
+use proptest::prelude::*;
+
+const TURN: f32 = -0.01;
+
+#[track_caller]
+fn assert_close(actual: f32, expected: f32) {
+    assert!(
+        (actual - expected).abs() < 1e-5,
+        "{actual} is not {expected}"
+    );
+}
 
 /// Passes when the program contains `return a + b`; fails its first test otherwise.
 fn fake() -> FakeExecutor {
@@ -32,7 +43,7 @@ fn a_repair_is_rewarded_once_and_exit_ends_it() {
     insta::assert_snapshot!("initial_observation", episode.observation());
 
     let turn = episode.step("REPW 2 >>>- >>>+\n").unwrap();
-    assert_eq!(turn.reward, 1.0);
+    assert_close(turn.reward, 1.0 + TURN);
     assert!(turn.passing);
     assert_eq!(
         turn.effect,
@@ -44,19 +55,19 @@ fn a_repair_is_rewarded_once_and_exit_ends_it() {
     );
     insta::assert_snapshot!("solved_observation", &turn.observation);
 
-    // Passing again after a no-op edit earns nothing more.
+    // Passing again after a no-op edit earns nothing more: only the turn's cost.
     let turn = episode.step("REPL 2 >>>    return a + b").unwrap();
-    assert_eq!(turn.reward, 0.0);
+    assert_close(turn.reward, TURN);
 
     let turn = episode.step("EXIT").unwrap();
     assert_eq!(turn.effect, Effect::Exit);
-    assert_eq!(turn.reward, 0.0);
+    assert_close(turn.reward, TURN);
     assert_eq!(episode.end(), Some(EndReason::Exit));
     assert!(matches!(episode.step("EXIT"), Err(StepError::Finished)));
 
     let trace = episode.trace();
     assert!(trace.solved);
-    assert_eq!(trace.total_reward, 1.0);
+    assert_close(trace.total_reward, 1.0 + 3.0 * TURN);
     assert_eq!(trace.turns.len(), 3);
     assert_eq!(trace.final_program, "def add(a, b):\n    return a + b\n");
     assert!(!trace.solved_then_broken());
@@ -71,25 +82,25 @@ fn malformed_and_rejected_commands_cost_half_and_change_nothing() {
     let before = episode.program().clone();
 
     let turn = episode.step("I think line 2 is wrong").unwrap();
-    assert_eq!(turn.reward, -0.5);
+    assert_close(turn.reward, -0.5 + TURN);
     assert!(matches!(turn.effect, Effect::Malformed { .. }));
     assert_eq!(turn.command, None);
     insta::assert_snapshot!("malformed_observation", &turn.observation);
 
     let turn = episode.step("DELL 9").unwrap();
-    assert_eq!(turn.reward, -0.5);
+    assert_close(turn.reward, -0.5 + TURN);
     assert!(matches!(turn.effect, Effect::Rejected { .. }));
     insta::assert_snapshot!("rejected_observation", &turn.observation);
 
     let turn = episode.step("REPW 2 >>>* >>>+").unwrap();
-    assert_eq!(turn.reward, -0.5);
+    assert_close(turn.reward, -0.5 + TURN);
     assert_eq!(episode.program(), &before);
     // Refused commands are never run.
     assert_eq!(executor.runs(), 1);
 }
 
 #[test]
-fn running_out_of_turns_costs_half_on_the_last_turn() {
+fn running_out_of_turns_costs_half_on_the_last_turn_and_breaking_costs_the_solve() {
     let config = EpisodeConfig {
         max_turns: 3,
         ..EpisodeConfig::default()
@@ -98,15 +109,100 @@ fn running_out_of_turns_costs_half_on_the_last_turn() {
     episode.step("REPW 2 >>>- >>>+").unwrap();
     episode.step("REPW 2 >>>+ >>>-").unwrap();
     let last = episode.step("REPW 2 >>>- >>>*").unwrap();
-    assert_eq!(last.reward, -0.5);
+    assert_close(last.reward, -0.5 + TURN);
     assert_eq!(episode.end(), Some(EndReason::TurnLimit));
     let trace = episode.trace();
-    assert_eq!(
-        trace.turns.iter().map(|t| t.reward).collect::<Vec<_>>(),
-        [1.0, 0.0, -0.5]
-    );
+    let rewards: Vec<f32> = trace.turns.iter().map(|t| t.reward).collect();
+    for (reward, expected) in rewards.iter().zip([1.0 + TURN, -1.0 + TURN, -0.5 + TURN]) {
+        assert_close(*reward, expected);
+    }
     assert!(trace.solved_then_broken());
-    assert_eq!(trace.total_reward, 0.5);
+    // Solved then broken: the pass and the break cancel, as if it had never passed.
+    assert_close(trace.total_reward, -0.5 + 3.0 * TURN);
+}
+
+#[test]
+fn a_second_repair_after_a_break_pays_again() {
+    let mut episode = Episode::start(task(BROKEN), fake(), EpisodeConfig::default()).unwrap();
+    for command in [
+        "REPW 2 >>>- >>>+",
+        "REPW 2 >>>+ >>>-",
+        "REPW 2 >>>- >>>+",
+        "EXIT",
+    ] {
+        episode.step(command).unwrap();
+    }
+    let trace = episode.trace();
+    assert!(trace.solved);
+    // +1, -1, +1: the return counts the repair that stands, once.
+    assert_close(trace.total_reward, 1.0 + 4.0 * TURN);
+}
+
+#[test]
+fn breaking_a_passing_program_is_not_free() {
+    let solved = "def add(a, b):\n    return a + b\n";
+    let mut episode = Episode::start(task(solved), fake(), EpisodeConfig::default()).unwrap();
+    let turn = episode.step("REPW 2 >>>+ >>>-").unwrap();
+    assert_close(turn.reward, -1.0 + TURN);
+}
+
+#[test]
+fn giving_up_scores_exactly_like_trying_valid_commands_to_the_limit() {
+    let config = EpisodeConfig {
+        max_turns: 4,
+        ..EpisodeConfig::default()
+    };
+    let mut quitter = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let exit = quitter.step("EXIT").unwrap();
+    assert_close(exit.reward, TURN + -0.5 + 3.0 * TURN);
+    assert_eq!(quitter.end(), Some(EndReason::Exit));
+
+    let mut trier = Episode::start(task(BROKEN), fake(), config).unwrap();
+    for command in [
+        "REPW 2 >>>- >>>*",
+        "REPW 2 >>>* >>>/",
+        "REPW 2 >>>/ >>>-",
+        "DELL 2",
+    ] {
+        trier.step(command).unwrap();
+    }
+    assert_eq!(trier.end(), Some(EndReason::TurnLimit));
+    assert_close(quitter.total_reward(), trier.total_reward());
+    // Exiting once the tests pass is the only exit without the penalty.
+    let mut finisher = Episode::start(task(BROKEN), fake(), config).unwrap();
+    finisher.step("REPW 2 >>>- >>>+").unwrap();
+    assert_close(finisher.step("EXIT").unwrap().reward, TURN);
+}
+
+#[test]
+fn a_context_cut_scores_like_the_turn_limit() {
+    let config = EpisodeConfig {
+        max_turns: 5,
+        ..EpisodeConfig::default()
+    };
+    let mut cut = Episode::start(task(BROKEN), fake(), config).unwrap();
+    cut.step("REPW 2 >>>- >>>*").unwrap();
+    cut.step("REPW 2 >>>* >>>/").unwrap();
+    cut.cut();
+    assert_eq!(cut.end(), Some(EndReason::ContextFull));
+    assert!(matches!(cut.step("EXIT"), Err(StepError::Finished)));
+    let total = cut.total_reward();
+    cut.cut();
+    assert_close(cut.total_reward(), total);
+
+    // Valid, non-repairing commands up to the limit score the same.
+    let mut limit = Episode::start(task(BROKEN), fake(), config).unwrap();
+    for i in 0..5 {
+        let command = if i % 2 == 0 {
+            "REPW 2 >>>- >>>*"
+        } else {
+            "REPW 2 >>>* >>>-"
+        };
+        limit.step(command).unwrap();
+    }
+    assert_eq!(limit.end(), Some(EndReason::TurnLimit));
+    assert_close(total, limit.total_reward());
+    assert_close(total, 2.0 * TURN + Rewards::default().unfinished(2, 5));
 }
 
 #[test]
@@ -116,7 +212,10 @@ fn a_solve_on_the_last_turn_still_pays_minus_the_missing_exit() {
         ..EpisodeConfig::default()
     };
     let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
-    assert_eq!(episode.step("REPW 2 >>>- >>>+").unwrap().reward, 0.5);
+    assert_close(
+        episode.step("REPW 2 >>>- >>>+").unwrap().reward,
+        1.0 + TURN - 0.5,
+    );
     assert!(episode.is_done());
 }
 
@@ -125,9 +224,9 @@ fn a_program_that_already_passes_earns_no_solve_reward() {
     let solved = "def add(a, b):\n    return a + b\n";
     let mut episode = Episode::start(task(solved), fake(), EpisodeConfig::default()).unwrap();
     assert!(episode.is_passing());
-    assert_eq!(
+    assert_close(
         episode.step("REPL 1 >>>def add(a, b):").unwrap().reward,
-        0.0
+        TURN,
     );
 }
 
@@ -168,7 +267,55 @@ fn traces_round_trip_through_json() {
     let trace = episode.trace();
     let json = serde_json::to_string(&trace).unwrap();
     assert!(json.contains(r#""command":"REPW 2 >>>- >>>+""#));
-    assert!(json.contains(r#""return":0.5"#));
+    assert!(json.contains(r#""return":"#));
     let back: coe_tool_state::Trace = serde_json::from_str(&json).unwrap();
     assert_eq!(back, trace);
+}
+
+/// One model output of the property test: a repair, a break, a harmless valid edit, a
+/// malformed line, a refused command, or EXIT.
+fn output() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec![
+        "REPW 2 >>>- >>>+",
+        "REPW 2 >>>+ >>>-",
+        "REPL 1 >>>def add(a, b):",
+        "fix it",
+        "DELL 9",
+        "EXIT",
+    ])
+}
+
+proptest! {
+    /// The scheme's promises (DESIGN.md section 7) for any play: nothing beats repairing on
+    /// turn 1 and exiting on turn 2; an episode that ends failing, however it ends, scores at
+    /// most what trying valid commands to the limit scores; one that ends passing scores
+    /// above that unless it paid for refused commands.
+    #[test]
+    fn rewards_keep_their_promises(outputs in prop::collection::vec(output(), 1..12), max_turns in 2usize..11) {
+        let config = EpisodeConfig { max_turns, ..EpisodeConfig::default() };
+        let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
+        for output in &outputs {
+            if episode.is_done() {
+                break;
+            }
+            episode.step(output).unwrap();
+        }
+        if !episode.is_done() {
+            episode.cut();
+        }
+        let trace = episode.trace();
+        let best = 1.0 + 2.0 * TURN;
+        let give_up = -0.5 + max_turns as f32 * TURN;
+        prop_assert!(trace.total_reward <= best + 1e-5, "{} > best {best}", trace.total_reward);
+        let refused = trace
+            .turns
+            .iter()
+            .filter(|t| matches!(t.effect, Effect::Malformed { .. } | Effect::Rejected { .. }))
+            .count();
+        if !trace.solved {
+            prop_assert!(trace.total_reward <= give_up + 1e-5);
+        } else if refused == 0 {
+            prop_assert!(trace.total_reward > give_up);
+        }
+    }
 }

@@ -27,7 +27,7 @@ pub(crate) fn role_name(role: Role) -> &'static str {
 
 /// The token ids of `messages` in the tokenizer's chat template, ending with the assistant
 /// header: the prompt a generation continues.
-pub(crate) fn prompt_ids(
+pub fn prompt_ids(
     tokenizer: &TextTokenizer,
     messages: &[Message],
 ) -> Result<Vec<u32>, TrainerError> {

@@ -1,8 +1,16 @@
 //! Evaluation: episodes per task with the policy, then pass@1, pass@k (the unbiased estimator
 //! of Chen et al. 2021), mean turns, malformed-command rate and solved-then-broken rate.
 
-use coe_tool_state::{Effect, Trace};
+use burn::prelude::Backend;
+use coe_exec::Executor;
+use coe_policy::Policy;
+use coe_tool_state::{Effect, Task, Trace};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
+
+use crate::TrainerError;
+use crate::rollout::{PlayConfig, play_tasks};
 
 /// Unbiased pass@k for one task with `n` samples of which `c` passed:
 /// `1 - C(n - c, k) / C(n, k)`, computed as a product to stay exact for large `n`.
@@ -84,6 +92,37 @@ pub fn summarize(groups: &[Vec<Trace>]) -> EvalSummary {
         malformed_rate: pct(malformed, turns),
         solved_then_broken_rate: pct(broken, episodes),
     }
+}
+
+/// Plays `samples` episodes of each task with the policy (pipelined, see [`play_tasks`]) and
+/// summarises them; `on_task(i, traces)` sees each task's episodes when they are complete.
+pub fn evaluate<B: Backend, E: Executor + Clone + Send>(
+    policy: &Policy<B>,
+    tasks: &[Task],
+    executor: &E,
+    samples: usize,
+    config: &PlayConfig,
+    seed: u64,
+    mut on_task: impl FnMut(usize, &[Trace]),
+) -> Result<(EvalSummary, Vec<Vec<Trace>>), TrainerError> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (groups, _) = play_tasks(
+        policy,
+        tasks,
+        executor,
+        samples,
+        config,
+        &mut rng,
+        |i, group| {
+            let traces: Vec<Trace> = group.iter().map(|r| r.trace.clone()).collect();
+            on_task(i, &traces);
+        },
+    )?;
+    let groups: Vec<Vec<Trace>> = groups
+        .into_iter()
+        .map(|group| group.into_iter().map(|r| r.trace).collect())
+        .collect();
+    Ok((summarize(&groups), groups))
 }
 
 #[cfg(test)]

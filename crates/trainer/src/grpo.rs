@@ -1,26 +1,66 @@
-//! GRPO with a reward per turn.
+//! GRPO with a reward per turn, and the RL run that uses it.
 //!
-//! For a group of `G` episodes of one task, episode `i` with turn rewards `r_{i,1..T_i}`:
+//! For a group of `G` episodes of one task, episode `i` with turn rewards `r_{i,1..T_i}` (the
+//! table is [`coe_tool_state::Rewards`]):
 //!
 //! - per-turn return: `R_{i,t} = sum_{u >= t} r_{i,u}` (undiscounted reward-to-go);
-//! - advantage, normalised over all turns of all episodes of the group:
-//!   `A_{i,t} = (R_{i,t} - mean(R)) / (std(R) + 1e-6)`, and `A = 0` for every turn when
-//!   `std(R) < 1e-6` (nothing to prefer);
+//! - advantage, normalised per turn index across the group: with `S_t` the episodes of the
+//!   group that have a turn `t`, `A_{i,t} = (R_{i,t} - mean_{j in S_t} R_{j,t}) /
+//!   std_{j in S_t} R_{j,t}`, and `A_{i,t} = 0` when that deviation is below `1e-4` (rewards
+//!   are multiples of 0.01: anything smaller is rounding). Turn 1 compares whole-episode
+//!   returns, as GRPO does; a later turn is compared only with the same turn of the episodes
+//!   that got that far, so an early turn is not blamed for a later turn's mistake, identical
+//!   episodes get 0 at every turn, and no group's numbers touch another's;
 //! - every token `k` the model generated in turn `t` gets `A_{i,t}`; with
 //!   `rho = exp(log pi(k) - log pi_old(k))` (`pi_old`: the sampling policy, log-probs recorded
 //!   at rollout) the objective is `min(rho A, clip(rho, 1 - eps, 1 + eps) A)`;
-//! - KL to the frozen base (adapters off), per token, with the k3 estimator
-//!   `exp(q - p) - (q - p) - 1` where `p = log pi`, `q = log pi_ref`;
-//! - loss = `-mean over tokens (objective - beta * KL)`; defaults `eps = 0.2`, `beta = 0.01`.
+//! - KL to the reference policy, the policy at the start of RL (the SFT adapter merged into
+//!   the base, frozen), per token, with the k3 estimator `exp(q - p) - (q - p) - 1` where
+//!   `p = log pi`, `q = log pi_ref`; the reference log-probs are computed without autodiff
+//!   before the update, and not at all when `beta = 0`;
+//! - loss of a group = `-sum over the group's tokens (objective - beta * KL) / tokens of the
+//!   group` (token-level: a 3-token `EXIT` weighs what 3 tokens of a long episode weigh), and
+//!   the step's loss is the mean over groups. Groups in which every advantage is 0 teach
+//!   nothing and are skipped (counted in the metrics);
+//! - the update's policy is the sampling policy: LoRA dropout is off in RL, so the first
+//!   update's ratio is 1 on every token (logged as `max_log_ratio`). GRPO samples at
+//!   temperature 1 with no nucleus cut, so the recorded log-probs are the policy's own.
+//!
+//! Tasks are drawn each step with weights `p (1 - p) + 0.05`, `p = (solves + 1) / (episodes +
+//! 2)` per task so far: tasks the policy sometimes solves are favoured, since only they give
+//! a group with a signal; the counts are saved in checkpoints, so a resumed run draws the
+//! same tasks.
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use burn::tensor::backend::AutodiffBackend;
+use coe_data::formats::Demo;
+use coe_exec::Executor;
 use coe_policy::generate::token_logprobs;
-use coe_policy::{Adapters, Llama};
+use coe_policy::{Adapters, Llama, Policy};
+use coe_tool_state::{Effect, Task};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainerError;
-use crate::rollout::Rollout;
+use crate::config::{RunConfig, io_err};
+use crate::metrics::{Metrics, plot_run};
+use crate::progress::Progress;
+use crate::rollout::{Rollout, play_tasks};
+use crate::run::{finish, load_tasks, read_strict, start};
+
+/// A deviation of returns below this is rounding, not a preference.
+const MIN_STD: f32 = 1e-4;
+/// Every task keeps at least this selection weight.
+const SELECTION_FLOOR: f64 = 0.05;
+/// The checkpoint file of the task sampler's counts.
+const SAMPLER_FILE: &str = "task_sampler.json";
 
 /// GRPO hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -30,7 +70,7 @@ pub struct GrpoConfig {
     pub group_size: usize,
     /// Clip range of the importance ratio.
     pub epsilon: f32,
-    /// Weight of the KL penalty to the frozen base.
+    /// Weight of the KL penalty to the reference policy (0: no penalty, no reference pass).
     pub beta: f32,
 }
 
@@ -44,9 +84,9 @@ impl Default for GrpoConfig {
     }
 }
 
-/// Normalised per-turn advantages of a group (see the module docs for the formula).
-pub fn group_advantages(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    let returns: Vec<Vec<f32>> = rewards
+/// Per-turn returns (reward-to-go) of each episode.
+fn returns(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    rewards
         .iter()
         .map(|turns| {
             let mut to_go = 0.0;
@@ -61,24 +101,34 @@ pub fn group_advantages(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
             out.reverse();
             out
         })
+        .collect()
+}
+
+/// Per-turn advantages of one group, normalised per turn index (see the module docs).
+pub fn group_advantages(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let returns = returns(rewards);
+    let longest = returns.iter().map(Vec::len).max().unwrap_or(0);
+    // Mean and deviation of the returns at each turn index, over the episodes that have it.
+    let per_turn: Vec<(f32, f32)> = (0..longest)
+        .map(|t| {
+            let at: Vec<f32> = returns.iter().filter_map(|r| r.get(t).copied()).collect();
+            let n = at.len() as f32;
+            let mean = at.iter().sum::<f32>() / n;
+            let std = (at.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
+            (mean, std)
+        })
         .collect();
-    let all: Vec<f32> = returns.iter().flatten().copied().collect();
-    if all.is_empty() {
-        return returns;
-    }
-    let mean = all.iter().sum::<f32>() / all.len() as f32;
-    let var = all.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / all.len() as f32;
-    let std = var.sqrt();
     returns
-        .into_iter()
-        .map(|turns| {
-            turns
-                .into_iter()
-                .map(|r| {
-                    if std < 1e-6 {
+        .iter()
+        .map(|episode| {
+            episode
+                .iter()
+                .zip(&per_turn)
+                .map(|(value, &(mean, std))| {
+                    if std < MIN_STD {
                         0.0
                     } else {
-                        (r - mean) / (std + 1e-6)
+                        (value - mean) / std
                     }
                 })
                 .collect()
@@ -86,27 +136,20 @@ pub fn group_advantages(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
         .collect()
 }
 
-/// One episode's part of the GRPO objective.
-#[derive(Debug, Clone)]
-pub struct EpisodeLoss<B: Backend> {
-    /// The loss to minimise (a scalar tensor that carries gradients).
-    pub loss: Tensor<B, 1>,
-    /// Mean per-token KL to the frozen base (k3 estimator), for the logs.
-    pub kl: f32,
+/// A token the model generated in an episode, as the update sees it.
+struct GeneratedToken {
+    /// `(row 0, position)` in the episode's tokens.
+    target: (usize, usize),
+    /// Its log-prob under the sampling policy.
+    old: f32,
+    /// The index of its turn.
+    turn: usize,
 }
 
-/// The GRPO loss of one episode, given its turns' advantages. `None` when the episode has no
-/// generated tokens.
-pub fn episode_loss<B: Backend>(
-    model: &Llama<B>,
-    rollout: &Rollout,
-    advantages: &[f32],
-    config: &GrpoConfig,
-) -> Result<Option<EpisodeLoss<B>>, TrainerError> {
-    let mut targets = Vec::new();
-    let mut old = Vec::new();
-    let mut adv = Vec::new();
-    for (span, &a) in rollout.turns.iter().zip(advantages) {
+/// The tokens of an episode the update trains on.
+fn generated_tokens(rollout: &Rollout) -> Result<Vec<GeneratedToken>, TrainerError> {
+    let mut tokens = Vec::new();
+    for (turn, span) in rollout.turns.iter().enumerate() {
         for k in 0..span.len {
             let pos = span.start + k;
             if pos == 0 || pos >= rollout.tokens.len() {
@@ -114,54 +157,474 @@ pub fn episode_loss<B: Backend>(
                     "turn span at {pos} is outside the episode"
                 )));
             }
-            targets.push((0, pos));
-            old.push(span.old_logprobs.get(k).copied().unwrap_or(0.0));
-            adv.push(a);
+            let old = span.old_logprobs.get(k).copied().ok_or_else(|| {
+                TrainerError::Data(format!("turn {turn} has no log-prob for token {k}"))
+            })?;
+            tokens.push(GeneratedToken {
+                target: (0, pos),
+                old,
+                turn,
+            });
         }
     }
-    if targets.is_empty() {
+    Ok(tokens)
+}
+
+/// Log-probabilities of an episode's generated tokens under `reference` (no autodiff): the
+/// `q` of the KL term, computed once before the update.
+pub fn reference_logprobs<B: Backend>(
+    reference: &Llama<B>,
+    rollout: &Rollout,
+) -> Result<Vec<f32>, TrainerError> {
+    let tokens = generated_tokens(rollout)?;
+    if tokens.is_empty() {
+        return Ok(Vec::new());
+    }
+    let targets: Vec<(usize, usize)> = tokens.iter().map(|t| t.target).collect();
+    let logprobs = token_logprobs(
+        reference,
+        std::slice::from_ref(&rollout.tokens),
+        &targets,
+        Adapters::On,
+    )?;
+    Ok(logprobs
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .unwrap_or_default())
+}
+
+/// One episode's part of a group's GRPO loss.
+#[derive(Debug, Clone)]
+pub struct EpisodeLoss<B: Backend> {
+    /// The loss to minimise: the episode's token terms summed and divided by the normaliser
+    /// (a scalar tensor that carries gradients).
+    pub loss: Tensor<B, 1>,
+    /// Sum of the per-token KL to the reference (k3 estimator); 0 without a reference.
+    pub kl_sum: f64,
+    /// Generated tokens.
+    pub tokens: usize,
+    /// The largest `|log pi - log pi_old|` over the episode's tokens: 0 (within rounding) on
+    /// the first update of a step, when the policy is still the one that sampled.
+    pub max_log_ratio: f32,
+}
+
+/// The GRPO loss of one episode, given its turns' advantages, the reference log-probs of its
+/// generated tokens (`None`: no KL term) and `normaliser`, the generated tokens of its whole
+/// group. `None` when the episode has no generated tokens.
+pub fn episode_loss<B: Backend>(
+    model: &Llama<B>,
+    rollout: &Rollout,
+    advantages: &[f32],
+    reference: Option<&[f32]>,
+    normaliser: usize,
+    config: &GrpoConfig,
+) -> Result<Option<EpisodeLoss<B>>, TrainerError> {
+    let tokens = generated_tokens(rollout)?;
+    if tokens.is_empty() {
         return Ok(None);
     }
-    let n = targets.len();
+    let n = tokens.len();
     let device = model.embed.val().device();
-    let rows = vec![rollout.tokens.clone()];
-    let new = token_logprobs(model, &rows, &targets, Adapters::On)?;
-    let reference = token_logprobs(model, &rows, &targets, Adapters::Off)?.detach();
+    let targets: Vec<(usize, usize)> = tokens.iter().map(|t| t.target).collect();
+    let old: Vec<f32> = tokens.iter().map(|t| t.old).collect();
+    let adv: Vec<f32> = tokens
+        .iter()
+        .map(|t| advantages.get(t.turn).copied().unwrap_or(0.0))
+        .collect();
+    let new = token_logprobs(
+        model,
+        std::slice::from_ref(&rollout.tokens),
+        &targets,
+        Adapters::On,
+    )?;
     let old = Tensor::<B, 1>::from_data(TensorData::new(old, [n]), &device);
     let adv = Tensor::<B, 1>::from_data(TensorData::new(adv, [n]), &device);
-    let ratio = (new.clone() - old).exp();
+    let log_ratio = new.clone() - old;
+    let max_log_ratio = log_ratio
+        .clone()
+        .detach()
+        .abs()
+        .max()
+        .into_scalar()
+        .elem::<f32>();
+    let ratio = log_ratio.exp();
     let unclipped = ratio.clone() * adv.clone();
     let clipped = ratio.clamp(1.0 - config.epsilon, 1.0 + config.epsilon) * adv;
-    let objective = unclipped.min_pair(clipped);
-    let log_ratio_ref = reference - new;
-    let kl = log_ratio_ref.clone().exp() - log_ratio_ref - 1.0;
-    let mean_kl = kl.clone().detach().mean().into_scalar().elem::<f32>();
-    let per_token = objective - kl.mul_scalar(config.beta);
+    let mut per_token = unclipped.min_pair(clipped);
+    let mut kl_sum = 0.0;
+    if let Some(reference) = reference {
+        if reference.len() != n {
+            return Err(TrainerError::Data(format!(
+                "{} reference log-probs for {n} tokens",
+                reference.len()
+            )));
+        }
+        let reference =
+            Tensor::<B, 1>::from_data(TensorData::new(reference.to_vec(), [n]), &device);
+        let log_ratio_ref = reference - new;
+        let kl = log_ratio_ref.clone().exp() - log_ratio_ref - 1.0;
+        kl_sum = f64::from(kl.clone().detach().sum().into_scalar().elem::<f32>());
+        per_token = per_token - kl.mul_scalar(config.beta);
+    }
     Ok(Some(EpisodeLoss {
-        loss: per_token.mean().neg(),
-        kl: mean_kl,
+        loss: per_token.sum().neg().div_scalar(normaliser.max(1) as f32),
+        kl_sum,
+        tokens: n,
+        max_log_ratio,
     }))
+}
+
+/// How often each task was played and solved so far; draws the tasks of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSampler {
+    episodes: Vec<u32>,
+    solves: Vec<u32>,
+}
+
+impl TaskSampler {
+    /// Counts for `tasks` tasks, none played yet.
+    pub fn new(tasks: usize) -> Self {
+        Self {
+            episodes: vec![0; tasks],
+            solves: vec![0; tasks],
+        }
+    }
+
+    /// Task `i`'s selection weight: highest for tasks solved about half the time (see the
+    /// module docs).
+    pub fn weight(&self, i: usize) -> f64 {
+        let p = (f64::from(self.solves[i]) + 1.0) / (f64::from(self.episodes[i]) + 2.0);
+        p * (1.0 - p) + SELECTION_FLOOR
+    }
+
+    /// `count` different tasks (all of them when there are fewer), drawn with the weights
+    /// without replacement (Efraimidis and Spirakis: the largest `u^(1/w)` keys).
+    pub fn choose(&self, count: usize, rng: &mut StdRng) -> Vec<usize> {
+        let mut keyed: Vec<(f64, usize)> = (0..self.episodes.len())
+            .map(|i| (rng.random::<f64>().powf(1.0 / self.weight(i)), i))
+            .collect();
+        keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
+        keyed.into_iter().take(count).map(|(_, i)| i).collect()
+    }
+
+    /// Books `episodes` episodes of task `i`, `solved` of them solved.
+    pub fn record(&mut self, i: usize, episodes: usize, solved: usize) {
+        let add = |count: &mut u32, n: usize| *count = count.saturating_add(n as u32);
+        add(&mut self.episodes[i], episodes);
+        add(&mut self.solves[i], solved);
+    }
+}
+
+/// RL tasks from demonstrations: each demonstration's broken program with its MBPP task's
+/// tests, in file order.
+pub fn tasks_from_demos(demos: &Path, mbpp: &Path) -> Result<Vec<Task>, TrainerError> {
+    let mbpp_tasks = load_tasks(mbpp)?;
+    let by_id: std::collections::HashMap<&str, &Task> =
+        mbpp_tasks.iter().map(|t| (t.task_id.as_str(), t)).collect();
+    let mut tasks = Vec::new();
+    for demo in read_strict::<Demo>(demos)? {
+        let task = by_id.get(demo.task_id.as_str()).ok_or_else(|| {
+            TrainerError::Data(format!(
+                "{}: no MBPP task {}",
+                demos.display(),
+                demo.task_id
+            ))
+        })?;
+        tasks.push(Task {
+            code: demo.corruption.broken,
+            ..(*task).clone()
+        });
+    }
+    Ok(tasks)
+}
+
+/// The reference policy of the KL term: the base with `init_adapter` (the SFT adapter, when RL
+/// starts from one) merged in, on the inference backend. Built from the files, so a resumed run
+/// has the same reference as the run it resumes.
+pub fn reference_policy<B: Backend>(
+    base: Llama<B>,
+    init_adapter: Option<&Path>,
+) -> Result<Llama<B>, TrainerError> {
+    Ok(match init_adapter {
+        Some(path) => coe_policy::lora::load_adapters(base, path)?.0.merge_lora(),
+        None => base,
+    })
+}
+
+/// GRPO over live episodes; returns the final adapter's path.
+pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
+    config: &RunConfig,
+    executor: &E,
+    resume: bool,
+) -> Result<PathBuf, TrainerError> {
+    if config.sampling.temperature != 1.0 || config.sampling.top_p < 1.0 {
+        return Err(TrainerError::Data(
+            "GRPO samples at temperature 1 with top_p 1: the importance ratio needs the \
+             policy's own log-probs"
+                .into(),
+        ));
+    }
+    std::fs::create_dir_all(&config.out_dir).map_err(|e| io_err(&config.out_dir, e))?;
+    let started_run = start::<B>(config, resume)?;
+    let (mut trainer, tokenizer, lora) =
+        (started_run.trainer, started_run.tokenizer, started_run.lora);
+    // On-policy: the update must score tokens with the policy that sampled them.
+    trainer.model.set_lora_dropout(0.0);
+    let reference = if config.grpo.beta > 0.0 {
+        let base =
+            Policy::<B::InnerBackend>::load(&config.model_path(), &Default::default())?.model;
+        Some(reference_policy(base, config.init_adapter.as_deref())?)
+    } else {
+        None
+    };
+    let tasks = match (&config.rl_tasks, &config.rl_demos) {
+        (Some(path), _) => load_tasks(path)?,
+        (None, Some(demos)) => tasks_from_demos(demos, &config.mbpp)?,
+        (None, None) => {
+            return Err(TrainerError::Data("set rl_tasks or rl_demos".into()));
+        }
+    };
+    if tasks.is_empty() {
+        return Err(TrainerError::Data("no RL tasks".into()));
+    }
+    // Demonstration files list each task's samples together: visit them in a seeded order.
+    let mut tasks = tasks;
+    tasks.shuffle(&mut StdRng::seed_from_u64(config.seed));
+    let checkpoint = config.out_dir.join("checkpoint");
+    let mut sampler_state = match std::fs::read(checkpoint.join(SAMPLER_FILE)) {
+        Ok(bytes) if resume => serde_json::from_slice::<TaskSampler>(&bytes)
+            .map_err(|e| io_err(&checkpoint.join(SAMPLER_FILE), e))?,
+        _ => TaskSampler::new(tasks.len()),
+    };
+    if sampler_state.episodes.len() != tasks.len() {
+        return Err(TrainerError::Data(format!(
+            "the checkpoint's task counts are for {} tasks, the run has {}",
+            sampler_state.episodes.len(),
+            tasks.len()
+        )));
+    }
+    let mut metrics = Metrics::open(&config.out_dir)?;
+    let play_config = config.play_config();
+    let started = Instant::now();
+    let progress = Progress::new("rl", trainer.step, config.optim.steps);
+    while trainer.step < config.optim.steps {
+        let step = trainer.step;
+        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(step as u64));
+        let sampler = Policy {
+            model: trainer.model.valid(),
+            tokenizer: tokenizer.clone(),
+        };
+        let chosen = sampler_state.choose(config.tasks_per_step, &mut rng);
+        let batch: Vec<Task> = chosen.iter().map(|&i| tasks[i].clone()).collect();
+        let (groups, stats) = play_tasks(
+            &sampler,
+            &batch,
+            executor,
+            config.grpo.group_size,
+            &play_config,
+            &mut rng,
+            |_, _| {},
+        )?;
+        let (mut reward_sum, mut solved, mut malformed, mut turns, mut count) =
+            (0.0f64, 0, 0, 0, 0usize);
+        // Per kept group: its episodes with their advantages, and its generated tokens.
+        let mut parts: Vec<(Rollout, Vec<f32>, usize)> = Vec::new();
+        let mut skipped_groups = 0;
+        for (&task, group) in chosen.iter().zip(groups) {
+            let group_solved = group.iter().filter(|r| r.trace.solved).count();
+            sampler_state.record(task, group.len(), group_solved);
+            for rollout in &group {
+                count += 1;
+                reward_sum += f64::from(rollout.trace.total_reward);
+                turns += rollout.trace.turns.len();
+                malformed += rollout
+                    .trace
+                    .turns
+                    .iter()
+                    .filter(|t| matches!(t.effect, Effect::Malformed { .. }))
+                    .count();
+            }
+            solved += group_solved;
+            let rewards: Vec<Vec<f32>> = group
+                .iter()
+                .map(|r| r.turns.iter().map(|t| t.reward).collect())
+                .collect();
+            let advantages = group_advantages(&rewards);
+            if advantages.iter().flatten().all(|&a| a == 0.0) {
+                skipped_groups += 1;
+                continue;
+            }
+            let tokens: usize = group
+                .iter()
+                .flat_map(|r| r.turns.iter().map(|t| t.len))
+                .sum();
+            for (rollout, adv) in group.into_iter().zip(advantages) {
+                if rollout.turns.iter().any(|t| t.len > 0) {
+                    parts.push((rollout, adv, tokens));
+                }
+            }
+        }
+        let kept_groups = chosen.len() - skipped_groups;
+        let update = Instant::now();
+        let references: Vec<Option<Vec<f32>>> = parts
+            .iter()
+            .map(|(rollout, _, _)| {
+                reference
+                    .as_ref()
+                    .map(|model| reference_logprobs(model, rollout))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let reference_s = update.elapsed().as_secs_f64();
+        let (mut kl_sum, mut kl_tokens, mut max_log_ratio) = (0.0f64, 0usize, 0.0f32);
+        let grpo = config.grpo;
+        let report = if parts.is_empty() {
+            trainer.skip_step()
+        } else {
+            let indexed: Vec<usize> = (0..parts.len()).collect();
+            trainer.step_sum(&indexed, |model, &i| {
+                let (rollout, adv, tokens) = &parts[i];
+                let part = episode_loss(
+                    model,
+                    rollout,
+                    adv,
+                    references[i].as_deref(),
+                    *tokens,
+                    &grpo,
+                )?
+                .ok_or_else(|| TrainerError::Data("an episode without tokens".into()))?;
+                kl_sum += part.kl_sum;
+                kl_tokens += part.tokens;
+                max_log_ratio = max_log_ratio.max(part.max_log_ratio);
+                Ok(part.loss.div_scalar(kept_groups.max(1) as f32))
+            })?
+        };
+        let kl = kl_sum / kl_tokens.max(1) as f64;
+        let count = count.max(1) as f64;
+        let line = serde_json::json!({
+            "phase": "rl", "step": report.step, "loss": report.loss, "lr": report.lr,
+            "mean_return": reward_sum / count, "solve_rate": solved as f64 / count,
+            "kl": kl, "mean_turns": turns as f64 / count,
+            "malformed_rate": malformed as f64 / turns.max(1) as f64,
+            "skipped_groups": skipped_groups, "max_log_ratio": max_log_ratio,
+            "episodes": stats.episodes, "env_steps": stats.env_steps,
+            "generated_tokens": stats.generated_tokens,
+            "rollout_s": stats.wall_s, "model_s": stats.model_s, "env_s": stats.env_s,
+            "reference_s": reference_s,
+            "update_s": update.elapsed().as_secs_f64(),
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        });
+        progress.step(
+            report.step,
+            &format!(
+                "return {:.2} solved {:.0}% kl {kl:.4} {:.2} episodes/s",
+                reward_sum / count,
+                100.0 * solved as f64 / count,
+                stats.episodes as f64 / stats.wall_s.max(1e-9)
+            ),
+        );
+        progress.log(&line);
+        metrics.write(&line)?;
+        if report.step % config.checkpoint_every.max(1) == 0 {
+            let counts = serde_json::to_vec(&sampler_state).map_err(|e| io_err(&checkpoint, e))?;
+            trainer.save_checkpoint(&checkpoint, &lora, &[(SAMPLER_FILE, counts)])?;
+            plot_run(&config.out_dir);
+        }
+    }
+    progress.finish();
+    finish(&trainer, &lora, config)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const TURN: f32 = -0.01;
+
     #[test]
-    fn equal_rewards_give_zero_advantages() {
-        let adv = group_advantages(&[vec![0.0, -0.5], vec![0.0, -0.5], vec![0.0, -0.5]]);
-        assert!(adv.iter().flatten().all(|&a| a == 0.0));
+    fn identical_episodes_get_zero_advantage_at_every_turn() {
+        // Four optimal episodes: repair on turn 1, EXIT on turn 2. Pooled normalisation gave
+        // the EXIT turn -1 every time; per turn index there is nothing to prefer.
+        let optimal = vec![1.0 + TURN, TURN];
+        let adv = group_advantages(&vec![optimal; 4]);
+        assert!(adv.iter().flatten().all(|&a| a == 0.0), "{adv:?}");
+        let failing = vec![TURN, TURN, -0.5 + TURN];
+        let adv = group_advantages(&vec![failing; 3]);
+        assert!(adv.iter().flatten().all(|&a| a == 0.0), "{adv:?}");
         assert!(group_advantages(&[]).is_empty());
     }
 
     #[test]
-    fn returns_are_reward_to_go_and_normalised() {
-        let adv = group_advantages(&[vec![0.0, 1.0], vec![-0.5, -0.5]]);
-        // Returns: [1, 1] and [-1, -0.5]; mean 0.125.
-        assert!(adv[0][0] > 0.0 && adv[0][0] == adv[0][1]);
-        assert!(adv[1][0] < adv[1][1] && adv[1][1] < 0.0);
-        let all: Vec<f32> = adv.iter().flatten().copied().collect();
-        let mean = all.iter().sum::<f32>() / all.len() as f32;
-        assert!(mean.abs() < 1e-5);
+    fn a_solving_episode_is_credited_at_every_turn_over_the_same_turn_of_failing_ones() {
+        let turns = 5;
+        // Solves on turn 3, exits on turn 4.
+        let solver = vec![TURN, TURN, 1.0 + TURN, TURN];
+        // Valid commands to the limit; one malformed command; giving up on turn 2.
+        let mut tried = vec![TURN; turns];
+        tried[turns - 1] += -0.5;
+        let mut sloppy = tried.clone();
+        sloppy[1] += -0.5;
+        let quitter = vec![TURN, TURN - 0.5 + TURN * (turns - 2) as f32];
+        let adv = group_advantages(&[solver.clone(), tried, sloppy, quitter]);
+        for t in 0..solver.len() {
+            for (other, row) in adv.iter().enumerate().skip(1) {
+                if let Some(&a) = row.get(t) {
+                    assert!(
+                        adv[0][t] > a,
+                        "turn {t}: solver {} vs episode {other} {a}",
+                        adv[0][t]
+                    );
+                }
+            }
+        }
+        // The malformed turn is blamed where it happened, not before it: on turn 1 the
+        // sloppy episode's return is lower, but turns after the mistake compare equal.
+        assert!(adv[2][0] < adv[1][0]);
+        assert_eq!(adv[2][3], adv[1][3]);
+    }
+
+    #[test]
+    fn no_advantage_depends_on_another_group() {
+        let a = vec![vec![1.0 + TURN, TURN], vec![TURN, -0.5 + TURN]];
+        let b = vec![vec![-0.5 + TURN], vec![1.0 + TURN, TURN], vec![TURN, TURN]];
+        let alone = group_advantages(&a);
+        // The step maps groups one by one; a's numbers are the same next to any other group.
+        let together: Vec<Vec<Vec<f32>>> = [&a, &b].iter().map(|g| group_advantages(g)).collect();
+        assert_eq!(together[0], alone);
+        let mut pooled = a.clone();
+        pooled.extend(b);
+        assert_ne!(
+            group_advantages(&pooled)[..2],
+            alone[..],
+            "pooling would change them"
+        );
+    }
+
+    #[test]
+    fn the_sampler_favours_tasks_solved_sometimes_and_resumes_exactly() {
+        let mut sampler = TaskSampler::new(3);
+        sampler.record(0, 8, 4);
+        sampler.record(1, 8, 0);
+        sampler.record(2, 8, 8);
+        assert!(sampler.weight(0) > sampler.weight(1));
+        assert!(sampler.weight(0) > sampler.weight(2));
+        let mut counts = [0; 3];
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..2000 {
+            counts[sampler.choose(1, &mut rng)[0]] += 1;
+        }
+        assert!(counts[0] > counts[1] && counts[0] > counts[2], "{counts:?}");
+        // Different tasks in a step, all of them when asked for more.
+        let mut all = sampler.choose(5, &mut rng);
+        all.sort_unstable();
+        assert_eq!(all, [0, 1, 2]);
+        // Saved and restored counts draw the same tasks from the same seed.
+        let restored: TaskSampler =
+            serde_json::from_str(&serde_json::to_string(&sampler).unwrap()).unwrap();
+        assert_eq!(
+            sampler.choose(2, &mut StdRng::seed_from_u64(9)),
+            restored.choose(2, &mut StdRng::seed_from_u64(9))
+        );
     }
 }

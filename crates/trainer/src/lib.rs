@@ -1,20 +1,26 @@
 //! coe-trainer: turns the parts into the paper's method.
 //!
+//! - [`config`]: a run's configuration (`RunConfig`, from TOML);
 //! - [`chat`]: demonstrations as token sequences with a loss mask on the model's own tokens;
-//! - [`sft`]: supervised fine-tuning of the LoRA adapters (AdamW, warm-up + cosine,
-//!   accumulation, clipping), and the optimiser step GRPO shares;
+//! - [`optim`]: the optimiser (AdamW, warm-up + cosine, accumulation, clipping), its steps
+//!   and checkpoints, shared by SFT and GRPO;
+//! - [`sft`]: supervised fine-tuning (`run_sft`);
 //! - [`rollout`]: episodes played by the policy against the real environment;
-//! - [`grpo`]: per-turn returns normalised within a group, the clipped objective and the KL
-//!   penalty to the frozen base;
-//! - [`eval`]: pass@k and the other evaluation metrics;
+//! - [`grpo`]: per-turn advantages normalised per turn index within a group, the clipped
+//!   objective, the KL penalty to the policy RL starts from, task selection, and `run_rl`;
+//! - [`eval`]: evaluation (`evaluate`), pass@k and the other metrics;
 //! - [`direct`]: the direct-answer baseline (the whole fixed program in one answer);
+//! - [`run`]: what the runs share (loading models and adapters, saving, reading files);
 //! - [`plot`]: curves of a run's metrics as SVG.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod chat;
+pub mod config;
 pub mod direct;
 pub mod eval;
 pub mod grpo;
+mod metrics;
+pub mod optim;
 pub mod plot;
 mod progress;
 pub mod rollout;

@@ -442,7 +442,9 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
                     Ready::Continue { slot, episode } => self.advance(slot, episode, env),
                 };
                 self.stats.model_s += clock.elapsed().as_secs_f64();
-                if let Some((slot, episode)) = result? {
+                if let Some((slot, mut episode)) = result? {
+                    // Cut by the context: scored like the turn limit.
+                    episode.cut();
                     self.close(slot, &episode, true);
                 }
             }
@@ -611,11 +613,16 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
             return;
         };
         self.stats.episodes += 1;
+        let mut turns = state.turns;
+        // The last turn's reward may have changed since it was booked (a context cut).
+        if let (Some(span), Some(turn)) = (turns.last_mut(), episode.turns().last()) {
+            span.reward = turn.reward;
+        }
         let (running, rollouts) = &mut self.groups[state.group];
         rollouts[state.index] = Some(Rollout {
             trace: episode.trace(),
             tokens: state.session.tokens().to_vec(),
-            turns: state.turns,
+            turns,
             context_full,
         });
         *running -= 1;

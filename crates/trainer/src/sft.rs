@@ -1,76 +1,25 @@
-//! Supervised fine-tuning: the next-token loss on assistant tokens only, LoRA parameters only,
-//! AdamW with linear warm-up then cosine decay, gradient accumulation and clipping.
+//! Supervised fine-tuning: the next-token loss on assistant tokens only, LoRA parameters only
+//! (the optimiser is [`crate::optim`]), over the demonstrations of a transcript file.
 
-use burn::grad_clipping::GradientClippingConfig;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use burn::prelude::*;
-use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+use coe_data::formats::Transcript;
 use coe_policy::generate::token_logprobs;
-use coe_policy::{Adapters, Llama};
-use serde::{Deserialize, Serialize};
+use coe_policy::{Adapters, Llama, TextTokenizer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 
 use crate::TrainerError;
-use crate::chat::Encoded;
-
-/// Optimiser settings shared by SFT and GRPO.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptimConfig {
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Steps of linear warm-up from 0 to `lr`.
-    pub warmup_steps: usize,
-    /// Total optimiser steps (the cosine decays to `min_lr_ratio * lr` at the last one).
-    pub steps: usize,
-    /// Floor of the cosine, as a fraction of `lr`.
-    pub min_lr_ratio: f64,
-    /// Micro-batches whose gradients are summed before one optimiser step.
-    pub grad_accum: usize,
-    /// Each parameter tensor's gradient is scaled down to at most this L2 norm (burn clips per
-    /// tensor, not over all parameters at once).
-    pub clip_norm: f32,
-    /// AdamW decoupled weight decay (applies to the adapters only: the base is frozen).
-    pub weight_decay: f32,
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        Self {
-            lr: 2e-4,
-            warmup_steps: 20,
-            steps: 1000,
-            min_lr_ratio: 0.1,
-            grad_accum: 8,
-            clip_norm: 1.0,
-            weight_decay: 0.0,
-        }
-    }
-}
-
-impl OptimConfig {
-    /// The learning rate of optimiser step `step` (0-based): linear warm-up, then cosine decay.
-    pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
-        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
-    }
-
-    /// The AdamW optimiser these settings describe.
-    pub fn optimizer<B: AutodiffBackend>(&self) -> OptimizerAdaptor<AdamW, Llama<B>, B> {
-        AdamWConfig::new()
-            .with_weight_decay(self.weight_decay)
-            .with_grad_clipping(Some(GradientClippingConfig::Norm(self.clip_norm)))
-            .init()
-    }
-}
+use crate::chat::{Encoded, encode};
+use crate::config::{RunConfig, io_err};
+use crate::metrics::{Metrics, plot_run};
+use crate::optim::{StepReport, Trainer};
+use crate::progress::Progress;
+use crate::run::{finish, read_strict, start};
 
 /// Right-pads sequences to one length and lists the target positions `(row, position)`.
 pub fn batch_targets(batch: &[&Encoded]) -> (Vec<Vec<u32>>, Vec<(usize, usize)>) {
@@ -106,170 +55,7 @@ pub fn sft_loss<B: Backend>(
     Ok(logprobs.mean().neg())
 }
 
-/// The state of a fine-tuning run.
-pub struct Trainer<B: AutodiffBackend> {
-    /// The model being trained (base frozen, adapters trainable).
-    pub model: Llama<B>,
-    optimizer: OptimizerAdaptor<AdamW, Llama<B>, B>,
-    /// Settings.
-    pub config: OptimConfig,
-    /// Optimiser steps taken.
-    pub step: usize,
-    /// Seed of the backend's random generator (dropout), reset before each step to
-    /// `seed + step` so a resumed run draws the same masks.
-    pub seed: u64,
-}
-
-/// What a checkpoint's `state.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CheckpointState {
-    /// Optimiser steps taken.
-    pub step: usize,
-    /// The run's seed.
-    pub seed: u64,
-    /// The LoRA settings of the adapters.
-    pub lora: coe_policy::LoraConfig,
-}
-
-impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer").field("step", &self.step).finish()
-    }
-}
-
-/// What one optimiser step did.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StepReport {
-    /// Step number (1-based, after the step).
-    pub step: usize,
-    /// Mean loss over the micro-batches.
-    pub loss: f64,
-    /// Learning rate used.
-    pub lr: f64,
-}
-
 impl<B: AutodiffBackend> Trainer<B> {
-    /// A trainer for `model` (which should carry LoRA adapters).
-    pub fn new(model: Llama<B>, config: OptimConfig) -> Self {
-        Self {
-            optimizer: config.optimizer(),
-            model,
-            config,
-            step: 0,
-            seed: 0,
-        }
-    }
-
-    /// Writes adapters, optimiser state and step to `dir` atomically: everything goes to a
-    /// sibling temporary folder first, which then replaces `dir`.
-    pub fn save_checkpoint(
-        &self,
-        dir: &Path,
-        lora: &coe_policy::LoraConfig,
-    ) -> Result<(), TrainerError> {
-        let tmp = coe_cache::temporary_sibling(dir);
-        let io = |path: &Path, e: &dyn std::fmt::Display| TrainerError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
-        coe_policy::lora::save_adapters(&self.model, lora, &tmp.join("adapter.safetensors"))?;
-        BinFileRecorder::<FullPrecisionSettings>::new()
-            .record(self.optimizer.to_record(), tmp.join("optimizer"))
-            .map_err(|e| io(&tmp.join("optimizer.bin"), &e))?;
-        let state = CheckpointState {
-            step: self.step,
-            seed: self.seed,
-            lora: *lora,
-        };
-        let json = serde_json::to_string_pretty(&state).map_err(|e| io(dir, &e))?;
-        std::fs::write(tmp.join("state.json"), json).map_err(|e| io(&tmp, &e))?;
-        let old = coe_cache::temporary_sibling(dir);
-        if dir.exists() {
-            std::fs::rename(dir, &old).map_err(|e| io(dir, &e))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(|e| io(dir, &e))?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(|e| io(&old, &e))?;
-        }
-        Ok(())
-    }
-
-    /// Restores a trainer from a checkpoint written by [`Trainer::save_checkpoint`], on top of
-    /// the frozen `base` model.
-    pub fn load_checkpoint(
-        base: Llama<B>,
-        dir: &Path,
-        config: OptimConfig,
-    ) -> Result<(Self, CheckpointState), TrainerError> {
-        let io = |path: &Path, e: &dyn std::fmt::Display| TrainerError::Io {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        };
-        let state_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, &e))?;
-        let state: CheckpointState =
-            serde_json::from_str(&text).map_err(|e| io(&state_path, &e))?;
-        let (model, _) = coe_policy::lora::load_adapters(base, &dir.join("adapter.safetensors"))?;
-        let device = model.embed.val().device();
-        let record = BinFileRecorder::<FullPrecisionSettings>::new()
-            .load(dir.join("optimizer"), &device)
-            .map_err(|e| io(&dir.join("optimizer.bin"), &e))?;
-        let optimizer = config.optimizer().load_record(record);
-        Ok((
-            Self {
-                model,
-                optimizer,
-                config,
-                step: state.step,
-                seed: state.seed,
-            },
-            state,
-        ))
-    }
-
-    /// One optimiser step over `micro_batches` (gradients of each micro-batch's loss, divided
-    /// by their number, are summed). `loss_fn` computes a micro-batch's loss. A loss that is not
-    /// finite stops with an error and leaves the model as it was.
-    pub fn step_with<T>(
-        &mut self,
-        micro_batches: &[T],
-        mut loss_fn: impl FnMut(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError>,
-    ) -> Result<StepReport, TrainerError> {
-        if micro_batches.is_empty() {
-            return Err(TrainerError::Data("an optimiser step needs data".into()));
-        }
-        B::seed(
-            &self.model.embed.val().device(),
-            self.seed.wrapping_add(self.step as u64),
-        );
-        let mut accumulator = GradientsAccumulator::new();
-        let mut total = 0.0;
-        let scale = 1.0 / micro_batches.len() as f64;
-        for batch in micro_batches {
-            let loss = loss_fn(&self.model, batch)?;
-            let value = f64::from(loss.clone().into_scalar().elem::<f32>());
-            if !value.is_finite() {
-                return Err(TrainerError::Diverged {
-                    step: self.step + 1,
-                    loss: value,
-                });
-            }
-            total += value * scale;
-            let grads = loss.mul_scalar(scale).backward();
-            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
-        }
-        let lr = self.config.lr_at(self.step);
-        let model = self.model.clone();
-        self.model = self.optimizer.step(lr, model, accumulator.grads());
-        self.step += 1;
-        Ok(StepReport {
-            step: self.step,
-            loss: total,
-            lr,
-        })
-    }
-
     /// One SFT step on `micro_batches` of encoded demonstrations.
     pub fn sft_step(
         &mut self,
@@ -277,4 +63,110 @@ impl<B: AutodiffBackend> Trainer<B> {
     ) -> Result<StepReport, TrainerError> {
         self.step_with(micro_batches, |model, batch| sft_loss(model, batch))
     }
+}
+
+/// Reads and encodes the demonstrations of `path` (JSON Lines with `messages`). Returns them
+/// with the number skipped because their opening and first command exceed `context` (they
+/// teach nothing at that length); an error when none is left.
+pub fn load_demonstrations(
+    tokenizer: &TextTokenizer,
+    path: &Path,
+    context: usize,
+) -> Result<(Vec<Encoded>, usize), TrainerError> {
+    let mut examples = Vec::new();
+    let mut too_long = 0;
+    for record in read_strict::<Transcript>(path)? {
+        match encode(tokenizer, &record.messages, context) {
+            Ok(encoded) => examples.push(encoded),
+            Err(TrainerError::TooLong { .. }) => too_long += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    if examples.is_empty() {
+        return Err(TrainerError::Data(format!(
+            "{} has no demonstrations that fit {context} tokens",
+            path.display()
+        )));
+    }
+    Ok((examples, too_long))
+}
+
+/// Supervised fine-tuning; returns the final adapter's path. With `resume`, continues from
+/// `out_dir/checkpoint` exactly (same data order, dropout masks and optimiser state).
+pub fn run_sft<B: AutodiffBackend>(
+    config: &RunConfig,
+    resume: bool,
+) -> Result<PathBuf, TrainerError> {
+    std::fs::create_dir_all(&config.out_dir).map_err(|e| io_err(&config.out_dir, e))?;
+    let started_run = start::<B>(config, resume)?;
+    let (mut trainer, tokenizer, lora) =
+        (started_run.trainer, started_run.tokenizer, started_run.lora);
+    let data_path = config
+        .sft_data
+        .clone()
+        .ok_or_else(|| TrainerError::Data("sft_data is not set".into()))?;
+    let (examples, too_long) = load_demonstrations(&tokenizer, &data_path, config.context)?;
+    if too_long > 0 {
+        eprintln!(
+            "sft: skipped {too_long} demonstrations whose opening and first command exceed {} tokens",
+            config.context
+        );
+    }
+    let mut metrics = Metrics::open(&config.out_dir)?;
+    let per_step = config.optim.grad_accum.max(1);
+    let shuffled = |epoch: usize| {
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(
+            config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
+        ));
+        order
+    };
+    // The shuffle of the current epoch, made once per epoch.
+    let mut order: (usize, Vec<usize>) = (0, shuffled(0));
+    let started = Instant::now();
+    let mut tokens_seen = 0usize;
+    let progress = Progress::new("sft", trainer.step, config.optim.steps);
+    while trainer.step < config.optim.steps {
+        // Example k of the run is example (k mod n) of epoch (k / n)'s shuffled order.
+        let first = trainer.step * per_step;
+        let mut batches: Vec<Vec<&Encoded>> = Vec::with_capacity(per_step);
+        for k in first..first + per_step {
+            let epoch = k / examples.len();
+            if order.0 != epoch {
+                order = (epoch, shuffled(epoch));
+            }
+            batches.push(vec![&examples[order.1[k % examples.len()]]]);
+        }
+        tokens_seen += batches
+            .iter()
+            .flatten()
+            .map(|e| e.tokens.len())
+            .sum::<usize>();
+        let report = trainer.sft_step(&batches)?;
+        if report.step % config.log_every.max(1) == 0 || report.step == config.optim.steps {
+            let elapsed = started.elapsed().as_secs_f64();
+            let line = serde_json::json!({
+                "phase": "sft", "step": report.step, "loss": report.loss, "lr": report.lr,
+                "epoch": (first as f64) / examples.len() as f64,
+                "tokens": tokens_seen, "tokens_per_s": tokens_seen as f64 / elapsed,
+                "elapsed_s": elapsed,
+            });
+            progress.log(&line);
+            metrics.write(&line)?;
+        }
+        progress.step(
+            report.step,
+            &format!(
+                "loss {:.3} {:.0} tok/s",
+                report.loss,
+                tokens_seen as f64 / started.elapsed().as_secs_f64()
+            ),
+        );
+        if report.step % config.checkpoint_every.max(1) == 0 {
+            trainer.save_checkpoint(&config.out_dir.join("checkpoint"), &lora, &[])?;
+            plot_run(&config.out_dir);
+        }
+    }
+    progress.finish();
+    finish(&trainer, &lora, config)
 }

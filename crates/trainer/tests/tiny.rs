@@ -11,10 +11,13 @@ use coe_policy::{
 use coe_tool_state::{EpisodeConfig, Task};
 use coe_trainer::TrainerError;
 use coe_trainer::chat::{Encoded, encode};
-use coe_trainer::grpo::{GrpoConfig, episode_loss, group_advantages};
+use coe_trainer::grpo::{
+    GrpoConfig, episode_loss, group_advantages, reference_logprobs, reference_policy,
+};
+use coe_trainer::optim::{OptimConfig, Trainer};
 use coe_trainer::rollout::{PlayConfig, Rollout, TurnSpan, play, play_tasks};
-use coe_trainer::run::load_demonstrations;
-use coe_trainer::sft::{OptimConfig, Trainer, sft_loss};
+use coe_trainer::sft::load_demonstrations;
+use coe_trainer::sft::sft_loss;
 
 type AD = Autodiff<CpuBackend>;
 
@@ -247,9 +250,14 @@ fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
         (good.clone(), adv[0].clone()),
         (bad.clone(), adv[1].clone()),
     ];
+    let group_tokens = good.turns[0].len + bad.turns[0].len;
     trainer
-        .step_with(&episodes, |model, (rollout, a)| {
-            Ok(episode_loss(model, rollout, a, &config)?.unwrap().loss)
+        .step_sum(&episodes, |model, (rollout, a)| {
+            Ok(
+                episode_loss(model, rollout, a, None, group_tokens, &config)?
+                    .unwrap()
+                    .loss,
+            )
         })
         .unwrap();
     let valid = trainer.model.valid();
@@ -481,7 +489,7 @@ fn resume_reproduces_the_next_step() {
     straight.sft_step(&batches).unwrap();
     straight.sft_step(&batches).unwrap();
     let dir = std::env::temp_dir().join(format!("coe-resume-{}", std::process::id()));
-    straight.save_checkpoint(&dir, &lora).unwrap();
+    straight.save_checkpoint(&dir, &lora, &[]).unwrap();
     let expected = straight.sft_step(&batches).unwrap();
 
     let (mut resumed, state) = Trainer::load_checkpoint(base(), &dir, config).unwrap();
@@ -489,4 +497,191 @@ fn resume_reproduces_the_next_step() {
     let got = resumed.sft_step(&batches).unwrap();
     assert_eq!(got, expected, "the step after resuming differs");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `lora_model` with every adapter's `B` made non-zero, so that the adapters (and their
+/// dropout) change the model's output, as a trained SFT adapter does.
+fn trained_lora_model<B: burn::prelude::Backend>(seed: u64, dropout: f64) -> Llama<B> {
+    let mut model = lora_model::<B>(seed);
+    let device = Default::default();
+    B::seed(&device, seed);
+    for linear in model.linears_mut() {
+        if let Some(lora) = &mut linear.lora {
+            let dims = lora.b.dims();
+            lora.b = burn::module::Param::from_tensor(burn::tensor::Tensor::random(
+                dims,
+                burn::tensor::Distribution::Normal(0.0, 0.3),
+                &device,
+            ));
+        }
+    }
+    model.set_lora_dropout(dropout);
+    model
+}
+
+/// Episodes sampled as GRPO samples them (temperature 1, no nucleus cut).
+fn grpo_rollouts(policy: &Policy<CpuBackend>, context: usize) -> Vec<Rollout> {
+    let config = PlayConfig {
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            top_p: 1.0,
+            max_tokens: 8,
+            stop_at_newline: true,
+        },
+        context,
+        ..toy_play_config()
+    };
+    play(
+        policy,
+        &toy_task(1),
+        &toy_executor(),
+        3,
+        &config,
+        &mut rng(7),
+    )
+    .unwrap()
+}
+
+fn max_log_ratio(model: &Llama<AD>, rollouts: &[Rollout]) -> f32 {
+    let config = GrpoConfig::default();
+    rollouts
+        .iter()
+        .filter_map(|r| {
+            let adv = vec![1.0; r.turns.len()];
+            episode_loss(model, r, &adv, None, 1, &config).unwrap()
+        })
+        .map(|part| part.max_log_ratio)
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn the_first_update_scores_every_token_with_the_sampling_policy() {
+    // Adapters saved with dropout 0.05 (the SFT default): dropout in the update but not in
+    // sampling makes the update's policy another one.
+    let mut model = trained_lora_model::<AD>(11, 0.05);
+    let policy = Policy {
+        model: model.valid(),
+        tokenizer: tokenizer(),
+    };
+    let rollouts = grpo_rollouts(&policy, 2048);
+    assert!(rollouts.iter().any(|r| !r.turns.is_empty()));
+    <AD as burn::prelude::Backend>::seed(&Default::default(), 3);
+    let with_dropout = max_log_ratio(&model, &rollouts);
+    assert!(
+        with_dropout > 1e-3,
+        "dropout should change the ratio: {with_dropout}"
+    );
+    // What run_rl does before its first update: the ratio is 1 on every token.
+    model.set_lora_dropout(0.0);
+    let on_policy = max_log_ratio(&model, &rollouts);
+    assert!(on_policy < 1e-5, "max |log ratio| {on_policy}");
+}
+
+#[test]
+fn the_kl_reference_is_the_policy_rl_starts_from() {
+    let model = trained_lora_model::<CpuBackend>(12, 0.0);
+    let dir = std::env::temp_dir().join(format!("coe-reference-{}", std::process::id()));
+    let path = dir.join("sft.safetensors");
+    let lora = LoraConfig {
+        rank: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+    };
+    coe_policy::lora::save_adapters(&model, &lora, &path).unwrap();
+    let policy = Policy {
+        model,
+        tokenizer: tokenizer(),
+    };
+    let rollouts = grpo_rollouts(&policy, 2048);
+    // The same random base as `trained_lora_model(12, ..)` builds, before its adapters.
+    let base = || {
+        let mut base = Llama::<CpuBackend>::random(LlamaConfig::tiny(), 12, &Default::default());
+        base.embed = burn::module::Param::from_tensor(base.embed.val().mul_scalar(4.0))
+            .set_require_grad(false);
+        base
+    };
+    let reference = reference_policy(base(), Some(&path)).unwrap();
+    let before_sft = reference_policy(base(), None).unwrap();
+    let (mut gap, mut gap_to_base) = (0.0f32, 0.0f32);
+    for rollout in rollouts.iter().filter(|r| !r.turns.is_empty()) {
+        let q = reference_logprobs(&reference, rollout).unwrap();
+        let q_base = reference_logprobs(&before_sft, rollout).unwrap();
+        let p: Vec<f32> = rollout
+            .turns
+            .iter()
+            .flat_map(|t| t.old_logprobs.iter().copied())
+            .collect();
+        for ((p, q), q_base) in p.iter().zip(&q).zip(&q_base) {
+            gap = gap.max((p - q).abs());
+            gap_to_base = gap_to_base.max((p - q_base).abs());
+        }
+    }
+    // At the start of RL the reference is the policy itself: the KL term starts at 0 instead
+    // of pulling towards the base model.
+    assert!(
+        gap < 1e-4,
+        "reference differs from the starting policy by {gap}"
+    );
+    assert!(
+        gap_to_base > 1e-2,
+        "the base model is a different policy: {gap_to_base}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn the_loss_weighs_every_token_of_a_group_alike() {
+    let tok = tokenizer();
+    let model = lora_model::<AD>(3);
+    let valid = model.valid();
+    let short = toy_rollout(&tok, "EXIT", &valid);
+    let long = toy_rollout(&tok, "REPL 1 >>>x = 2 and a longer command", &valid);
+    let (n_short, n_long) = (short.turns[0].len, long.turns[0].len);
+    assert!(n_long > 2 * n_short);
+    let config = GrpoConfig {
+        beta: 0.0,
+        ..GrpoConfig::default()
+    };
+    let loss = |rollout: &Rollout| {
+        let part = episode_loss(&model, rollout, &[1.0], None, n_short + n_long, &config)
+            .unwrap()
+            .unwrap();
+        part.loss.into_scalar()
+    };
+    // On-policy with advantage 1 each token's objective is 1: an episode's share of the
+    // group's loss is its share of the group's tokens (a per-episode mean gave both -1).
+    let (short_loss, long_loss) = (loss(&short), loss(&long));
+    assert!(
+        (short_loss / long_loss - n_short as f32 / n_long as f32).abs() < 1e-4,
+        "{short_loss} {long_loss}"
+    );
+    assert!((short_loss + long_loss + 1.0).abs() < 1e-4);
+}
+
+#[test]
+fn an_episode_cut_by_the_context_gets_the_turn_limit_penalty() {
+    let policy = Policy {
+        model: lora_model::<CpuBackend>(4),
+        tokenizer: tokenizer(),
+    };
+    // Room for the opening and about one turn: every episode is cut before its third turn.
+    let opening = coe_trainer::chat::prompt_ids(
+        &policy.tokenizer,
+        &coe_data::prompt::opening(&toy_task(1), "L 1 x = 1\n***\nx"),
+    )
+    .unwrap()
+    .len();
+    let rollouts = grpo_rollouts(&policy, opening + 40);
+    let cut: Vec<&Rollout> = rollouts.iter().filter(|r| r.context_full).collect();
+    assert!(!cut.is_empty(), "no episode was cut");
+    let penalty = coe_tool_state::Rewards::default();
+    for rollout in cut {
+        assert_eq!(
+            rollout.trace.end,
+            Some(coe_tool_state::EndReason::ContextFull)
+        );
+        let last = rollout.trace.turns.last().unwrap();
+        assert_eq!(rollout.turns.last().unwrap().reward, last.reward);
+        assert!(last.reward <= penalty.no_exit + penalty.turn, "{last:?}");
+    }
 }

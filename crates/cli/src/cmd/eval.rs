@@ -84,7 +84,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         }
         return print_summary(&summary, args.json);
     }
-    let (summary, groups) = coe_trainer::run::evaluate(
+    let (summary, groups) = coe_trainer::eval::evaluate(
         &policy,
         &tasks,
         &sandbox,

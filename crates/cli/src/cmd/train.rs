@@ -22,7 +22,7 @@ pub(crate) fn train(
     steps: Option<usize>,
     out: Option<PathBuf>,
 ) -> Result<(), Failure> {
-    let mut config = coe_trainer::run::RunConfig::load(config_path)
+    let mut config = coe_trainer::config::RunConfig::load(config_path)
         .map_err(|e| Failure::Input(e.to_string()))?;
     if let Some(steps) = steps {
         config.optim.steps = steps;
@@ -46,11 +46,11 @@ pub(crate) fn train(
     }
     let failed = |e: coe_trainer::TrainerError| Failure::Internal(e.to_string());
     let adapter = match phase {
-        Phase::Sft => coe_trainer::run::run_sft::<coe_policy::CpuTrainBackend>(&config, resume)
+        Phase::Sft => coe_trainer::sft::run_sft::<coe_policy::CpuTrainBackend>(&config, resume)
             .map_err(failed)?,
         Phase::Rl => {
             let sandbox = std::sync::Arc::new(sandbox()?);
-            coe_trainer::run::run_rl::<coe_policy::CpuTrainBackend, _>(&config, &sandbox, resume)
+            coe_trainer::grpo::run_rl::<coe_policy::CpuTrainBackend, _>(&config, &sandbox, resume)
                 .map_err(failed)?
         }
     };

@@ -1,0 +1,121 @@
+//! A training run's configuration (`fixtures/configs/*.toml`).
+
+use std::path::{Path, PathBuf};
+
+use coe_policy::{LoraConfig, SamplingConfig};
+use coe_tool_state::EpisodeConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainerError;
+use crate::grpo::GrpoConfig;
+use crate::optim::OptimConfig;
+use crate::rollout::PlayConfig;
+
+/// A training run's configuration (`fixtures/configs/*.toml`). Defaults follow the paper where
+/// it says: LoRA rank 16, groups of 4, beta 0.01, epsilon 0.2, 10 turns, context 2048.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Base model (GGUF file or Hugging Face folder); `None`: the default model.
+    pub model: Option<PathBuf>,
+    /// Adapters to start from (RL starts from the SFT adapter).
+    pub init_adapter: Option<PathBuf>,
+    /// LoRA settings of new adapters.
+    pub lora: LoraConfig,
+    /// Seed of data order, adapter initialisation, dropout and sampling.
+    pub seed: u64,
+    /// Context limit in tokens.
+    pub context: usize,
+    /// Where outputs go.
+    pub out_dir: PathBuf,
+    /// Optimiser steps between metric lines.
+    pub log_every: usize,
+    /// Optimiser steps between checkpoints.
+    pub checkpoint_every: usize,
+    /// The optimiser.
+    pub optim: OptimConfig,
+    /// SFT: the demonstrations (`sft-train.jsonl` lines with `messages`).
+    pub sft_data: Option<PathBuf>,
+    /// RL: the tasks (JSON Lines); or, when unset, broken programs from `rl_demos` with their
+    /// MBPP tests from `mbpp`.
+    pub rl_tasks: Option<PathBuf>,
+    /// RL: demonstrations whose broken programs become tasks (`demos-train.jsonl`).
+    pub rl_demos: Option<PathBuf>,
+    /// RL: the MBPP file the demonstrations' task ids refer to.
+    pub mbpp: PathBuf,
+    /// RL: tasks per optimiser step.
+    pub tasks_per_step: usize,
+    /// RL: the GRPO settings.
+    pub grpo: GrpoConfig,
+    /// RL and evaluation: turns per episode.
+    pub max_turns: usize,
+    /// RL and evaluation: how commands are sampled.
+    pub sampling: SamplingConfig,
+    /// RL and evaluation: threads running sandbox steps while the model generates (0: none,
+    /// steps run between generations).
+    pub workers: usize,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            model: None,
+            init_adapter: None,
+            lora: LoraConfig::default(),
+            seed: 0,
+            context: crate::rollout::DEFAULT_CONTEXT,
+            out_dir: PathBuf::from("runs/default"),
+            log_every: 1,
+            checkpoint_every: 50,
+            optim: OptimConfig::default(),
+            sft_data: None,
+            rl_tasks: None,
+            rl_demos: None,
+            mbpp: PathBuf::from("fixtures/mbpp/mbpp.jsonl"),
+            tasks_per_step: 8,
+            grpo: GrpoConfig::default(),
+            max_turns: 10,
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                top_p: 1.0,
+                max_tokens: 96,
+                stop_at_newline: true,
+            },
+            workers: 1,
+        }
+    }
+}
+
+pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainerError {
+    TrainerError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl RunConfig {
+    /// Reads a TOML file.
+    pub fn load(path: &Path) -> Result<Self, TrainerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
+        toml::from_str(&text).map_err(|e| io_err(path, e))
+    }
+
+    /// The base model path.
+    pub fn model_path(&self) -> PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(coe_policy::default_model_path)
+    }
+
+    pub(crate) fn play_config(&self) -> PlayConfig {
+        PlayConfig {
+            episode: EpisodeConfig {
+                max_turns: self.max_turns,
+                ..EpisodeConfig::default()
+            },
+            sampling: self.sampling,
+            context: self.context,
+            workers: self.workers,
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The optimiser and its state, shared by SFT and GRPO: AdamW on the LoRA parameters with linear
+//! warm-up then cosine decay, gradient accumulation and clipping; checkpoints that resume
+//! exactly.
+
+use std::path::Path;
+
+use burn::grad_clipping::GradientClippingConfig;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsAccumulator, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::{BinFileRecorder, FullPrecisionSettings, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use coe_policy::Llama;
+use serde::{Deserialize, Serialize};
+
+use crate::TrainerError;
+
+/// Optimiser settings shared by SFT and GRPO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup_steps: usize,
+    /// Total optimiser steps (the cosine decays to `min_lr_ratio * lr` at the last one).
+    pub steps: usize,
+    /// Floor of the cosine, as a fraction of `lr`.
+    pub min_lr_ratio: f64,
+    /// Micro-batches whose gradients are summed before one optimiser step.
+    pub grad_accum: usize,
+    /// Each parameter tensor's gradient is scaled down to at most this L2 norm (burn clips per
+    /// tensor, not over all parameters at once).
+    pub clip_norm: f32,
+    /// AdamW decoupled weight decay (applies to the adapters only: the base is frozen).
+    pub weight_decay: f32,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            warmup_steps: 20,
+            steps: 1000,
+            min_lr_ratio: 0.1,
+            grad_accum: 8,
+            clip_norm: 1.0,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// The learning rate of optimiser step `step` (0-based): linear warm-up, then cosine decay.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = self.steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.lr * (self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine)
+    }
+
+    /// The AdamW optimiser these settings describe.
+    pub fn optimizer<B: AutodiffBackend>(&self) -> OptimizerAdaptor<AdamW, Llama<B>, B> {
+        AdamWConfig::new()
+            .with_weight_decay(self.weight_decay)
+            .with_grad_clipping(Some(GradientClippingConfig::Norm(self.clip_norm)))
+            .init()
+    }
+}
+
+/// The state of a fine-tuning run.
+pub struct Trainer<B: AutodiffBackend> {
+    /// The model being trained (base frozen, adapters trainable).
+    pub model: Llama<B>,
+    optimizer: OptimizerAdaptor<AdamW, Llama<B>, B>,
+    /// Settings.
+    pub config: OptimConfig,
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// Seed of the backend's random generator (dropout), reset before each step to
+    /// `seed + step` so a resumed run draws the same masks.
+    pub seed: u64,
+}
+
+/// What a checkpoint's `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Optimiser steps taken.
+    pub step: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// The LoRA settings of the adapters.
+    pub lora: coe_policy::LoraConfig,
+}
+
+impl<B: AutodiffBackend> std::fmt::Debug for Trainer<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer").field("step", &self.step).finish()
+    }
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Step number (1-based, after the step).
+    pub step: usize,
+    /// Mean loss over the micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// A trainer for `model` (which should carry LoRA adapters).
+    pub fn new(model: Llama<B>, config: OptimConfig) -> Self {
+        Self {
+            optimizer: config.optimizer(),
+            model,
+            config,
+            step: 0,
+            seed: 0,
+        }
+    }
+
+    /// Writes adapters, optimiser state, step and the run's `extra` files (name, bytes) to
+    /// `dir` atomically: everything goes to a sibling temporary folder first, which then
+    /// replaces `dir`.
+    pub fn save_checkpoint(
+        &self,
+        dir: &Path,
+        lora: &coe_policy::LoraConfig,
+        extra: &[(&str, Vec<u8>)],
+    ) -> Result<(), TrainerError> {
+        let tmp = coe_cache::temporary_sibling(dir);
+        let io = |path: &Path, e: &dyn std::fmt::Display| TrainerError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, &e))?;
+        coe_policy::lora::save_adapters(&self.model, lora, &tmp.join("adapter.safetensors"))?;
+        BinFileRecorder::<FullPrecisionSettings>::new()
+            .record(self.optimizer.to_record(), tmp.join("optimizer"))
+            .map_err(|e| io(&tmp.join("optimizer.bin"), &e))?;
+        let state = CheckpointState {
+            step: self.step,
+            seed: self.seed,
+            lora: *lora,
+        };
+        let json = serde_json::to_string_pretty(&state).map_err(|e| io(dir, &e))?;
+        std::fs::write(tmp.join("state.json"), json).map_err(|e| io(&tmp, &e))?;
+        for (name, bytes) in extra {
+            std::fs::write(tmp.join(name), bytes).map_err(|e| io(&tmp.join(name), &e))?;
+        }
+        let old = coe_cache::temporary_sibling(dir);
+        if dir.exists() {
+            std::fs::rename(dir, &old).map_err(|e| io(dir, &e))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(|e| io(dir, &e))?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| io(&old, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Restores a trainer from a checkpoint written by [`Trainer::save_checkpoint`], on top of
+    /// the frozen `base` model.
+    pub fn load_checkpoint(
+        base: Llama<B>,
+        dir: &Path,
+        config: OptimConfig,
+    ) -> Result<(Self, CheckpointState), TrainerError> {
+        let io = |path: &Path, e: &dyn std::fmt::Display| TrainerError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        };
+        let state_path = dir.join("state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|e| io(&state_path, &e))?;
+        let state: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| io(&state_path, &e))?;
+        let (model, _) = coe_policy::lora::load_adapters(base, &dir.join("adapter.safetensors"))?;
+        let device = model.embed.val().device();
+        let record = BinFileRecorder::<FullPrecisionSettings>::new()
+            .load(dir.join("optimizer"), &device)
+            .map_err(|e| io(&dir.join("optimizer.bin"), &e))?;
+        let optimizer = config.optimizer().load_record(record);
+        Ok((
+            Self {
+                model,
+                optimizer,
+                config,
+                step: state.step,
+                seed: state.seed,
+            },
+            state,
+        ))
+    }
+
+    /// One optimiser step over `micro_batches` (gradients of each micro-batch's loss, divided
+    /// by their number, are summed). `loss_fn` computes a micro-batch's loss. A loss that is not
+    /// finite stops with an error and leaves the model as it was.
+    pub fn step_with<T>(
+        &mut self,
+        micro_batches: &[T],
+        mut loss_fn: impl FnMut(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError>,
+    ) -> Result<StepReport, TrainerError> {
+        let scale = 1.0 / micro_batches.len().max(1) as f64;
+        self.step_sum(micro_batches, |model, batch| {
+            Ok(loss_fn(model, batch)?.mul_scalar(scale))
+        })
+    }
+
+    /// One optimiser step whose loss is the sum of `loss_fn` over `parts` (each part already
+    /// weighted by the caller: GRPO divides by the tokens of the part's group). The gradient of
+    /// each part is taken and accumulated in turn, so only one part's graph is alive at a time.
+    pub fn step_sum<T>(
+        &mut self,
+        parts: &[T],
+        mut loss_fn: impl FnMut(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError>,
+    ) -> Result<StepReport, TrainerError> {
+        if parts.is_empty() {
+            return Err(TrainerError::Data("an optimiser step needs data".into()));
+        }
+        B::seed(
+            &self.model.embed.val().device(),
+            self.seed.wrapping_add(self.step as u64),
+        );
+        let mut accumulator = GradientsAccumulator::new();
+        let mut total = 0.0;
+        for part in parts {
+            let loss = loss_fn(&self.model, part)?;
+            let value = f64::from(loss.clone().into_scalar().elem::<f32>());
+            if !value.is_finite() {
+                return Err(TrainerError::Diverged {
+                    step: self.step + 1,
+                    loss: value,
+                });
+            }
+            total += value;
+            let grads = loss.backward();
+            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
+        }
+        let lr = self.config.lr_at(self.step);
+        let model = self.model.clone();
+        self.model = self.optimizer.step(lr, model, accumulator.grads());
+        self.step += 1;
+        Ok(StepReport {
+            step: self.step,
+            loss: total,
+            lr,
+        })
+    }
+
+    /// Counts a step in which there was nothing to learn (GRPO: every group's rewards were
+    /// equal): the schedule moves on, the adapters and the optimiser's moments do not.
+    pub fn skip_step(&mut self) -> StepReport {
+        let lr = self.config.lr_at(self.step);
+        self.step += 1;
+        StepReport {
+            step: self.step,
+            loss: 0.0,
+            lr,
+        }
+    }
+}
