@@ -215,7 +215,7 @@ fn eval(out: &Path, name: &str, direct: bool, extra: &[String]) -> Result<()> {
         if !output.status.success() {
             bail!("coe eval on {set} failed ({})", output.status);
         }
-        std::fs::write(dir.join("summary.json"), &output.stdout)
+        coe_cache::write_atomically(&dir.join("summary.json"), &output.stdout)
             .with_context(|| format!("writing {}", dir.display()))?;
         print!("{}", String::from_utf8_lossy(&output.stdout));
     }

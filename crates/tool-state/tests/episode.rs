@@ -33,6 +33,14 @@ fn task(code: &str) -> Task {
     }
 }
 
+/// The default episode settings with another turn limit.
+fn turns(max_turns: usize) -> EpisodeConfig {
+    EpisodeConfig {
+        max_turns,
+        ..EpisodeConfig::default()
+    }
+}
+
 const BROKEN: &str = "def add(a, b):\n    return a - b\n";
 
 #[test]
@@ -101,10 +109,7 @@ fn malformed_and_rejected_commands_cost_half_and_change_nothing() {
 
 #[test]
 fn running_out_of_turns_costs_half_on_the_last_turn_and_breaking_costs_the_solve() {
-    let config = EpisodeConfig {
-        max_turns: 3,
-        ..EpisodeConfig::default()
-    };
+    let config = turns(3);
     let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
     episode.step("REPW 2 >>>- >>>+").unwrap();
     episode.step("REPW 2 >>>+ >>>-").unwrap();
@@ -148,10 +153,7 @@ fn breaking_a_passing_program_is_not_free() {
 
 #[test]
 fn giving_up_scores_exactly_like_trying_valid_commands_to_the_limit() {
-    let config = EpisodeConfig {
-        max_turns: 4,
-        ..EpisodeConfig::default()
-    };
+    let config = turns(4);
     let mut quitter = Episode::start(task(BROKEN), fake(), config).unwrap();
     let exit = quitter.step("EXIT").unwrap();
     assert_close(exit.reward, TURN + -0.5 + 3.0 * TURN);
@@ -176,10 +178,7 @@ fn giving_up_scores_exactly_like_trying_valid_commands_to_the_limit() {
 
 #[test]
 fn a_context_cut_scores_like_the_turn_limit() {
-    let config = EpisodeConfig {
-        max_turns: 5,
-        ..EpisodeConfig::default()
-    };
+    let config = turns(5);
     let mut cut = Episode::start(task(BROKEN), fake(), config).unwrap();
     cut.step("REPW 2 >>>- >>>*").unwrap();
     cut.step("REPW 2 >>>* >>>/").unwrap();
@@ -207,10 +206,7 @@ fn a_context_cut_scores_like_the_turn_limit() {
 
 #[test]
 fn a_solve_on_the_last_turn_still_pays_minus_the_missing_exit() {
-    let config = EpisodeConfig {
-        max_turns: 1,
-        ..EpisodeConfig::default()
-    };
+    let config = turns(1);
     let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
     assert_close(
         episode.step("REPW 2 >>>- >>>+").unwrap().reward,
@@ -232,10 +228,7 @@ fn a_program_that_already_passes_earns_no_solve_reward() {
 
 #[test]
 fn zero_turns_means_over_before_it_starts() {
-    let config = EpisodeConfig {
-        max_turns: 0,
-        ..EpisodeConfig::default()
-    };
+    let config = turns(0);
     let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
     assert!(episode.is_done());
     assert!(matches!(episode.step("EXIT"), Err(StepError::Finished)));
@@ -292,7 +285,7 @@ proptest! {
     /// above that unless it paid for refused commands.
     #[test]
     fn rewards_keep_their_promises(outputs in prop::collection::vec(output(), 1..12), max_turns in 2usize..11) {
-        let config = EpisodeConfig { max_turns, ..EpisodeConfig::default() };
+        let config = turns(max_turns);
         let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
         for output in &outputs {
             if episode.is_done() {

@@ -170,6 +170,21 @@ fn generated_tokens(rollout: &Rollout) -> Result<Vec<GeneratedToken>, TrainerErr
     Ok(tokens)
 }
 
+/// Log-probabilities of `tokens` of an episode under `model` (adapters on, if it has any).
+fn logprobs_of<B: Backend>(
+    model: &Llama<B>,
+    rollout: &Rollout,
+    tokens: &[GeneratedToken],
+) -> Result<Tensor<B, 1>, TrainerError> {
+    let targets: Vec<(usize, usize)> = tokens.iter().map(|t| t.target).collect();
+    Ok(token_logprobs(
+        model,
+        std::slice::from_ref(&rollout.tokens),
+        &targets,
+        Adapters::On,
+    )?)
+}
+
 /// Log-probabilities of an episode's generated tokens under `reference` (no autodiff): the
 /// `q` of the KL term, computed once before the update.
 pub fn reference_logprobs<B: Backend>(
@@ -180,13 +195,7 @@ pub fn reference_logprobs<B: Backend>(
     if tokens.is_empty() {
         return Ok(Vec::new());
     }
-    let targets: Vec<(usize, usize)> = tokens.iter().map(|t| t.target).collect();
-    let logprobs = token_logprobs(
-        reference,
-        std::slice::from_ref(&rollout.tokens),
-        &targets,
-        Adapters::On,
-    )?;
+    let logprobs = logprobs_of(reference, rollout, &tokens)?;
     Ok(logprobs
         .into_data()
         .convert::<f32>()
@@ -226,18 +235,12 @@ pub fn episode_loss<B: Backend>(
     }
     let n = tokens.len();
     let device = model.embed.val().device();
-    let targets: Vec<(usize, usize)> = tokens.iter().map(|t| t.target).collect();
     let old: Vec<f32> = tokens.iter().map(|t| t.old).collect();
     let adv: Vec<f32> = tokens
         .iter()
         .map(|t| advantages.get(t.turn).copied().unwrap_or(0.0))
         .collect();
-    let new = token_logprobs(
-        model,
-        std::slice::from_ref(&rollout.tokens),
-        &targets,
-        Adapters::On,
-    )?;
+    let new = logprobs_of(model, rollout, &tokens)?;
     let old = Tensor::<B, 1>::from_data(TensorData::new(old, [n]), &device);
     let adv = Tensor::<B, 1>::from_data(TensorData::new(adv, [n]), &device);
     let log_ratio = new.clone() - old;
@@ -352,6 +355,13 @@ pub fn reference_policy<B: Backend>(
     })
 }
 
+/// The model rollouts sample from: the policy being trained, on the inference backend, with
+/// its adapters merged into the weights (one matrix product per projection instead of three;
+/// made once per optimiser step). Its log-probs are the update's `pi_old`.
+pub fn sampling_model<B: AutodiffBackend>(model: &Llama<B>) -> Llama<B::InnerBackend> {
+    model.valid().merge_lora()
+}
+
 /// GRPO over live episodes; returns the final adapter's path.
 pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
     config: &RunConfig,
@@ -412,7 +422,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         let step = trainer.step;
         let mut rng = StdRng::seed_from_u64(config.seed.wrapping_add(step as u64));
         let sampler = Policy {
-            model: trainer.model.valid(),
+            model: sampling_model(&trainer.model),
             tokenizer: tokenizer.clone(),
         };
         let chosen = sampler_state.choose(config.tasks_per_step, &mut rng);

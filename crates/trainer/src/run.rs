@@ -66,8 +66,9 @@ pub(crate) fn finish<B: AutodiffBackend>(
     let path = config.out_dir.join("adapter.safetensors");
     coe_policy::lora::save_adapters(&trainer.model, lora, &path)?;
     let text = toml::to_string(config).map_err(|e| io_err(&config.out_dir, e))?;
-    std::fs::write(config.out_dir.join("config.toml"), text)
-        .map_err(|e| io_err(&config.out_dir, e))?;
+    let config_path = config.out_dir.join("config.toml");
+    coe_cache::write_atomically(&config_path, text.as_bytes())
+        .map_err(|e| io_err(&config_path, e))?;
     plot_run(&config.out_dir);
     Ok(path)
 }

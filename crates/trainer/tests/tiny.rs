@@ -13,6 +13,7 @@ use coe_trainer::TrainerError;
 use coe_trainer::chat::{Encoded, encode};
 use coe_trainer::grpo::{
     GrpoConfig, episode_loss, group_advantages, reference_logprobs, reference_policy,
+    sampling_model,
 };
 use coe_trainer::optim::{OptimConfig, Trainer};
 use coe_trainer::rollout::{PlayConfig, Rollout, TurnSpan, play, play_tasks};
@@ -559,8 +560,9 @@ fn the_first_update_scores_every_token_with_the_sampling_policy() {
     // Adapters saved with dropout 0.05 (the SFT default): dropout in the update but not in
     // sampling makes the update's policy another one.
     let mut model = trained_lora_model::<AD>(11, 0.05);
+    // Sampled as run_rl samples: adapters merged into the weights.
     let policy = Policy {
-        model: model.valid(),
+        model: sampling_model(&model),
         tokenizer: tokenizer(),
     };
     let rollouts = grpo_rollouts(&policy, 2048);

@@ -147,7 +147,7 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     write_table(&mut md, &sets, &behaviour_rows);
 
     let md_path = dir.join("report.md");
-    std::fs::write(&md_path, &md)
+    coe_cache::write_atomically(&md_path, md.as_bytes())
         .map_err(|e| Failure::Internal(format!("coe: writing {}: {e}", md_path.display())))?;
     // The chart takes sets and policies in the order they first appear.
     let mut ordered: Vec<&(String, String, EvalSummary)> = results.iter().collect();
