@@ -262,6 +262,9 @@ fn model_commands_refuse_bad_input_with_exit_2() {
 
     let out = coe(&["eval", "/nonexistent/tasks.jsonl"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = coe(&["eval", "/nonexistent/tasks.jsonl", "--shard", "2/2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("I/N"));
     let out = coe(&["train", "sft", "--config", "/nonexistent/sft.toml"]);
     assert_eq!(out.status.code(), Some(2));
 }

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::TrainerError;
 use crate::chat::{answer_text, prompt_ids};
-use crate::eval::{EvalSummary, pass_at_k};
+use crate::eval::{EvalSummary, TaskResult};
 
 /// One sampled answer and what its program did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -52,11 +52,13 @@ pub fn extract_program(answer: &str) -> String {
 
 /// Samples `samples` whole-program answers per task and runs them; returns the summary (pass@1,
 /// pass@k; one "turn" per answer) and the answers grouped by task. Every task needs a prompt
-/// with its `task_id`.
+/// with its `task_id`; `indices[i]` is `tasks[i]`'s position in its file, which seeds its
+/// answers (so shards answer as a whole run would).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_direct<B: Backend, E: Executor>(
     policy: &Policy<B>,
     tasks: &[Task],
+    indices: &[usize],
     prompts: &[DirectPrompt],
     executor: &E,
     samples: usize,
@@ -74,7 +76,8 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
         let ids = prompt_ids(&policy.tokenizer, &prompt.messages)?;
         let mut session = Session::new(&policy.model);
         session.push(&ids);
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(i as u64));
+        let index = indices.get(i).copied().unwrap_or(i);
+        let mut rng = StdRng::seed_from_u64(crate::eval::task_seed(seed, index));
         let generations = session.generate(
             &policy.model,
             &policy.tokenizer,
@@ -103,28 +106,33 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
         on_task(i, &answers);
         groups.push(answers);
     }
-    Ok((summarize_answers(&groups), groups))
+    let mut summary = summarize_answers(&groups);
+    for (result, &index) in summary.per_task.iter_mut().zip(indices) {
+        result.index = index;
+    }
+    Ok((summary, groups))
 }
 
-/// pass@1 and pass@k (k = the most answers of a task) over tasks.
+/// pass@1 and pass@k (k = the most answers of a task) over tasks; each answer counts as one
+/// turn.
 pub fn summarize_answers(groups: &[Vec<DirectAnswer>]) -> EvalSummary {
-    let samples = groups.iter().map(Vec::len).max().unwrap_or(0);
-    let tasks = groups.len().max(1) as f64;
-    let (mut pass1, mut passk) = (0.0, 0.0);
-    for group in groups {
-        let solved = group.iter().filter(|a| a.solved).count();
-        pass1 += pass_at_k(group.len(), solved, 1);
-        passk += pass_at_k(group.len(), solved, samples);
-    }
-    EvalSummary {
-        tasks: groups.len(),
-        samples,
-        pass_at_1: 100.0 * pass1 / tasks,
-        pass_at_k: 100.0 * passk / tasks,
-        mean_turns: if groups.is_empty() { 0.0 } else { 1.0 },
-        malformed_rate: 0.0,
-        solved_then_broken_rate: 0.0,
-    }
+    EvalSummary::from_tasks(
+        groups
+            .iter()
+            .enumerate()
+            .map(|(index, group)| TaskResult {
+                index,
+                task_id: group
+                    .first()
+                    .map_or_else(String::new, |a| a.task_id.clone()),
+                samples: group.len(),
+                solved: group.iter().filter(|a| a.solved).count(),
+                turns: group.len(),
+                malformed_turns: 0,
+                solved_then_broken: 0,
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

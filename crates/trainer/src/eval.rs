@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 use crate::TrainerError;
-use crate::rollout::{PlayConfig, play_tasks};
+use crate::rollout::{PlayConfig, play_tasks_seeded};
 
 /// Unbiased pass@k for one task with `n` samples of which `c` passed:
 /// `1 - C(n - c, k) / C(n, k)`, computed as a product to stay exact for large `n`.
@@ -31,6 +31,55 @@ pub fn pass_at_k(n: usize, c: usize, k: usize) -> f64 {
     1.0 - fail
 }
 
+/// One task's episodes, counted: what a summary is made of, and what lets summaries of
+/// different shards of one set merge into exactly the summary of the whole set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task's position in its task file (shards are merged in this order).
+    #[serde(default)]
+    pub index: usize,
+    /// The task.
+    pub task_id: String,
+    /// Episodes (or answers) played.
+    pub samples: usize,
+    /// Of them, solved.
+    pub solved: usize,
+    /// Turns over all its episodes.
+    pub turns: usize,
+    /// Of them, malformed.
+    pub malformed_turns: usize,
+    /// Episodes that passed at some turn but not at the end.
+    pub solved_then_broken: usize,
+}
+
+impl TaskResult {
+    /// Counts one task's episodes.
+    pub fn of_traces(task_id: &str, traces: &[Trace]) -> Self {
+        Self {
+            index: 0,
+            task_id: task_id.to_owned(),
+            samples: traces.len(),
+            solved: traces.iter().filter(|t| t.solved).count(),
+            turns: traces.iter().map(|t| t.turns.len()).sum(),
+            malformed_turns: traces
+                .iter()
+                .flat_map(|t| &t.turns)
+                .filter(|t| matches!(t.effect, Effect::Malformed { .. }))
+                .count(),
+            solved_then_broken: traces.iter().filter(|t| t.solved_then_broken()).count(),
+        }
+    }
+}
+
+/// A 95% interval, in percent.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    /// Lower bound.
+    pub low: f64,
+    /// Upper bound.
+    pub high: f64,
+}
+
 /// Metrics of an evaluation run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
@@ -42,77 +91,158 @@ pub struct EvalSummary {
     pub pass_at_1: f64,
     /// Mean pass@k over tasks (k = `samples`), in percent.
     pub pass_at_k: f64,
+    /// 95% interval of `pass_at_1` (bootstrap over tasks); absent in summaries written before
+    /// intervals were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_at_1_interval: Option<Interval>,
+    /// 95% interval of `pass_at_k` (bootstrap over tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_at_k_interval: Option<Interval>,
     /// Mean turns per episode.
     pub mean_turns: f64,
     /// Share of turns whose output was not a command, in percent.
     pub malformed_rate: f64,
     /// Share of episodes that passed at some turn but not at the end, in percent.
     pub solved_then_broken_rate: f64,
+    /// Wall time of the evaluation in seconds (summed over shards when merged), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
+    /// Every task's counts, in task order: merging shards concatenates these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_task: Vec<TaskResult>,
+}
+
+/// Resamples of the bootstrap interval; fixed, with a fixed seed, so a summary is reproducible.
+const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+impl EvalSummary {
+    /// The summary of tasks' counts (pass@k with k = the most samples of any task).
+    pub fn from_tasks(per_task: Vec<TaskResult>) -> Self {
+        let samples = per_task.iter().map(|t| t.samples).max().unwrap_or(0);
+        let pass1: Vec<f64> = per_task
+            .iter()
+            .map(|t| 100.0 * pass_at_k(t.samples, t.solved, 1))
+            .collect();
+        let passk: Vec<f64> = per_task
+            .iter()
+            .map(|t| 100.0 * pass_at_k(t.samples, t.solved, samples))
+            .collect();
+        let sum = |f: fn(&TaskResult) -> usize| per_task.iter().map(f).sum::<usize>();
+        let (episodes, turns) = (sum(|t| t.samples), sum(|t| t.turns));
+        let pct = |a: usize, b: usize| {
+            if b == 0 {
+                0.0
+            } else {
+                100.0 * a as f64 / b as f64
+            }
+        };
+        Self {
+            tasks: per_task.len(),
+            samples,
+            pass_at_1: mean(&pass1),
+            pass_at_k: mean(&passk),
+            pass_at_1_interval: bootstrap_interval(&pass1),
+            pass_at_k_interval: bootstrap_interval(&passk),
+            mean_turns: if episodes == 0 {
+                0.0
+            } else {
+                turns as f64 / episodes as f64
+            },
+            malformed_rate: pct(sum(|t| t.malformed_turns), turns),
+            solved_then_broken_rate: pct(sum(|t| t.solved_then_broken), episodes),
+            wall_s: None,
+            per_task,
+        }
+    }
+
+    /// The summary of several shards of one set, exactly as if it had been evaluated at once
+    /// (tasks in shard order; the wall time is the shards' sum). `None` when a shard has no
+    /// per-task counts (written before they were kept).
+    pub fn merge(shards: &[EvalSummary]) -> Option<Self> {
+        if shards.iter().any(|s| s.per_task.len() != s.tasks) {
+            return None;
+        }
+        let mut per_task: Vec<TaskResult> =
+            shards.iter().flat_map(|s| s.per_task.clone()).collect();
+        per_task.sort_by_key(|t| t.index);
+        let mut merged = Self::from_tasks(per_task);
+        merged.wall_s = shards.iter().map(|s| s.wall_s).sum();
+        Some(merged)
+    }
+}
+
+fn mean(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        0.0
+    } else {
+        values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+/// The 2.5th and 97.5th percentiles of the mean of `values` resampled with replacement
+/// (tasks, not episodes, are the unit: samples of one task are not independent).
+fn bootstrap_interval(values: &[f64]) -> Option<Interval> {
+    use rand::Rng;
+    if values.is_empty() {
+        return None;
+    }
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            let total: f64 = (0..values.len())
+                .map(|_| values[rng.random_range(0..values.len())])
+                .sum();
+            total / values.len() as f64
+        })
+        .collect();
+    means.sort_by(f64::total_cmp);
+    let at = |q: f64| means[((q * (means.len() - 1) as f64).round() as usize).min(means.len() - 1)];
+    Some(Interval {
+        low: at(0.025),
+        high: at(0.975),
+    })
 }
 
 /// Summarises episodes grouped by task (each inner vector: one task's samples).
 pub fn summarize(groups: &[Vec<Trace>]) -> EvalSummary {
-    let samples = groups.iter().map(Vec::len).max().unwrap_or(0);
-    let tasks = groups.len().max(1) as f64;
-    let mut pass1 = 0.0;
-    let mut passk = 0.0;
-    let (mut episodes, mut turns, mut malformed, mut broken) = (0usize, 0usize, 0usize, 0usize);
-    for group in groups {
-        let solved = group.iter().filter(|t| t.solved).count();
-        pass1 += pass_at_k(group.len(), solved, 1);
-        passk += pass_at_k(group.len(), solved, samples);
-        for trace in group {
-            episodes += 1;
-            turns += trace.turns.len();
-            malformed += trace
-                .turns
-                .iter()
-                .filter(|t| matches!(t.effect, Effect::Malformed { .. }))
-                .count();
-            broken += usize::from(trace.solved_then_broken());
-        }
-    }
-    let pct = |a: usize, b: usize| {
-        if b == 0 {
-            0.0
-        } else {
-            100.0 * a as f64 / b as f64
-        }
-    };
-    EvalSummary {
-        tasks: groups.len(),
-        samples,
-        pass_at_1: 100.0 * pass1 / tasks,
-        pass_at_k: 100.0 * passk / tasks,
-        mean_turns: if episodes == 0 {
-            0.0
-        } else {
-            turns as f64 / episodes as f64
-        },
-        malformed_rate: pct(malformed, turns),
-        solved_then_broken_rate: pct(broken, episodes),
-    }
+    EvalSummary::from_tasks(
+        groups
+            .iter()
+            .enumerate()
+            .map(|(index, group)| {
+                let id = group.first().map_or("", |t| t.task_id.as_str());
+                TaskResult {
+                    index,
+                    ..TaskResult::of_traces(id, group)
+                }
+            })
+            .collect(),
+    )
 }
 
-/// Plays `samples` episodes of each task with the policy (pipelined, see [`play_tasks`]) and
-/// summarises them; `on_task(i, traces)` sees each task's episodes when they are complete.
+/// Plays `samples` episodes of each task with the policy (pipelined, see [`play_tasks_seeded`])
+/// and summarises them; `on_task(i, traces)` sees each task's episodes when they are complete.
+/// Each task comes with its position in its task file: its episodes are seeded from `seed` and
+/// that position alone, so any shard of a file plays exactly the episodes a whole run would
+/// (and [`EvalSummary::merge`] of the shards equals the whole run's summary).
 pub fn evaluate<B: Backend, E: Executor + Clone + Send>(
     policy: &Policy<B>,
-    tasks: &[Task],
+    indexed_tasks: &[(usize, Task)],
     executor: &E,
     samples: usize,
     config: &PlayConfig,
     seed: u64,
     mut on_task: impl FnMut(usize, &[Trace]),
 ) -> Result<(EvalSummary, Vec<Vec<Trace>>), TrainerError> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (groups, _) = play_tasks(
+    let (indices, tasks): (Vec<usize>, Vec<Task>) = indexed_tasks.iter().cloned().unzip();
+    let seeds: Vec<u64> = indices.iter().map(|&i| task_seed(seed, i)).collect();
+    let (groups, _) = play_tasks_seeded(
         policy,
-        tasks,
+        &tasks,
+        &seeds,
         executor,
         samples,
         config,
-        &mut rng,
         |i, group| {
             let traces: Vec<Trace> = group.iter().map(|r| r.trace.clone()).collect();
             on_task(i, &traces);
@@ -122,7 +252,23 @@ pub fn evaluate<B: Backend, E: Executor + Clone + Send>(
         .into_iter()
         .map(|group| group.into_iter().map(|r| r.trace).collect())
         .collect();
-    Ok((summarize(&groups), groups))
+    let per_task = groups
+        .iter()
+        .zip(tasks.iter().zip(&indices))
+        .map(|(traces, (task, &index))| TaskResult {
+            index,
+            ..TaskResult::of_traces(&task.task_id, traces)
+        })
+        .collect();
+    Ok((EvalSummary::from_tasks(per_task), groups))
+}
+
+/// The sampling seed of the task at `index` of a file (SplitMix64 of both).
+pub fn task_seed(seed: u64, index: usize) -> u64 {
+    let mut z = seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]

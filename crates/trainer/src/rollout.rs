@@ -149,6 +149,28 @@ pub fn play_tasks<B: Backend, E: Executor + Clone + Send>(
     on_group: impl FnMut(usize, &[Rollout]),
 ) -> Result<(Vec<Vec<Rollout>>, PlayStats), TrainerError> {
     let seeds: Vec<u64> = tasks.iter().map(|_| rng.next_u64()).collect();
+    play_tasks_seeded(policy, tasks, &seeds, executor, n, config, on_group)
+}
+
+/// [`play_tasks`] with each task's sampling seed given (`seeds[i]` for `tasks[i]`), so a task
+/// plays the same episodes whichever other tasks it is played with (evaluation shards).
+pub fn play_tasks_seeded<B: Backend, E: Executor + Clone + Send>(
+    policy: &Policy<B>,
+    tasks: &[Task],
+    seeds: &[u64],
+    executor: &E,
+    n: usize,
+    config: &PlayConfig,
+    on_group: impl FnMut(usize, &[Rollout]),
+) -> Result<(Vec<Vec<Rollout>>, PlayStats), TrainerError> {
+    if seeds.len() != tasks.len() {
+        return Err(TrainerError::Data(format!(
+            "{} seeds for {} tasks",
+            seeds.len(),
+            tasks.len()
+        )));
+    }
+    let seeds = seeds.to_vec();
     let started = Instant::now();
     let mut player = Player {
         policy,

@@ -396,6 +396,7 @@ fn direct_answers_are_run_against_the_tests() {
     let (summary, groups) = evaluate_direct(
         &policy,
         &tasks,
+        &[0, 1],
         &prompts,
         &toy_executor(),
         3,
@@ -418,6 +419,7 @@ fn direct_answers_are_run_against_the_tests() {
         evaluate_direct(
             &policy,
             &[toy_task(9)],
+            &[0],
             &prompts,
             &toy_executor(),
             1,
@@ -686,4 +688,35 @@ fn an_episode_cut_by_the_context_gets_the_turn_limit_penalty() {
         assert_eq!(rollout.turns.last().unwrap().reward, last.reward);
         assert!(last.reward <= penalty.no_exit + penalty.turn, "{last:?}");
     }
+}
+
+#[test]
+fn evaluation_shards_merge_into_exactly_the_whole_run() {
+    use coe_trainer::eval::{EvalSummary, evaluate};
+    let policy = Policy {
+        model: lora_model::<CpuBackend>(6),
+        tokenizer: tokenizer(),
+    };
+    let tasks: Vec<Task> = (0..5).map(toy_task).collect();
+    let config = PlayConfig {
+        sampling: SamplingConfig {
+            temperature: 1.0,
+            max_tokens: 8,
+            ..SamplingConfig::default()
+        },
+        ..toy_play_config()
+    };
+    let run = |indices: &[usize]| {
+        let shard: Vec<(usize, Task)> = indices.iter().map(|&i| (i, tasks[i].clone())).collect();
+        evaluate(&policy, &shard, &toy_executor(), 3, &config, 11, |_, _| {})
+            .unwrap()
+            .0
+    };
+    let whole = run(&[0, 1, 2, 3, 4]);
+    let shards = [run(&[0, 2, 4]), run(&[1, 3])];
+    let merged = EvalSummary::merge(&shards).unwrap();
+    assert_eq!(merged, whole);
+    assert_eq!(whole.per_task.len(), 5);
+    let interval = whole.pass_at_1_interval.unwrap();
+    assert!(interval.low <= whole.pass_at_1 && whole.pass_at_1 <= interval.high);
 }

@@ -1,10 +1,11 @@
 //! `coe eval`: a policy's pass@k on a task file, or the direct-answer baseline.
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use coe_policy::SamplingConfig;
 
-use super::{CONTEXT_TOKENS, PolicyArgs, load_policy, sandbox};
+use super::{CONTEXT_TOKENS, PolicyArgs, chosen_adapter, load_policy, sandbox};
 use crate::Failure;
 use crate::output::{json_line, print};
 
@@ -18,6 +19,11 @@ pub(crate) struct EvalArgs {
     /// Only the first N tasks.
     #[arg(long, value_name = "N")]
     pub(crate) limit: Option<usize>,
+    /// Only every N-th task from the I-th (0-based), for running one set as N independent jobs
+    /// (a Slurm array, a Kubernetes Indexed Job); each task plays the episodes a whole run
+    /// would, and `coe report` merges the shards' summaries into exact totals.
+    #[arg(long, value_name = "I/N")]
+    pub(crate) shard: Option<Shard>,
     /// Write every episode's trace here (JSON Lines).
     #[arg(long, value_name = "FILE")]
     pub(crate) traces: Option<PathBuf>,
@@ -33,17 +39,49 @@ pub(crate) struct EvalArgs {
     pub(crate) json: bool,
 }
 
+/// `I/N`: the tasks at positions `I, I + N, I + 2N, ...` of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shard {
+    index: usize,
+    count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not I/N with 0 <= I < N (e.g. 0/4)");
+        let (index, count) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            index.trim().parse().map_err(|_| bad())?,
+            count.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
 pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
+    let started = Instant::now();
     let p = &args.policy;
     let mut tasks =
         coe_trainer::run::load_tasks(&args.tasks).map_err(|e| Failure::Input(e.to_string()))?;
     if let Some(limit) = args.limit {
         tasks.truncate(limit);
     }
+    // Each task keeps its position in the file: it seeds the task's episodes.
+    let (indices, tasks): (Vec<usize>, Vec<coe_tool_state::Task>) = tasks
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| args.shard.is_none_or(|s| i % s.count == s.index))
+        .unzip();
     if p.samples == 0 {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
-    let policy = load_policy(p.model.as_deref(), p.adapter.as_deref())?;
+    let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref());
+    let policy = load_policy(p.model.as_deref(), adapter.as_deref())?;
     let sandbox = std::sync::Arc::new(sandbox()?);
     let config = coe_trainer::rollout::PlayConfig {
         episode: coe_tool_state::EpisodeConfig {
@@ -67,9 +105,10 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
             stop_at_newline: false,
             ..config.sampling
         };
-        let (summary, groups) = coe_trainer::direct::evaluate_direct(
+        let (mut summary, groups) = coe_trainer::direct::evaluate_direct(
             &policy,
             &tasks,
+            &indices,
             &prompts,
             &sandbox,
             p.samples,
@@ -82,11 +121,14 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         if let Some(path) = &args.traces {
             write_traces(path, groups.iter().flatten())?;
         }
+        summary.wall_s = Some(started.elapsed().as_secs_f64());
         return print_summary(&summary, args.json);
     }
-    let (summary, groups) = coe_trainer::eval::evaluate(
+    let indexed: Vec<(usize, coe_tool_state::Task)> =
+        indices.iter().copied().zip(tasks.iter().cloned()).collect();
+    let (mut summary, groups) = coe_trainer::eval::evaluate(
         &policy,
-        &tasks,
+        &indexed,
         &sandbox,
         p.samples,
         &config,
@@ -105,7 +147,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
                 || "SmolLM2-135M-Instruct".into(),
                 |m| m.display().to_string()
             ),
-            p.adapter
+            adapter
                 .as_deref()
                 .map_or_else(String::new, |a| format!(" + {}", a.display()))
         );
@@ -113,6 +155,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::Internal(format!("{}: {e}", dir.display())))?;
         eprintln!("coe: wrote {}", page.display());
     }
+    summary.wall_s = Some(started.elapsed().as_secs_f64());
     print_summary(&summary, args.json)
 }
 
@@ -139,18 +182,23 @@ fn write_traces<T: serde::Serialize>(
 
 fn print_summary(summary: &coe_trainer::eval::EvalSummary, json: bool) -> Result<(), Failure> {
     if json {
-        print(&json_line(summary)?)
-    } else {
-        print(&format!(
-            "tasks {}  samples {}\npass@1 {:.2}%  pass@{} {:.2}%\nmean turns {:.2}  malformed {:.1}%  solved-then-broken {:.1}%\n",
-            summary.tasks,
-            summary.samples,
-            summary.pass_at_1,
-            summary.samples,
-            summary.pass_at_k,
-            summary.mean_turns,
-            summary.malformed_rate,
-            summary.solved_then_broken_rate
-        ))
+        return print(&json_line(summary)?);
     }
+    let interval = |i: Option<coe_trainer::eval::Interval>| {
+        i.map_or_else(String::new, |i| format!(" [{:.1}, {:.1}]", i.low, i.high))
+    };
+    print(&format!(
+        "tasks {}  samples {}\npass@1 {:.2}%{}  pass@{} {:.2}%{}  (95% intervals, bootstrap over tasks)\nmean turns {:.2}  malformed {:.1}%  solved-then-broken {:.1}%  wall {:.1} s\n",
+        summary.tasks,
+        summary.samples,
+        summary.pass_at_1,
+        interval(summary.pass_at_1_interval),
+        summary.samples,
+        summary.pass_at_k,
+        interval(summary.pass_at_k_interval),
+        summary.mean_turns,
+        summary.malformed_rate,
+        summary.solved_then_broken_rate,
+        summary.wall_s.unwrap_or(0.0)
+    ))
 }

@@ -19,6 +19,27 @@ use coe_sandbox::Sandbox;
 
 use crate::Failure;
 
+/// The committed default policy (LoRA adapters for the default base model), found through the
+/// workspace this binary was built from, so `coe repair` and `coe eval` work from any directory.
+pub(crate) const DEFAULT_ADAPTER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/policy/adapter.safetensors"
+);
+
+/// The adapters a model command uses: `--adapter PATH` that file, `--adapter none` none (the
+/// base model alone); without `--adapter`, the committed default policy when the model is the
+/// default one and the policy is there.
+pub(crate) fn chosen_adapter(model: Option<&Path>, adapter: Option<&Path>) -> Option<PathBuf> {
+    match adapter {
+        Some(path) if path == Path::new("none") => None,
+        Some(path) => Some(path.to_path_buf()),
+        None => {
+            let default = PathBuf::from(DEFAULT_ADAPTER);
+            (model.is_none() && default.exists()).then_some(default)
+        }
+    }
+}
+
 /// The context limit of episodes played by `coe repair` and `coe eval`, in tokens (the paper's).
 pub(crate) const CONTEXT_TOKENS: usize = coe_trainer::rollout::DEFAULT_CONTEXT;
 
@@ -28,7 +49,8 @@ pub(crate) struct PolicyArgs {
     /// Base model: a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
     #[arg(long, value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
-    /// LoRA adapters to apply.
+    /// LoRA adapters to apply; `none` for the base model alone (default: the committed default
+    /// policy, fixtures/policy/adapter.safetensors, on the default base model).
     #[arg(long, value_name = "PATH")]
     pub(crate) adapter: Option<PathBuf>,
     /// Episodes per task (1: greedy; more: sampled).

@@ -6,16 +6,9 @@ use coe_policy::SamplingConfig;
 use coe_policy::generate::rng;
 use serde::Serialize;
 
-use super::{CONTEXT_TOKENS, PolicyArgs, load_policy, read_text, sandbox};
+use super::{CONTEXT_TOKENS, PolicyArgs, chosen_adapter, load_policy, read_text, sandbox};
 use crate::Failure;
 use crate::output::{json_line, print};
-
-/// The committed default policy (LoRA adapters for the default base model), found through the
-/// workspace this binary was built from, so `coe repair` works from any directory.
-const DEFAULT_ADAPTER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../fixtures/policy/adapter.safetensors"
-);
 
 /// Options of `coe repair`.
 #[derive(Debug, clap::Args)]
@@ -74,10 +67,7 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
             args.program.display()
         )));
     }
-    let adapter = p.adapter.clone().or_else(|| {
-        let default = PathBuf::from(DEFAULT_ADAPTER);
-        (p.model.is_none() && default.exists()).then_some(default)
-    });
+    let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref());
     if p.adapter.is_none() && adapter.is_some() && !args.json {
         eprintln!("coe: using the default policy, fixtures/policy/adapter.safetensors");
     }

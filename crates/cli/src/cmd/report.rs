@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use coe_trainer::eval::EvalSummary;
+use coe_trainer::eval::{EvalSummary, Interval};
 use coe_trainer::plot::{PassRates, plot_pass_rates};
 
 use crate::Failure;
@@ -25,10 +25,17 @@ const SET_ORDER: [&str; 3] = [
     "humanevalfix",
 ];
 
-/// The paper's HumanEvalFix results (Rainone et al. 2025, CoE after SFT and RL): model, pass@1,
-/// pass@4.
-const PAPER_HUMANEVALFIX: [(&str, f64, f64); 2] =
-    [("Llama-3.2-1B", 7.82, 11.0), ("Llama-3.2-3B", 13.8, 19.0)];
+/// pass@1 and pass@4, in percent.
+type PassPair = (f64, f64);
+
+/// The paper's results (Rainone et al. 2025, DESIGN.md section 1), pass@1 / pass@4 on repairing
+/// its own set of faulty MBPP solutions (none of the sets here): model, Chain-of-Edits (SFT +
+/// RL), direct answer.
+const PAPER: [(&str, PassPair, PassPair); 3] = [
+    ("Llama-3.2-1B", (7.82, 11.0), (1.3, 3.1)),
+    ("Llama-3.2-3B", (13.8, 19.0), (6.9, 12.0)),
+    ("Llama-3.1-8B", (21.7, 32.7), (33.4, 42.9)),
+];
 
 fn rank(order: &[&str], name: &str) -> (usize, String) {
     (
@@ -58,25 +65,55 @@ fn write_table(md: &mut String, sets: &[String], rows: &[(String, Vec<String>)])
     }
 }
 
-/// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints), writes
+/// The summary of one policy on one set: `summary.json`, or the merge of the shards'
+/// `summary-*.json` (`coe eval --shard I/N --json`); `None` when there is none yet.
+fn read_set(dir: &Path) -> Result<Option<EvalSummary>, Failure> {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("summary") && n.ends_with(".json"))
+        })
+        .collect();
+    paths.sort();
+    let mut shards = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Failure::Input(format!("coe: {}: {e}", path.display())))?;
+        if text.trim().is_empty() {
+            // `coe eval --json > summary.json` still running.
+            eprintln!("coe: skipping {} (empty)", path.display());
+            continue;
+        }
+        shards.push(
+            serde_json::from_str::<EvalSummary>(text.trim()).map_err(|e| {
+                Failure::Input(format!("coe: {}: not an eval summary: {e}", path.display()))
+            })?,
+        );
+    }
+    if shards.len() <= 1 {
+        return Ok(shards.pop());
+    }
+    EvalSummary::merge(&shards).map(Some).ok_or_else(|| {
+        Failure::Input(format!(
+            "coe: {}: shards without per-task counts cannot be merged (rerun them with this coe)",
+            dir.display()
+        ))
+    })
+}
+
+/// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints) or its shards, writes
 /// `dir/report.md` and `dir/pass_at_k.svg`, and prints the table.
 pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     let mut results: Vec<(String, String, EvalSummary)> = Vec::new();
     for policy in sorted_dirs(dir, &POLICY_ORDER)? {
         for set in sorted_dirs(&dir.join(&policy), &SET_ORDER)? {
-            let path = dir.join(&policy).join(&set).join("summary.json");
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                continue;
-            };
-            if text.trim().is_empty() {
-                // `coe eval --json > summary.json` still running.
-                eprintln!("coe: skipping {} (empty)", path.display());
-                continue;
+            if let Some(summary) = read_set(&dir.join(&policy).join(&set))? {
+                results.push((policy.clone(), set, summary));
             }
-            let summary: EvalSummary = serde_json::from_str(text.trim()).map_err(|e| {
-                Failure::Input(format!("coe: {}: not an eval summary: {e}", path.display()))
-            })?;
-            results.push((policy.clone(), set, summary));
         }
     }
     if results.is_empty() {
@@ -112,25 +149,32 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             })
             .collect()
     };
-    let mut pass_rows = policy_rows(|s| {
+    let pass_rows = policy_rows(|s| {
+        let interval = |i: Option<Interval>| {
+            i.map_or_else(String::new, |i| format!(" [{:.1}-{:.1}]", i.low, i.high))
+        };
         format!(
-            "{:.2} / {:.2} ({}x{})",
-            s.pass_at_1, s.pass_at_k, s.tasks, s.samples
+            "{:.2}{} / {:.2}{} ({}x{})",
+            s.pass_at_1,
+            interval(s.pass_at_1_interval),
+            s.pass_at_k,
+            interval(s.pass_at_k_interval),
+            s.tasks,
+            s.samples
         )
     });
-    for (model, p1, p4) in PAPER_HUMANEVALFIX {
-        let cells = sets
-            .iter()
-            .map(|set| {
-                if set == "humanevalfix" {
-                    format!("{p1:.2} / {p4:.2}")
-                } else {
-                    "-".into()
-                }
-            })
-            .collect();
-        pass_rows.push((format!("paper: {model} CoE (SFT + RL)"), cells));
-    }
+    let paper_rows: Vec<(String, Vec<String>)> = PAPER
+        .iter()
+        .map(|(model, coe, direct)| {
+            (
+                format!("paper: {model}"),
+                vec![
+                    format!("{:.2} / {:.2}", coe.0, coe.1),
+                    format!("{:.2} / {:.2}", direct.0, direct.1),
+                ],
+            )
+        })
+        .collect();
     let behaviour_rows = policy_rows(|s| {
         format!(
             "{:.1} / {:.1} / {:.1}",
@@ -138,13 +182,24 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
         )
     });
     let mut md = format!(
-        "pass@1 / pass@{k} in percent (unbiased estimator over the samples); tasks x samples per cell.\n\n"
+        "pass@1 / pass@{k} in percent (unbiased estimator over the samples) with 95% intervals \
+         (bootstrap over tasks) where the summary has them; tasks x samples per cell.\n\n"
     );
     write_table(&mut md, &sets, &pass_rows);
     md.push_str(
         "\nMean turns per episode / malformed-command rate (percent) / solved-then-broken rate (percent):\n\n",
     );
     write_table(&mut md, &sets, &behaviour_rows);
+    md.push_str(
+        "\nThe paper's results, for comparison only: pass@1 / pass@4 on its own set of faulty MBPP \
+         solutions (none of the sets above), Llama models 7-60x larger than SmolLM2-135M with LoRA \
+         rank 16 (Rainone et al. 2025):\n\n",
+    );
+    write_table(
+        &mut md,
+        &["Chain-of-Edits (SFT + RL)".into(), "direct answer".into()],
+        &paper_rows,
+    );
 
     let md_path = dir.join("report.md");
     coe_cache::write_atomically(&md_path, md.as_bytes())
