@@ -41,6 +41,11 @@ fn turns(max_turns: usize) -> EpisodeConfig {
     }
 }
 
+/// An episode of the broken task with `max_turns` turns.
+fn broken(max_turns: usize) -> Episode<FakeExecutor> {
+    Episode::start(task(BROKEN), fake(), turns(max_turns)).unwrap()
+}
+
 const BROKEN: &str = "def add(a, b):\n    return a - b\n";
 
 #[test]
@@ -109,8 +114,7 @@ fn malformed_and_rejected_commands_cost_half_and_change_nothing() {
 
 #[test]
 fn running_out_of_turns_costs_half_on_the_last_turn_and_breaking_costs_the_solve() {
-    let config = turns(3);
-    let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut episode = broken(3);
     episode.step("REPW 2 >>>- >>>+").unwrap();
     episode.step("REPW 2 >>>+ >>>-").unwrap();
     let last = episode.step("REPW 2 >>>- >>>*").unwrap();
@@ -128,7 +132,7 @@ fn running_out_of_turns_costs_half_on_the_last_turn_and_breaking_costs_the_solve
 
 #[test]
 fn a_second_repair_after_a_break_pays_again() {
-    let mut episode = Episode::start(task(BROKEN), fake(), EpisodeConfig::default()).unwrap();
+    let mut episode = broken(10);
     for command in [
         "REPW 2 >>>- >>>+",
         "REPW 2 >>>+ >>>-",
@@ -153,13 +157,12 @@ fn breaking_a_passing_program_is_not_free() {
 
 #[test]
 fn giving_up_scores_exactly_like_trying_valid_commands_to_the_limit() {
-    let config = turns(4);
-    let mut quitter = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut quitter = broken(4);
     let exit = quitter.step("EXIT").unwrap();
     assert_close(exit.reward, TURN + -0.5 + 3.0 * TURN);
     assert_eq!(quitter.end(), Some(EndReason::Exit));
 
-    let mut trier = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut trier = broken(4);
     for command in [
         "REPW 2 >>>- >>>*",
         "REPW 2 >>>* >>>/",
@@ -171,15 +174,14 @@ fn giving_up_scores_exactly_like_trying_valid_commands_to_the_limit() {
     assert_eq!(trier.end(), Some(EndReason::TurnLimit));
     assert_close(quitter.total_reward(), trier.total_reward());
     // Exiting once the tests pass is the only exit without the penalty.
-    let mut finisher = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut finisher = broken(4);
     finisher.step("REPW 2 >>>- >>>+").unwrap();
     assert_close(finisher.step("EXIT").unwrap().reward, TURN);
 }
 
 #[test]
 fn a_context_cut_scores_like_the_turn_limit() {
-    let config = turns(5);
-    let mut cut = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut cut = broken(5);
     cut.step("REPW 2 >>>- >>>*").unwrap();
     cut.step("REPW 2 >>>* >>>/").unwrap();
     cut.cut();
@@ -190,7 +192,7 @@ fn a_context_cut_scores_like_the_turn_limit() {
     assert_close(cut.total_reward(), total);
 
     // Valid, non-repairing commands up to the limit score the same.
-    let mut limit = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut limit = broken(5);
     for i in 0..5 {
         let command = if i % 2 == 0 {
             "REPW 2 >>>- >>>*"
@@ -206,8 +208,7 @@ fn a_context_cut_scores_like_the_turn_limit() {
 
 #[test]
 fn a_solve_on_the_last_turn_still_pays_minus_the_missing_exit() {
-    let config = turns(1);
-    let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut episode = broken(1);
     assert_close(
         episode.step("REPW 2 >>>- >>>+").unwrap().reward,
         1.0 + TURN - 0.5,
@@ -228,8 +229,7 @@ fn a_program_that_already_passes_earns_no_solve_reward() {
 
 #[test]
 fn zero_turns_means_over_before_it_starts() {
-    let config = turns(0);
-    let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
+    let mut episode = broken(0);
     assert!(episode.is_done());
     assert!(matches!(episode.step("EXIT"), Err(StepError::Finished)));
 }
@@ -253,7 +253,7 @@ fn an_executor_failure_keeps_the_episode_as_it_was() {
 
 #[test]
 fn traces_round_trip_through_json() {
-    let mut episode = Episode::start(task(BROKEN), fake(), EpisodeConfig::default()).unwrap();
+    let mut episode = broken(10);
     episode.step("REPW 2 >>>- >>>+").unwrap();
     episode.step("nonsense").unwrap();
     episode.step("EXIT").unwrap();
@@ -285,8 +285,7 @@ proptest! {
     /// above that unless it paid for refused commands.
     #[test]
     fn rewards_keep_their_promises(outputs in prop::collection::vec(output(), 1..12), max_turns in 2usize..11) {
-        let config = turns(max_turns);
-        let mut episode = Episode::start(task(BROKEN), fake(), config).unwrap();
+        let mut episode = broken(max_turns);
         for output in &outputs {
             if episode.is_done() {
                 break;

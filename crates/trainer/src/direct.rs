@@ -52,13 +52,12 @@ pub fn extract_program(answer: &str) -> String {
 
 /// Samples `samples` whole-program answers per task and runs them; returns the summary (pass@1,
 /// pass@k; one "turn" per answer) and the answers grouped by task. Every task needs a prompt
-/// with its `task_id`; `indices[i]` is `tasks[i]`'s position in its file, which seeds its
-/// answers (so shards answer as a whole run would).
+/// with its `task_id`. Each task comes with its position in its file, which seeds its answers
+/// (so shards answer as a whole run would).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_direct<B: Backend, E: Executor>(
     policy: &Policy<B>,
-    tasks: &[Task],
-    indices: &[usize],
+    indexed_tasks: &[(usize, Task)],
     prompts: &[DirectPrompt],
     executor: &E,
     samples: usize,
@@ -67,8 +66,9 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
     seed: u64,
     mut on_task: impl FnMut(usize, &[DirectAnswer]),
 ) -> Result<(EvalSummary, Vec<Vec<DirectAnswer>>), TrainerError> {
-    let mut groups = Vec::with_capacity(tasks.len());
-    for (i, task) in tasks.iter().enumerate() {
+    let mut groups = Vec::with_capacity(indexed_tasks.len());
+    let mut per_task = Vec::with_capacity(indexed_tasks.len());
+    for (i, (index, task)) in indexed_tasks.iter().enumerate() {
         let prompt = prompts
             .iter()
             .find(|p| p.task_id == task.task_id)
@@ -76,8 +76,7 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
         let ids = prompt_ids(&policy.tokenizer, &prompt.messages)?;
         let mut session = Session::new(&policy.model);
         session.push(&ids);
-        let index = indices.get(i).copied().unwrap_or(i);
-        let mut rng = StdRng::seed_from_u64(crate::eval::task_seed(seed, index));
+        let mut rng = StdRng::seed_from_u64(crate::eval::task_seed(seed, *index));
         let generations = session.generate(
             &policy.model,
             &policy.tokenizer,
@@ -104,35 +103,19 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
             });
         }
         on_task(i, &answers);
+        // Each answer counts as one turn.
+        per_task.push(TaskResult {
+            index: *index,
+            task_id: task.task_id.clone(),
+            samples: answers.len(),
+            solved: answers.iter().filter(|a| a.solved).count(),
+            turns: answers.len(),
+            malformed_turns: 0,
+            solved_then_broken: 0,
+        });
         groups.push(answers);
     }
-    let mut summary = summarize_answers(&groups);
-    for (result, &index) in summary.per_task.iter_mut().zip(indices) {
-        result.index = index;
-    }
-    Ok((summary, groups))
-}
-
-/// pass@1 and pass@k (k = the most answers of a task) over tasks; each answer counts as one
-/// turn.
-pub fn summarize_answers(groups: &[Vec<DirectAnswer>]) -> EvalSummary {
-    EvalSummary::from_tasks(
-        groups
-            .iter()
-            .enumerate()
-            .map(|(index, group)| TaskResult {
-                index,
-                task_id: group
-                    .first()
-                    .map_or_else(String::new, |a| a.task_id.clone()),
-                samples: group.len(),
-                solved: group.iter().filter(|a| a.solved).count(),
-                turns: group.len(),
-                malformed_turns: 0,
-                solved_then_broken: 0,
-            })
-            .collect(),
-    )
+    Ok((EvalSummary::from_tasks(per_task), groups))
 }
 
 #[cfg(test)]

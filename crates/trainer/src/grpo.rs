@@ -476,7 +476,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             }
         }
         let kept_groups = chosen.len() - skipped_groups;
-        let update = Instant::now();
+        let reference_clock = Instant::now();
         let references: Vec<Option<Vec<f32>>> = parts
             .iter()
             .map(|(rollout, _, _)| {
@@ -486,7 +486,8 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
-        let reference_s = update.elapsed().as_secs_f64();
+        let reference_s = reference_clock.elapsed().as_secs_f64();
+        let update = Instant::now();
         let (mut kl_sum, mut kl_tokens, mut max_log_ratio) = (0.0f64, 0usize, 0.0f32);
         let grpo = config.grpo;
         let report = if parts.is_empty() {

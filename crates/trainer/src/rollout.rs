@@ -170,7 +170,6 @@ pub fn play_tasks_seeded<B: Backend, E: Executor + Clone + Send>(
             tasks.len()
         )));
     }
-    let seeds = seeds.to_vec();
     let started = Instant::now();
     let mut player = Player {
         policy,
@@ -405,7 +404,7 @@ struct Player<'a, B: Backend, E, F> {
     tasks: &'a [Task],
     n: usize,
     config: &'a PlayConfig,
-    seeds: Vec<u64>,
+    seeds: &'a [u64],
     episodes: Vec<Option<Slot<B>>>,
     /// Per task: episodes still running, and the finished rollouts by index in the group.
     groups: Vec<(usize, Vec<Option<Rollout>>)>,

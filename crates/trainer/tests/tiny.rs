@@ -26,12 +26,15 @@ fn tokenizer() -> TextTokenizer {
     TextTokenizer::tiny().unwrap()
 }
 
+/// The adapters' settings of the tiny model in these tests.
+const TOY_LORA: LoraConfig = LoraConfig {
+    rank: 8,
+    alpha: 16.0,
+    dropout: 0.0,
+};
+
 fn lora_model<B: burn::prelude::Backend>(seed: u64) -> Llama<B> {
-    let lora = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-    };
+    let lora = TOY_LORA;
     let mut model = Llama::random(LlamaConfig::tiny(), seed, &Default::default());
     // A stronger (frozen) embedding, so the tiny model's logits can move far enough to
     // memorise: the random one's logits are all within about 1.6 of each other.
@@ -395,8 +398,7 @@ fn direct_answers_are_run_against_the_tests() {
     let mut seen = 0;
     let (summary, groups) = evaluate_direct(
         &policy,
-        &tasks,
-        &[0, 1],
+        &tasks.iter().cloned().enumerate().collect::<Vec<_>>(),
         &prompts,
         &toy_executor(),
         3,
@@ -418,8 +420,7 @@ fn direct_answers_are_run_against_the_tests() {
     assert!(
         evaluate_direct(
             &policy,
-            &[toy_task(9)],
-            &[0],
+            &[(0, toy_task(9))],
             &prompts,
             &toy_executor(),
             1,
@@ -586,12 +587,7 @@ fn the_kl_reference_is_the_policy_rl_starts_from() {
     let model = trained_lora_model::<CpuBackend>(12, 0.0);
     let dir = std::env::temp_dir().join(format!("coe-reference-{}", std::process::id()));
     let path = dir.join("sft.safetensors");
-    let lora = LoraConfig {
-        rank: 8,
-        alpha: 16.0,
-        dropout: 0.0,
-    };
-    coe_policy::lora::save_adapters(&model, &lora, &path).unwrap();
+    coe_policy::lora::save_adapters(&model, &TOY_LORA, &path).unwrap();
     let policy = Policy {
         model,
         tokenizer: tokenizer(),

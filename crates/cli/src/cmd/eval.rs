@@ -72,11 +72,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         tasks.truncate(limit);
     }
     // Each task keeps its position in the file: it seeds the task's episodes.
-    let (indices, tasks): (Vec<usize>, Vec<coe_tool_state::Task>) = tasks
+    let tasks: Vec<(usize, coe_tool_state::Task)> = tasks
         .into_iter()
         .enumerate()
         .filter(|(i, _)| args.shard.is_none_or(|s| i % s.count == s.index))
-        .unzip();
+        .collect();
     if p.samples == 0 {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
@@ -108,7 +108,6 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         let (mut summary, groups) = coe_trainer::direct::evaluate_direct(
             &policy,
             &tasks,
-            &indices,
             &prompts,
             &sandbox,
             p.samples,
@@ -124,11 +123,9 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         summary.wall_s = Some(started.elapsed().as_secs_f64());
         return print_summary(&summary, args.json);
     }
-    let indexed: Vec<(usize, coe_tool_state::Task)> =
-        indices.iter().copied().zip(tasks.iter().cloned()).collect();
     let (mut summary, groups) = coe_trainer::eval::evaluate(
         &policy,
-        &indexed,
+        &tasks,
         &sandbox,
         p.samples,
         &config,
