@@ -384,4 +384,71 @@ mod tests {
             assert!(decode_outcome(garbage, 1, String::new(), Duration::ZERO).is_err());
         }
     }
+
+    fn ending() -> impl proptest::strategy::Strategy<Value = Ending> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Ending::Returned),
+            any::<i32>().prop_map(Ending::Exited),
+            Just(Ending::TimedOut),
+            Just(Ending::StackOverflow),
+            ".*".prop_map(Ending::Trapped),
+            ".*".prop_map(Ending::NotStarted),
+        ]
+    }
+
+    fn report() -> impl proptest::strategy::Strategy<Value = GuestReport> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(GuestReport::Missing),
+            ".*".prop_map(GuestReport::Invalid),
+            proptest::collection::vec(any::<u8>(), 0..64).prop_map(GuestReport::Received),
+            // Well-formed reports, so the decoding path is reached too.
+            proptest::collection::vec(0u8..3, 0..4).prop_map(|steps| {
+                let step = |s: u8| match s {
+                    0 => StepResult::Completed,
+                    1 => StepResult::Raised(exception("AssertionError")),
+                    _ => StepResult::Skipped,
+                };
+                GuestReport::Received(
+                    postcard::to_allocvec(&Response {
+                        setup: StepResult::Completed,
+                        program: StepResult::Completed,
+                        tests: steps.into_iter().map(step).collect(),
+                    })
+                    .unwrap(),
+                )
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// What the fuzz target `verdict` checks, on every test run: any ending, report and
+        /// flags give a verdict without panicking; output over its limit is always
+        /// `output_limit`; an outcome has the requested number of test results or none.
+        #[test]
+        fn any_run_end_has_a_sound_verdict(
+            ending in ending(),
+            report in report(),
+            memory_limit_hit: bool,
+            output_exceeded: bool,
+            tests_requested in 0usize..4,
+        ) {
+            let end = RunEnd {
+                ending,
+                report,
+                memory_limit_hit,
+                output_exceeded,
+                stdout: String::new(),
+                tests_requested,
+                elapsed: Duration::from_millis(1),
+            };
+            if let Ok(outcome) = verdict(end) {
+                proptest::prop_assert!(
+                    outcome.tests.is_empty() || outcome.tests.len() == tests_requested
+                );
+                proptest::prop_assert_eq!(output_exceeded, outcome.status == Status::OutputLimit);
+            }
+        }
+    }
 }
