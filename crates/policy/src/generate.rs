@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 
 use crate::PolicyError;
 use crate::cache::KvCache;
@@ -50,7 +50,7 @@ impl SamplingConfig {
 }
 
 /// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The model ended its turn (or the text).
@@ -58,13 +58,14 @@ pub enum StopReason {
     /// A line break was generated.
     Newline,
     /// `max_tokens` was reached.
+    #[default]
     MaxTokens,
     /// The context limit was reached.
     ContextFull,
 }
 
 /// One generated continuation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Generation {
     /// Generated ids, including the stop token when there was one.
     pub tokens: Vec<u32>,
@@ -138,9 +139,9 @@ impl<B: Backend> Session<B> {
             .ok_or_else(|| PolicyError::Generation("the model returned no logits".into()))
     }
 
-    /// Samples `n` continuations of the session. The pending tokens are run once, the cache is
-    /// repeated `n` times and the rows decode together; each result comes with its own session
-    /// (its generated tokens appended), ready for the next turn.
+    /// Samples `n` continuations of the session. The pending tokens are run once and the rows
+    /// decode together, sharing the prompt's cache; each result comes with its own session (its
+    /// generated tokens appended), ready for the next turn.
     pub fn generate(
         mut self,
         model: &Llama<B>,
@@ -154,7 +155,8 @@ impl<B: Backend> Session<B> {
     }
 
     /// Like [`Session::generate`], for a session whose pending tokens were already run by
-    /// [`Session::prefill`], which returned `logits`.
+    /// [`Session::prefill`], which returned `logits`. One row samples with `rng`; several rows
+    /// each get a generator seeded from it, so a row's tokens do not depend on the others'.
     pub fn decode(
         self,
         model: &Llama<B>,
@@ -164,89 +166,107 @@ impl<B: Backend> Session<B> {
         config: &SamplingConfig,
         rng: &mut StdRng,
     ) -> Result<Vec<(Generation, Session<B>)>, PolicyError> {
-        if n == 0 {
-            return Ok(Vec::new());
+        if n <= 1 {
+            let rows = (n == 1).then_some((self, logits)).into_iter().collect();
+            return decode_batch(model, tokenizer, rows, &mut [rng], config);
         }
-        if !self.pending.is_empty() {
+        let mut rngs: Vec<StdRng> = (0..n)
+            .map(|_| StdRng::seed_from_u64(rng.next_u64()))
+            .collect();
+        let rows = (0..n).map(|_| (self.clone(), logits.clone())).collect();
+        let mut rngs: Vec<&mut StdRng> = rngs.iter_mut().collect();
+        decode_batch(model, tokenizer, rows, &mut rngs, config)
+    }
+}
+
+/// Samples a continuation of each of several prefilled sessions at once: `rows[i]` is a session
+/// whose pending tokens were run and the logits after its last token; it samples with
+/// `rngs[i]`. Every step runs the rows still generating as one batch
+/// ([`Llama::decode_rows`]); a row that stops leaves the batch. Each row's tokens and
+/// log-probabilities are those it would get decoding alone (up to float rounding), whatever the
+/// other rows hold. Returns each row's generation and its session, ready for the next turn.
+pub fn decode_batch<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &TextTokenizer,
+    rows: Vec<(Session<B>, Vec<f32>)>,
+    rngs: &mut [&mut StdRng],
+    config: &SamplingConfig,
+) -> Result<Vec<(Generation, Session<B>)>, PolicyError> {
+    if rngs.len() != rows.len() {
+        return Err(PolicyError::Generation(format!(
+            "{} generators for {} rows",
+            rngs.len(),
+            rows.len()
+        )));
+    }
+    if rows.iter().any(|(session, _)| !session.pending.is_empty()) {
+        return Err(PolicyError::Generation(
+            "decode needs a prefilled session".into(),
+        ));
+    }
+    let limit = model.config().max_position_embeddings;
+    let (mut sessions, mut current): (Vec<Session<B>>, Vec<Vec<f32>>) = rows.into_iter().unzip();
+    let mut generations: Vec<Generation> = sessions.iter().map(|_| Generation::default()).collect();
+    let bases: Vec<usize> = sessions.iter().map(Session::cached).collect();
+    // Rows still generating, by index.
+    let mut live: Vec<usize> = (0..sessions.len()).collect();
+    for step in 0..config.max_tokens {
+        let mut going = Vec::with_capacity(live.len());
+        for (&row, logits) in live.iter().zip(&current) {
+            let (token, logprob) = sample(logits, config, rngs[row]);
+            let generation = &mut generations[row];
+            generation.tokens.push(token);
+            generation.logprobs.push(logprob);
+            let stop = if tokenizer.is_stop(token) {
+                Some(StopReason::EndOfTurn)
+            } else if config.stop_at_newline && tokenizer.has_newline(token) {
+                Some(StopReason::Newline)
+            } else if bases[row] + step + 1 >= limit {
+                Some(StopReason::ContextFull)
+            } else {
+                None
+            };
+            match stop {
+                Some(stop) => generation.stop = stop,
+                None => going.push(row),
+            }
+        }
+        live = going;
+        if live.is_empty() || step + 1 == config.max_tokens {
+            break;
+        }
+        let last: Vec<u32> = live
+            .iter()
+            .map(|&row| generations[row].tokens.last().copied().unwrap_or(0))
+            .collect();
+        let mut caches: Vec<&mut KvCache<B>> = sessions
+            .iter_mut()
+            .enumerate()
+            .filter(|(row, _)| live.binary_search(row).is_ok())
+            .map(|(_, session)| &mut session.cache)
+            .collect();
+        let hidden = model.decode_rows(&last, &mut caches, Adapters::On)?;
+        current = logits_rows(model.logits(hidden));
+        if current.len() != live.len() {
             return Err(PolicyError::Generation(
-                "decode needs a prefilled session".into(),
+                "the model returned no logits".into(),
             ));
         }
-        let limit = model.config().max_position_embeddings;
-        let base = self.cache.len();
-        let mut cache = if n > 1 {
-            self.cache.repeat(n)
-        } else {
-            self.cache.clone()
-        };
-        let mut rows: Vec<Generation> = (0..n)
-            .map(|_| Generation {
-                tokens: Vec::new(),
-                logprobs: Vec::new(),
-                stop: StopReason::MaxTokens,
-            })
-            .collect();
-        let mut done = vec![false; n];
-        let mut current: Vec<Vec<f32>> = vec![logits; n];
-        let device = model.embed.val().device();
-        for step in 0..config.max_tokens {
-            for (i, row) in rows.iter_mut().enumerate() {
-                if done[i] {
-                    continue;
-                }
-                let (token, logprob) = sample(&current[i], config, rng);
-                row.tokens.push(token);
-                row.logprobs.push(logprob);
-                let stop = if tokenizer.is_stop(token) {
-                    Some(StopReason::EndOfTurn)
-                } else if config.stop_at_newline && tokenizer.has_newline(token) {
-                    Some(StopReason::Newline)
-                } else if base + step + 1 >= limit {
-                    Some(StopReason::ContextFull)
-                } else {
-                    None
-                };
-                if let Some(stop) = stop {
-                    row.stop = stop;
-                    done[i] = true;
-                }
-            }
-            if done.iter().all(|&d| d) || step + 1 == config.max_tokens {
-                break;
-            }
-            // Finished rows run their last token again; their cache tail is cut off below.
-            let last: Vec<Vec<u32>> = rows
-                .iter()
-                .map(|r| vec![r.tokens.last().copied().unwrap_or(0)])
-                .collect();
-            let hidden =
-                model.forward(tokens_tensor::<B>(&last, &device), &mut cache, Adapters::On);
-            let d = model.config().hidden_size;
-            current = logits_rows(model.logits(hidden.reshape([n, d])));
-        }
-        let mut out = Vec::with_capacity(n);
-        for (i, generation) in rows.into_iter().enumerate() {
+    }
+    Ok(generations
+        .into_iter()
+        .zip(sessions)
+        .map(|(generation, mut session)| {
             // Every generated token but the last has been run through the model.
-            let ran = generation.tokens.len().saturating_sub(1);
-            let cache = cache.row(i, base + ran);
-            let mut tokens = self.tokens.clone();
-            tokens.extend_from_slice(&generation.tokens);
-            let pending = generation
+            session.tokens.extend_from_slice(&generation.tokens);
+            session.pending = generation
                 .tokens
                 .last()
                 .map(|&t| vec![t])
                 .unwrap_or_default();
-            out.push((
-                generation,
-                Session {
-                    cache,
-                    tokens,
-                    pending,
-                },
-            ));
-        }
-        Ok(out)
-    }
+            (generation, session)
+        })
+        .collect())
 }
 
 /// A `[rows, len]` integer tensor of token ids.

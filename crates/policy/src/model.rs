@@ -10,7 +10,8 @@ use burn::tensor::activation::{silu, softmax};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::cache::KvCache;
+use crate::PolicyError;
+use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
 use crate::lora::{Adapters, LoraConfig, LoraLinear};
 
@@ -89,19 +90,22 @@ pub struct Llama<B: Backend> {
     config: LlamaConfig,
 }
 
-/// Cosine and sine tables `[1, 1, t, head_dim]` for positions `start..start + t`, in the
-/// `rotate_half` layout (the frequency vector repeated twice).
+/// Cosine and sine tables for RoPE in the `rotate_half` layout (the frequency vector repeated
+/// twice): one `head_dim` row per entry of `positions`, each written `copies` times in a row,
+/// shaped `shape`.
 fn rope_tables<B: Backend>(
     config: &LlamaConfig,
-    start: usize,
-    t: usize,
+    positions: impl Iterator<Item = usize>,
+    copies: usize,
+    shape: [usize; 4],
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let head_dim = config.head_dim();
     let freqs = inverse_frequencies(config);
-    let mut cos = Vec::with_capacity(t * head_dim);
-    let mut sin = Vec::with_capacity(t * head_dim);
-    for pos in start..start + t {
+    let len = shape.iter().product();
+    let mut cos = Vec::with_capacity(len);
+    let mut sin = Vec::with_capacity(len);
+    for pos in positions {
+        let row_start = cos.len();
         for _ in 0..2 {
             for &f in &freqs {
                 let angle = pos as f64 * f;
@@ -109,8 +113,12 @@ fn rope_tables<B: Backend>(
                 sin.push(angle.sin() as f32);
             }
         }
+        for _ in 1..copies {
+            cos.extend_from_within(row_start..row_start + freqs.len() * 2);
+            sin.extend_from_within(row_start..row_start + freqs.len() * 2);
+        }
     }
-    let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, 1, t, head_dim]), device);
+    let table = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, shape), device);
     (table(cos), table(sin))
 }
 
@@ -161,13 +169,26 @@ fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     Tensor::cat(vec![second.neg(), first], 3)
 }
 
+/// RoPE applied to `x` (`[.., heads, t, head_dim]`) with tables of the same shape or one that
+/// broadcasts to it.
+fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 4> {
+    x.clone().mul(cos.clone()) + rotate_half(x).mul(sin.clone())
+}
+
+/// Per-row RoPE tables of a decode step: `[rows, heads, 1, head_dim]` for the queries and
+/// `[rows, kv_heads, 1, head_dim]` for the keys, built at full size so no product broadcasts.
+struct RowPositions<B: Backend> {
+    query: (Tensor<B, 4>, Tensor<B, 4>),
+    key: (Tensor<B, 4>, Tensor<B, 4>),
+}
+
 impl<B: Backend> Attention<B> {
     fn forward(
         &self,
         x: Tensor<B, 2>,
         batch: usize,
         positions: &Positions<B>,
-        cache: &mut Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        cache: &mut Option<LayerKv<B>>,
         adapters: Adapters,
     ) -> Tensor<B, 2> {
         let t = x.dims()[0] / batch;
@@ -177,14 +198,19 @@ impl<B: Backend> Attention<B> {
         let q = split(self.q.forward(x.clone(), adapters), h);
         let k = split(self.k.forward(x.clone(), adapters), kvh);
         let v = split(self.v.forward(x, adapters), kvh);
-        let (cos, sin) = (&positions.cos, &positions.sin);
-        let q = q.clone().mul(cos.clone()) + rotate_half(q).mul(sin.clone());
-        let k = k.clone().mul(cos.clone()) + rotate_half(k).mul(sin.clone());
-        let (k, v) = match cache.take() {
-            Some((k0, v0)) => (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2)),
+        let q = rotate(q, &positions.cos, &positions.sin);
+        let k = rotate(k, &positions.cos, &positions.sin);
+        let (k, v) = match cache.as_mut() {
+            Some(layer) => {
+                let (k0, v0) = layer.joined();
+                (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2))
+            }
             None => (k, v),
         };
-        *cache = Some((k.clone(), v.clone()));
+        *cache = Some(LayerKv {
+            bulk: (k.clone(), v.clone()),
+            tail: None,
+        });
         let groups = h / kvh;
         // Query heads g*i..g*(i+1) share key/value head i: fold them into the row dimension so
         // keys and values are never copied per query head.
@@ -202,6 +228,69 @@ impl<B: Backend> Attention<B> {
             .swap_dims(1, 2)
             .reshape([batch * t, h * hd]);
         self.o.forward(out, adapters)
+    }
+
+    /// One new position for each of several independent sequences (`x`: `[rows, d]`): the
+    /// projections run batched, attention per row against that row's own cache.
+    fn decode_rows(
+        &self,
+        x: Tensor<B, 2>,
+        positions: &RowPositions<B>,
+        caches: &mut [&mut Option<LayerKv<B>>],
+        adapters: Adapters,
+    ) -> Tensor<B, 2> {
+        let rows = x.dims()[0];
+        let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
+        let groups = h / kvh;
+        let q = self
+            .q
+            .forward(x.clone(), adapters)
+            .reshape([rows, h, 1, hd]);
+        let k = self
+            .k
+            .forward(x.clone(), adapters)
+            .reshape([rows, kvh, 1, hd]);
+        let v = self.v.forward(x, adapters).reshape([rows, kvh, 1, hd]);
+        let q = rotate(q, &positions.query.0, &positions.query.1);
+        let k = rotate(k, &positions.key.0, &positions.key.1);
+        let scale = 1.0 / (hd as f64).sqrt();
+        let outs: Vec<Tensor<B, 2>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(row, cache)| {
+                let (k, v) = (k.clone().narrow(0, row, 1), v.clone().narrow(0, row, 1));
+                let layer = match cache.as_mut() {
+                    Some(layer) => {
+                        layer.append(k, v);
+                        layer
+                    }
+                    None => cache.insert(LayerKv {
+                        bulk: (k, v),
+                        tail: None,
+                    }),
+                };
+                // Scores against each block, one softmax over all of them, then the blocks'
+                // values weighted by their share: the blocks are never joined.
+                let q = q.clone().narrow(0, row, 1).reshape([1, kvh, groups, hd]);
+                let (bulk_k, bulk_v) = &layer.bulk;
+                let bulk_len = bulk_k.dims()[2];
+                let mut scores = vec![q.clone().matmul(bulk_k.clone().swap_dims(2, 3))];
+                if let Some((tail_k, _)) = &layer.tail {
+                    scores.push(q.matmul(tail_k.clone().swap_dims(2, 3)));
+                }
+                let weights = softmax(Tensor::cat(scores, 3).mul_scalar(scale), 3);
+                let mut out = weights
+                    .clone()
+                    .narrow(3, 0, bulk_len)
+                    .matmul(bulk_v.clone());
+                if let Some((tail_k, tail_v)) = &layer.tail {
+                    let tail = weights.narrow(3, bulk_len, tail_k.dims()[2]);
+                    out = out + tail.matmul(tail_v.clone());
+                }
+                out.reshape([1, h * hd])
+            })
+            .collect();
+        self.o.forward(Tensor::cat(outs, 0), adapters)
     }
 }
 
@@ -360,7 +449,10 @@ impl<B: Backend> Llama<B> {
         let [batch, t] = tokens.dims();
         let device = tokens.device();
         let d = self.config.hidden_size;
-        let (cos, sin) = rope_tables::<B>(&self.config, cache.len, t, &device);
+        let hd = self.config.head_dim();
+        let start = cache.len;
+        let (cos, sin) =
+            rope_tables::<B>(&self.config, start..start + t, 1, [1, 1, t, hd], &device);
         let groups = self.config.num_attention_heads / self.config.num_key_value_heads;
         let positions = Positions {
             cos,
@@ -380,6 +472,72 @@ impl<B: Backend> Llama<B> {
         }
         cache.len += t;
         self.norm.forward(x).reshape([batch, t, d])
+    }
+
+    /// Runs one new token for each of several independent sequences: `tokens[i]` follows the
+    /// positions in `caches[i]`, which may all differ in length, and is appended to it. The
+    /// projections and MLP run as one batch over the rows (one pass over the weights for all of
+    /// them); attention runs per row against that row's cache, so no row is padded or masked.
+    /// Returns the final hidden states `[rows, d]`.
+    pub fn decode_rows(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache<B>],
+        adapters: Adapters,
+    ) -> Result<Tensor<B, 2>, PolicyError> {
+        let rows = tokens.len();
+        if rows == 0 || caches.len() != rows {
+            return Err(PolicyError::Generation(format!(
+                "{rows} tokens for {} caches: a decode step needs one token per cache",
+                caches.len()
+            )));
+        }
+        if let Some(cache) = caches.iter().find(|c| c.layers.len() != self.layers.len()) {
+            return Err(PolicyError::Generation(format!(
+                "a cache of {} layers for a model of {}",
+                cache.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let device = self.embed.val().device();
+        let (d, hd) = (self.config.hidden_size, self.config.head_dim());
+        let (heads, kv_heads) = (
+            self.config.num_attention_heads,
+            self.config.num_key_value_heads,
+        );
+        let lens: Vec<usize> = caches.iter().map(|c| c.len).collect();
+        let table = |copies: usize| {
+            rope_tables::<B>(
+                &self.config,
+                lens.iter().copied(),
+                copies,
+                [rows, copies, 1, hd],
+                &device,
+            )
+        };
+        let positions = RowPositions {
+            query: table(heads),
+            key: table(kv_heads),
+        };
+        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, 1]), &device);
+        let mut x = burn::tensor::module::embedding(self.embed.val(), ids).reshape([rows, d]);
+        for (index, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut Option<LayerKv<B>>> = caches
+                .iter_mut()
+                .map(|cache| &mut cache.layers[index])
+                .collect();
+            let h = layer.attn_norm.forward(x.clone());
+            x = x + layer
+                .attn
+                .decode_rows(h, &positions, &mut layer_caches, adapters);
+            let h = layer.mlp_norm.forward(x.clone());
+            x = x + layer.mlp.forward(h, adapters);
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        Ok(self.norm.forward(x))
     }
 
     /// Output logits `[n, vocab]` for hidden states `[n, d]`.

@@ -114,6 +114,55 @@ fn batched_greedy_samples_equal_single_and_continue_correctly() {
     assert!(max_diff(&logits, full.last().unwrap()) < 1e-4);
 }
 
+/// Rows of different lengths decoded as one batch sample exactly what each samples alone, and
+/// every recorded log-probability equals a full recompute of the finished sequence, across the
+/// cache's tail folding into its bulk.
+#[test]
+fn batched_rows_of_different_lengths_decode_as_each_alone() {
+    use coe_policy::cache::TAIL_POSITIONS;
+    use coe_policy::generate::decode_batch;
+    let model = tiny::<B>(4);
+    let tok = tiny_tokenizer();
+    let config = coe_policy::SamplingConfig {
+        temperature: 1.0,
+        top_p: 1.0,
+        max_tokens: TAIL_POSITIONS + 40,
+        stop_at_newline: false,
+    };
+    let prompts: Vec<Vec<u32>> = [5usize, 17, 70]
+        .iter()
+        .map(|&len| (0..len).map(|i| (i * 13 % 50 + 1) as u32).collect())
+        .collect();
+    let prefilled = |prompt: &Vec<u32>| {
+        let mut session = Session::new(&model);
+        session.push(prompt);
+        let logits = session.prefill(&model, Adapters::On).unwrap();
+        (session, logits)
+    };
+    let decode = |rows: Vec<usize>| {
+        let mut rngs: Vec<_> = rows.iter().map(|&r| rng(100 + r as u64)).collect();
+        let mut rngs: Vec<_> = rngs.iter_mut().collect();
+        let rows = rows.iter().map(|&r| prefilled(&prompts[r])).collect();
+        decode_batch(&model, &tok, rows, &mut rngs, &config).unwrap()
+    };
+    let together = decode(vec![0, 1, 2]);
+    let mut longest = 0;
+    for (row, (generation, session)) in together.iter().enumerate() {
+        let (alone, _) = decode(vec![row]).pop().unwrap();
+        assert_eq!(generation.tokens, alone.tokens, "row {row}");
+        assert!(max_diff(&generation.logprobs, &alone.logprobs) < 1e-4);
+        let all = session.tokens().to_vec();
+        let start = prompts[row].len();
+        let targets: Vec<(usize, usize)> = (start..all.len()).map(|p| (0, p)).collect();
+        let full = host(
+            token_logprobs(&model, std::slice::from_ref(&all), &targets, Adapters::On).unwrap(),
+        );
+        assert!(max_diff(&generation.logprobs, &full) < 1e-4, "row {row}");
+        longest = longest.max(generation.tokens.len());
+    }
+    assert!(longest > TAIL_POSITIONS, "no row crossed a tail fold");
+}
+
 #[test]
 fn seeded_sampling_is_reproducible() {
     let model = tiny::<B>(3);

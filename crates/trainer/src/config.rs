@@ -51,9 +51,11 @@ pub struct RunConfig {
     pub max_turns: usize,
     /// RL and evaluation: how commands are sampled.
     pub sampling: SamplingConfig,
-    /// RL and evaluation: threads running sandbox steps while the model generates (0: none,
-    /// steps run between generations).
+    /// RL and evaluation: threads running a turn's sandbox steps side by side (0: on the
+    /// model's thread).
     pub workers: usize,
+    /// RL and evaluation: episodes generating together as one batch.
+    pub batch: usize,
 }
 
 impl Default for RunConfig {
@@ -82,6 +84,7 @@ impl Default for RunConfig {
                 stop_at_newline: true,
             },
             workers: 1,
+            batch: crate::rollout::DEFAULT_BATCH,
         }
     }
 }
@@ -116,6 +119,7 @@ impl RunConfig {
             sampling: self.sampling,
             context: self.context,
             workers: self.workers,
+            batch: self.batch,
         }
     }
 }

@@ -2,10 +2,12 @@
 //! per turn, the episode applies and runs it, the observation is appended to the model's
 //! context. The key/value cache lives across the turns of each episode.
 //!
-//! Episodes are pipelined: the model runs on the calling thread while environment steps (the
-//! sandboxed program and its tests) run on [`PlayConfig::workers`] worker threads, so the model
-//! writes the next command of one episode while another episode's program runs. Every episode
-//! samples with its own seeded generator, so results do not depend on thread timing.
+//! Episodes advance in lockstep: each turn, every live episode prefills its new observation (a
+//! task's prompt once for its whole group), then all of them decode together as the rows of one
+//! batch ([`coe_policy::generate::decode_batch`]), so each pass over the weights serves every
+//! row; then their commands run in the environment, side by side on [`PlayConfig::workers`]
+//! threads (sandbox steps take milliseconds). Every episode samples with its own seeded
+//! generator, so results do not depend on batching or thread timing.
 
 use std::collections::VecDeque;
 use std::marker::PhantomData;
@@ -16,7 +18,8 @@ use std::time::Instant;
 use burn::prelude::Backend;
 use coe_data::prompt::opening;
 use coe_exec::{Executor, ExecutorError};
-use coe_policy::{ChatMessage, Generation, Policy, SamplingConfig, Session, StopReason};
+use coe_policy::generate::decode_batch;
+use coe_policy::{Adapters, ChatMessage, Generation, Policy, SamplingConfig, Session, StopReason};
 use coe_tool_state::{Episode, EpisodeConfig, StepError, Task, Trace};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -64,9 +67,13 @@ pub struct PlayConfig {
     pub sampling: SamplingConfig,
     /// Context limit in tokens; an episode whose conversation would exceed it ends there.
     pub context: usize,
-    /// Threads that run environment steps while the model generates; 0 runs them on the
-    /// model's thread, one after the other (no overlap).
+    /// Threads that run the environment steps of a turn side by side; 0 runs them on the
+    /// model's thread, one after the other.
     pub workers: usize,
+    /// Episodes that generate together as the rows of one batch (tasks open while their groups
+    /// fit; a group larger than this still opens alone). More rows share each pass over the
+    /// weights and hold more key/value caches.
+    pub batch: usize,
 }
 
 impl Default for PlayConfig {
@@ -76,9 +83,14 @@ impl Default for PlayConfig {
             sampling: SamplingConfig::default(),
             context: DEFAULT_CONTEXT,
             workers: 1,
+            batch: DEFAULT_BATCH,
         }
     }
 }
+
+/// Episodes generating together unless a configuration says otherwise (see
+/// [`PlayConfig::batch`]).
+pub const DEFAULT_BATCH: usize = 16;
 
 /// Where the time of [`play_tasks`] went, and how much work it did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -93,6 +105,14 @@ pub struct PlayStats {
     pub prompt_tokens: usize,
     /// Seconds the model spent (prefill and decoding, on the calling thread).
     pub model_s: f64,
+    /// Of which prefilling prompts and observations.
+    pub prefill_s: f64,
+    /// Of which decoding commands.
+    pub decode_s: f64,
+    /// Batched decodes run (one per turn of the episodes generating together).
+    pub decode_batches: usize,
+    /// Rows over all batched decodes (`decode_rows / decode_batches`: the mean batch).
+    pub decode_rows: usize,
     /// Seconds spent in the environment, summed over workers (program runs, tests).
     pub env_s: f64,
     /// Seconds from start to finish.
@@ -382,9 +402,6 @@ struct Slot<B: Backend> {
     rng: StdRng,
 }
 
-/// An episode whose next observation would not fit the context, with its slot.
-type Overflow<E> = Option<(usize, Box<Episode<E>>)>;
-
 /// Model work that is ready to run.
 enum Ready<E> {
     /// A task's first observation is in: prefill its prompt and sample the group's commands.
@@ -417,12 +434,12 @@ struct Player<'a, B: Backend, E, F> {
 
 impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B, E, F> {
     fn run(&mut self, env: &mut impl Environment<E>) -> Result<(), TrainerError> {
-        // Tasks open a few at a time so that only their key/value caches are held at once.
-        let window = self.config.workers.max(1) + 1;
+        // Tasks open while their episodes fit in one decode batch, so only their key/value
+        // caches are held at once (one task at least, whatever its group size).
+        let groups_at_once = (self.config.batch / self.n.max(1)).max(1);
         let mut next_task = 0;
-        let mut ready: VecDeque<Ready<E>> = VecDeque::new();
         loop {
-            while self.open_groups < window && next_task < self.tasks.len() {
+            while self.open_groups < groups_at_once && next_task < self.tasks.len() {
                 env.submit(Job::Start {
                     group: next_task,
                     task: self.tasks[next_task].clone(),
@@ -433,42 +450,20 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
             if self.open_groups == 0 {
                 return Ok(());
             }
-            // Collect what the environment finished; wait only when the model has nothing to do.
-            loop {
-                // A finished group frees room: start the next task first.
-                let room = self.open_groups < window && next_task < self.tasks.len();
-                if self.open_groups == 0 || room {
-                    break;
-                }
-                let block = ready.is_empty();
-                let Some(done) = env.next(block) else {
-                    if block {
-                        return Err(TrainerError::Data(
-                            "episodes are open but nothing is running".into(),
-                        ));
-                    }
-                    break;
-                };
-                match self.finished(done)? {
-                    // Continuing episodes go first: they hold caches that opening would add to.
-                    Some(work @ Ready::Continue { .. }) => ready.push_front(work),
-                    Some(work @ Ready::Open { .. }) => ready.push_back(work),
-                    None => {}
+            // Lockstep: wait for every environment job in flight (they take milliseconds), so
+            // the model runs all the work they make ready as one batch.
+            let mut ready = Vec::new();
+            while let Some(done) = env.next(true) {
+                if let Some(work) = self.finished(done)? {
+                    ready.push(work);
                 }
             }
-            if let Some(work) = ready.pop_front() {
-                let clock = Instant::now();
-                let result = match work {
-                    Ready::Open { group, episode } => self.open(group, episode, env),
-                    Ready::Continue { slot, episode } => self.advance(slot, episode, env),
-                };
-                self.stats.model_s += clock.elapsed().as_secs_f64();
-                if let Some((slot, mut episode)) = result? {
-                    // Cut by the context: scored like the turn limit.
-                    episode.cut();
-                    self.close(slot, &episode, true);
-                }
+            if ready.is_empty() && self.open_groups > 0 {
+                return Err(TrainerError::Data(
+                    "episodes are open but nothing is running".into(),
+                ));
             }
+            self.model_turn(ready, env)?;
         }
     }
 
@@ -513,34 +508,95 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         }
     }
 
-    /// Prefills task `group`'s prompt once and samples the group's first commands.
+    /// One model turn of every ready episode: each prefills what is new to it (a group's
+    /// prompt once for all its episodes), then all decode together, then their commands go to
+    /// the environment.
+    fn model_turn(
+        &mut self,
+        ready: Vec<Ready<E>>,
+        env: &mut impl Environment<E>,
+    ) -> Result<(), TrainerError> {
+        let clock = Instant::now();
+        let mut rows: Vec<DecodeRow<B, E>> = Vec::new();
+        for work in ready {
+            match work {
+                Ready::Open { group, episode } => rows.extend(self.open(group, episode)?),
+                Ready::Continue { slot, episode } => {
+                    if let Some(row) = self.advance(slot, episode)? {
+                        rows.push(row);
+                    }
+                }
+            }
+        }
+        self.stats.prefill_s += clock.elapsed().as_secs_f64();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let clock = Instant::now();
+        rows.sort_unstable_by_key(|row| row.0);
+        let (slots, episodes, inputs) = rows.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut slots, mut episodes, mut inputs), (slot, episode, session, logits)| {
+                slots.push(slot);
+                episodes.push(episode);
+                inputs.push((session, logits));
+                (slots, episodes, inputs)
+            },
+        );
+        // Each episode samples with its own generator, so batching does not change its draws.
+        let mut rngs: Vec<&mut StdRng> = self
+            .episodes
+            .iter_mut()
+            .enumerate()
+            .filter(|(slot, _)| slots.binary_search(slot).is_ok())
+            .filter_map(|(_, state)| state.as_mut().map(|s| &mut s.rng))
+            .collect();
+        let policy = self.policy;
+        let generations = decode_batch(
+            &policy.model,
+            &policy.tokenizer,
+            inputs,
+            &mut rngs,
+            &self.config.sampling,
+        )?;
+        self.stats.decode_s += clock.elapsed().as_secs_f64();
+        self.stats.model_s = self.stats.prefill_s + self.stats.decode_s;
+        self.stats.decode_rows += slots.len();
+        self.stats.decode_batches += 1;
+        for ((slot, episode), (generation, session)) in
+            slots.into_iter().zip(episodes).zip(generations)
+        {
+            let state = running(&mut self.episodes, slot)?;
+            state.session = session;
+            state.pending = generation;
+            self.submit_step(slot, episode, env)?;
+        }
+        Ok(())
+    }
+
+    /// Prefills task `group`'s prompt once and gives its episodes their slots: one decode row
+    /// each, all sharing the prompt's cache.
     fn open(
         &mut self,
         group: usize,
         episode: Box<Episode<E>>,
-        env: &mut impl Environment<E>,
-    ) -> Result<Overflow<E>, TrainerError> {
+    ) -> Result<Vec<DecodeRow<B, E>>, TrainerError> {
         let policy = self.policy;
         let messages = opening(&self.tasks[group], episode.observation());
         let prompt = prompt_ids(&policy.tokenizer, &messages)?;
         self.stats.prompt_tokens += prompt.len();
         let mut session = Session::new(&policy.model);
         session.push(&prompt);
+        let logits = session.prefill(&policy.model, Adapters::On)?;
         let mut rng = StdRng::seed_from_u64(self.seeds[group]);
-        let firsts = session.generate(
-            &policy.model,
-            &policy.tokenizer,
-            self.n,
-            &self.config.sampling,
-            &mut rng,
-        )?;
-        let count = firsts.len();
+        let count = self.n;
         self.groups[group] = (count, (0..count).map(|_| None).collect());
         if count == 0 {
             self.group_done(group);
         }
         let mut episode = Some(episode);
-        for (index, (generation, session)) in firsts.into_iter().enumerate() {
+        let mut rows = Vec::with_capacity(count);
+        for index in 0..count {
             // The last episode takes the started one; the others are copies of it.
             let episode = if index + 1 == count {
                 episode.take()
@@ -552,25 +608,24 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
             self.episodes.push(Some(Slot {
                 group,
                 index,
-                session,
+                session: Session::new(&policy.model),
                 turns: Vec::new(),
-                pending: generation,
+                pending: Generation::default(),
                 start: prompt.len(),
                 rng: StdRng::seed_from_u64(rng.next_u64()),
             }));
-            self.submit_step(slot, episode, env)?;
+            rows.push((slot, episode, session.clone(), logits.clone()));
         }
-        Ok(None)
+        Ok(rows)
     }
 
-    /// Appends the observation after a step and samples the episode's next command; returns
-    /// the episode when the context is full.
+    /// Appends the observation after a step and prefills it; `None` when the context is full
+    /// (the episode is cut and closed).
     fn advance(
         &mut self,
         slot: usize,
-        episode: Box<Episode<E>>,
-        env: &mut impl Environment<E>,
-    ) -> Result<Overflow<E>, TrainerError> {
+        mut episode: Box<Episode<E>>,
+    ) -> Result<Option<DecodeRow<B, E>>, TrainerError> {
         let policy = self.policy;
         let template = policy.tokenizer.template();
         let state = running(&mut self.episodes, slot)?;
@@ -588,26 +643,17 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         let next = policy.tokenizer.encode(&text)?;
         let needed = state.session.tokens().len() + next.len() + self.config.sampling.max_tokens;
         if needed > self.config.context {
-            return Ok(Some((slot, episode)));
+            // Cut by the context: scored like the turn limit.
+            episode.cut();
+            self.close(slot, &episode, true);
+            return Ok(None);
         }
         self.stats.prompt_tokens += next.len();
         let mut session = std::mem::replace(&mut state.session, Session::new(&policy.model));
         session.push(&next);
         state.start = session.tokens().len();
-        let (generation, session) = session
-            .generate(
-                &policy.model,
-                &policy.tokenizer,
-                1,
-                &self.config.sampling,
-                &mut state.rng,
-            )?
-            .pop()
-            .ok_or_else(|| TrainerError::Data("no generation".into()))?;
-        state.session = session;
-        state.pending = generation;
-        self.submit_step(slot, episode, env)?;
-        Ok(None)
+        let logits = session.prefill(&policy.model, Adapters::On)?;
+        Ok(Some((slot, episode, session, logits)))
     }
 
     /// Sends the pending command of episode `slot` to the environment.
@@ -658,3 +704,7 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         (self.on_group)(group, &rollouts);
     }
 }
+
+/// An episode ready to decode: its slot, the episode, its prefilled session and the logits
+/// after the session's last token.
+type DecodeRow<B, E> = (usize, Box<Episode<E>>, Session<B>, Vec<f32>);

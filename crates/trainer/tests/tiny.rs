@@ -371,6 +371,53 @@ fn pipelined_play_matches_play_without_workers() {
     assert!(stats.model_s > 0.0 && stats.wall_s >= stats.model_s);
 }
 
+/// Episodes decoded as rows of one batch play exactly as one episode at a time: the same
+/// commands, and the same sampling log-probabilities up to float rounding.
+#[test]
+fn batched_play_matches_one_episode_at_a_time() {
+    let policy = Policy {
+        model: lora_model::<CpuBackend>(8),
+        tokenizer: tokenizer(),
+    };
+    let tasks: Vec<Task> = (1..=4).map(toy_task).collect();
+    let play = |batch| {
+        let config = PlayConfig {
+            batch,
+            ..toy_play_config()
+        };
+        play_tasks(
+            &policy,
+            &tasks,
+            &toy_executor(),
+            3,
+            &config,
+            &mut rng(9),
+            |_, _| {},
+        )
+        .unwrap()
+    };
+    let (alone, alone_stats) = play(1);
+    let (together, together_stats) = play(16);
+    // Batch 16 holds all 12 episodes; batch 1 still opens a group of 3 at a time.
+    assert!(together_stats.decode_rows / together_stats.decode_batches > 3);
+    assert!(alone_stats.decode_rows / alone_stats.decode_batches <= 3);
+    for (a, b) in alone.iter().flatten().zip(together.iter().flatten()) {
+        assert_eq!(a.tokens, b.tokens);
+        assert_eq!(a.trace, b.trace);
+        for (x, y) in a.turns.iter().zip(&b.turns) {
+            assert_eq!((x.start, x.len, x.reward), (y.start, y.len, y.reward));
+            let gap = x
+                .old_logprobs
+                .iter()
+                .zip(&y.old_logprobs)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0f32, f32::max);
+            assert!(gap < 1e-4, "log-probs differ by {gap}");
+        }
+    }
+    assert_eq!(together_stats.episodes, 12);
+}
+
 #[test]
 fn direct_answers_are_run_against_the_tests() {
     use coe_trainer::direct::{DirectPrompt, evaluate_direct};

@@ -94,6 +94,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         },
         context: CONTEXT_TOKENS,
         workers: p.workers,
+        batch: p.batch,
     };
     let total = tasks.len();
     if let Some(prompts) = &args.direct {

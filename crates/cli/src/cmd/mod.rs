@@ -62,9 +62,12 @@ pub(crate) struct PolicyArgs {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Threads running sandbox steps while the model writes the next command (0: none).
+    /// Threads running a turn's sandbox steps side by side (0: on the model's thread).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub(crate) workers: usize,
+    /// Episodes generating together as one batch (more: faster, more memory).
+    #[arg(long, default_value_t = coe_trainer::rollout::DEFAULT_BATCH, value_name = "N")]
+    pub(crate) batch: usize,
 }
 
 /// Loads the base model (the default one unless `model` names a GGUF file or Hugging Face

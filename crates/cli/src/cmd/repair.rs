@@ -85,6 +85,7 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
         },
         context: CONTEXT_TOKENS,
         workers: p.workers,
+        batch: p.batch,
     };
     let rollouts = coe_trainer::rollout::play(
         &policy,
