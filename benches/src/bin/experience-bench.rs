@@ -1,9 +1,9 @@
 //! Experience throughput: the policy plays GRPO-style groups of episodes against the real
 //! sandbox, as RL does, and the run reports episodes/s, environment steps/s, generated tokens/s
-//! and where the time went (model versus sandbox). Each repeat plays the same tasks with the same
-//! seed once with the sandbox on the model's thread (`workers 0`, no overlap) and once per other
-//! worker count, interleaved, so the comparison shares the machine's noise. Prints one JSON
-//! line per run, then a table of medians. `cargo xtask bench experience` runs it.
+//! and where the time went (prefill, decode, sandbox). Each repeat plays the same tasks with the
+//! same seed once per setting (`--batch`: episodes decoding together; `--workers`: sandbox
+//! threads), interleaved, so the comparison shares the machine's noise. Prints one JSON line per
+//! run, then a table of medians. `cargo xtask bench experience` runs it.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,7 @@ struct Args {
     max_turns: usize,
     repeats: usize,
     workers: Vec<usize>,
+    batches: Vec<usize>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -33,7 +34,8 @@ fn parse_args() -> Result<Args> {
         group: 4,
         max_turns: 10,
         repeats: 3,
-        workers: vec![0, 1],
+        workers: vec![1],
+        batches: vec![1, 4, 16],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,23 +48,28 @@ fn parse_args() -> Result<Args> {
             "--group" => args.group = value()?.parse()?,
             "--max-turns" => args.max_turns = value()?.parse()?,
             "--repeats" => args.repeats = value()?.parse()?,
-            "--workers" => {
-                args.workers = value()?
-                    .split(',')
-                    .map(str::parse)
-                    .collect::<Result<_, _>>()?;
-            }
+            "--workers" => args.workers = list(&value()?)?,
+            "--batch" => args.batches = list(&value()?)?,
             other => bail!(
                 "unknown argument {other}; usage: experience-bench [--model PATH] [--adapter PATH] \
                  [--tasks FILE] [--limit N] [--group G] [--max-turns N] [--repeats N] \
-                 [--workers 0,1]"
+                 [--workers 1] [--batch 1,4,16]"
             ),
         }
     }
-    if args.workers.is_empty() || args.repeats == 0 || args.limit == 0 || args.group == 0 {
-        bail!("--workers, --repeats, --limit and --group need at least one");
+    if args.workers.is_empty()
+        || args.batches.is_empty()
+        || args.repeats == 0
+        || args.limit == 0
+        || args.group == 0
+    {
+        bail!("--workers, --batch, --repeats, --limit and --group need at least one");
     }
     Ok(args)
+}
+
+fn list(text: &str) -> Result<Vec<usize>> {
+    Ok(text.split(',').map(str::parse).collect::<Result<_, _>>()?)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -97,10 +104,19 @@ fn main() -> Result<()> {
         },
         ..PlayConfig::default()
     };
-    let mut runs: Vec<Vec<PlayStats>> = vec![Vec::new(); args.workers.len()];
+    let settings: Vec<(usize, usize)> = args
+        .batches
+        .iter()
+        .flat_map(|&b| args.workers.iter().map(move |&w| (b, w)))
+        .collect();
+    let mut runs: Vec<Vec<PlayStats>> = vec![Vec::new(); settings.len()];
     for repeat in 0..args.repeats {
-        for (i, &workers) in args.workers.iter().enumerate() {
-            let config = PlayConfig { workers, ..config };
+        for (i, &(batch, workers)) in settings.iter().enumerate() {
+            let config = PlayConfig {
+                workers,
+                batch,
+                ..config
+            };
             let (groups, stats) = play_tasks(
                 &policy,
                 &tasks,
@@ -114,7 +130,8 @@ fn main() -> Result<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "repeat": repeat, "workers": workers, "solved": solved, "stats": stats,
+                    "repeat": repeat, "batch": batch, "workers": workers, "solved": solved,
+                    "stats": stats,
                 })
             );
             runs[i].push(stats);
@@ -128,19 +145,21 @@ fn main() -> Result<()> {
         args.repeats
     );
     println!(
-        "| sandbox workers | episodes/s | env steps/s | generated tok/s | model share | sandbox share | wall s | speed-up vs 0 |"
+        "| batch | sandbox workers | mean rows | episodes/s | env steps/s | generated tok/s | prefill share | decode share | sandbox share | wall s | speed-up vs first |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let wall = |stats: &[PlayStats]| median(stats.iter().map(|s| s.wall_s).collect());
     let baseline = wall(&runs[0]);
-    for (&workers, stats) in args.workers.iter().zip(&runs) {
+    for (&(batch, workers), stats) in settings.iter().zip(&runs) {
         let rate = |f: &dyn Fn(&PlayStats) -> f64| median(stats.iter().map(f).collect());
         println!(
-            "| {workers} | {:.3} | {:.2} | {:.1} | {:.2}% | {:.2}% | {:.1} | {:.2}x |",
+            "| {batch} | {workers} | {:.1} | {:.3} | {:.2} | {:.1} | {:.1}% | {:.1}% | {:.1}% | {:.1} | {:.2}x |",
+            rate(&|s| s.decode_rows as f64 / s.decode_batches.max(1) as f64),
             rate(&|s| s.episodes as f64 / s.wall_s),
             rate(&|s| s.env_steps as f64 / s.wall_s),
             rate(&|s| s.generated_tokens as f64 / s.wall_s),
-            100.0 * rate(&|s| s.model_s / s.wall_s),
+            100.0 * rate(&|s| s.prefill_s / s.wall_s),
+            100.0 * rate(&|s| s.decode_s / s.wall_s),
             100.0 * rate(&|s| s.env_s / s.wall_s),
             wall(stats),
             baseline / wall(stats),

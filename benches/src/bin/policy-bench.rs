@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
-use coe_policy::generate::rng;
+use coe_policy::generate::{decode_batch, prefill_batch, rng};
 use coe_policy::{Adapters, Policy, SamplingConfig, Session};
 
 struct Args {
@@ -86,6 +86,7 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
             decode.push((generated - 1) as f64 / decode_s);
         }
     }
+    let (batch_decode, observation_prefill) = batched(&policy, &ids, args)?;
     let peak_rss_mib = coe_benches::peak_resident_kib().map(|k| k as f64 / 1024.0);
     println!(
         "{}",
@@ -96,11 +97,71 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
             "generated_tokens": generated,
             "prefill_tok_s": median(prefill),
             "decode_tok_s": median(decode),
+            "batch_decode_tok_s": batch_decode,
+            "observation_prefill_tok_s": observation_prefill,
             "peak_rss_mib": peak_rss_mib,
             "load_s": load_s,
         })
     );
     Ok(())
+}
+
+/// Rows that continue the prompt's session, as the episodes of RL groups do: aggregate greedy
+/// decode speed at batch 1, 4, 8 and 16 (every row decodes `decode_tokens` steps unless it
+/// ends its turn), and the prefill of an 8-row turn of 160-token observations after the prompt,
+/// one row at a time against one packed batch. Medians of `repeats`.
+fn batched<B: Backend>(
+    policy: &Policy<B>,
+    ids: &[u32],
+    args: &Args,
+) -> Result<(serde_json::Value, serde_json::Value)> {
+    let model = &policy.model;
+    let mut prompt = Session::new(model);
+    prompt.push(ids);
+    let logits = prompt.prefill(model, Adapters::On)?;
+    let config = SamplingConfig::greedy(args.decode_tokens);
+    let mut decode = serde_json::Map::new();
+    for batch in [1usize, 4, 8, 16] {
+        let mut rates = Vec::new();
+        for _ in 0..args.repeats {
+            let rows = (0..batch)
+                .map(|_| (prompt.clone(), logits.clone()))
+                .collect();
+            let mut rngs: Vec<_> = (0..batch).map(|i| rng(i as u64)).collect();
+            let mut rngs: Vec<_> = rngs.iter_mut().collect();
+            let start = Instant::now();
+            let out = decode_batch(model, &policy.tokenizer, rows, &mut rngs, &config)?;
+            let secs = start.elapsed().as_secs_f64();
+            let steps: usize = out
+                .iter()
+                .map(|(g, _)| g.tokens.len().saturating_sub(1))
+                .sum();
+            rates.push(steps as f64 / secs);
+        }
+        decode.insert(batch.to_string(), median(rates).into());
+    }
+    let observation: Vec<u32> = ids.iter().copied().cycle().take(160).collect();
+    let (mut alone, mut packed) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeats {
+        let mut sessions: Vec<Session<B>> = (0..8).map(|_| prompt.clone()).collect();
+        for session in &mut sessions {
+            session.push(&observation);
+        }
+        let mut again = sessions.clone();
+        let start = Instant::now();
+        for session in &mut sessions {
+            session.prefill(model, Adapters::On)?;
+        }
+        alone.push((8 * observation.len()) as f64 / start.elapsed().as_secs_f64());
+        let mut refs: Vec<_> = again.iter_mut().collect();
+        let start = Instant::now();
+        prefill_batch(model, &mut refs, Adapters::On)?;
+        packed.push((8 * observation.len()) as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok((
+        decode.into(),
+        serde_json::json!({"one_by_one": median(alone), "packed": median(packed)}),
+    ))
 }
 
 fn main() -> Result<()> {

@@ -116,25 +116,7 @@ impl<B: Backend> Session<B> {
         model: &Llama<B>,
         adapters: Adapters,
     ) -> Result<Vec<f32>, PolicyError> {
-        if self.pending.is_empty() {
-            return Err(PolicyError::Generation(
-                "nothing to run: push tokens before generating".into(),
-            ));
-        }
-        let limit = model.config().max_position_embeddings;
-        if self.tokens.len() > limit {
-            return Err(PolicyError::Generation(format!(
-                "the conversation ({} tokens) exceeds the context limit {limit}",
-                self.tokens.len()
-            )));
-        }
-        let pending = std::mem::take(&mut self.pending);
-        let device = model.embed.val().device();
-        let input = tokens_tensor::<B>(&[pending], &device);
-        let hidden = model.forward(input, &mut self.cache, adapters);
-        let [_, t, d] = hidden.dims();
-        let last = hidden.narrow(1, t - 1, 1).reshape([1, d]);
-        logits_rows(model.logits(last))
+        prefill_batch(model, &mut [self], adapters)?
             .pop()
             .ok_or_else(|| PolicyError::Generation("the model returned no logits".into()))
     }
@@ -179,10 +161,47 @@ impl<B: Backend> Session<B> {
     }
 }
 
+/// Runs the pending tokens of several sessions as one packed batch ([`Llama::forward_rows`])
+/// and returns the logits after each session's last token.
+pub fn prefill_batch<B: Backend>(
+    model: &Llama<B>,
+    sessions: &mut [&mut Session<B>],
+    adapters: Adapters,
+) -> Result<Vec<Vec<f32>>, PolicyError> {
+    let limit = model.config().max_position_embeddings;
+    for session in sessions.iter() {
+        if session.pending.is_empty() {
+            return Err(PolicyError::Generation(
+                "nothing to run: push tokens before generating".into(),
+            ));
+        }
+        if session.tokens.len() > limit {
+            return Err(PolicyError::Generation(format!(
+                "the conversation ({} tokens) exceeds the context limit {limit}",
+                session.tokens.len()
+            )));
+        }
+    }
+    let pending: Vec<Vec<u32>> = sessions
+        .iter_mut()
+        .map(|s| std::mem::take(&mut s.pending))
+        .collect();
+    let rows: Vec<&[u32]> = pending.iter().map(Vec::as_slice).collect();
+    let mut caches: Vec<&mut KvCache<B>> = sessions.iter_mut().map(|s| &mut s.cache).collect();
+    let hidden = model.forward_rows(&rows, &mut caches, adapters)?;
+    let logits = logits_rows(model.logits(hidden));
+    if logits.len() != rows.len() {
+        return Err(PolicyError::Generation(
+            "the model returned no logits".into(),
+        ));
+    }
+    Ok(logits)
+}
+
 /// Samples a continuation of each of several prefilled sessions at once: `rows[i]` is a session
 /// whose pending tokens were run and the logits after its last token; it samples with
 /// `rngs[i]`. Every step runs the rows still generating as one batch
-/// ([`Llama::decode_rows`]); a row that stops leaves the batch. Each row's tokens and
+/// ([`Llama::forward_rows`]); a row that stops leaves the batch. Each row's tokens and
 /// log-probabilities are those it would get decoding alone (up to float rounding), whatever the
 /// other rows hold. Returns each row's generation and its session, ready for the next turn.
 pub fn decode_batch<B: Backend>(
@@ -235,17 +254,18 @@ pub fn decode_batch<B: Backend>(
         if live.is_empty() || step + 1 == config.max_tokens {
             break;
         }
-        let last: Vec<u32> = live
+        let last: Vec<[u32; 1]> = live
             .iter()
-            .map(|&row| generations[row].tokens.last().copied().unwrap_or(0))
+            .map(|&row| [generations[row].tokens.last().copied().unwrap_or(0)])
             .collect();
+        let last: Vec<&[u32]> = last.iter().map(|t| t.as_slice()).collect();
         let mut caches: Vec<&mut KvCache<B>> = sessions
             .iter_mut()
             .enumerate()
             .filter(|(row, _)| live.binary_search(row).is_ok())
             .map(|(_, session)| &mut session.cache)
             .collect();
-        let hidden = model.decode_rows(&last, &mut caches, Adapters::On)?;
+        let hidden = model.forward_rows(&last, &mut caches, Adapters::On)?;
         current = logits_rows(model.logits(hidden));
         if current.len() != live.len() {
             return Err(PolicyError::Generation(
@@ -391,17 +411,97 @@ pub fn token_logprobs<B: Backend>(
     let d = model.config().hidden_size;
     let flat = hidden.reshape([tokens.len() * len, d]);
     // The state after position p - 1 predicts position p.
-    let rows: Vec<i64> = targets
-        .iter()
-        .map(|&(r, p)| (r * len + p - 1) as i64)
-        .collect();
-    let ids: Vec<i64> = targets
-        .iter()
-        .map(|&(r, p)| i64::from(tokens[r][p]))
-        .collect();
-    let n = targets.len();
-    let picked = flat.select(0, Tensor::from_data(TensorData::new(rows, [n]), &device));
+    let rows: Vec<usize> = targets.iter().map(|&(r, p)| r * len + p - 1).collect();
+    let ids: Vec<u32> = targets.iter().map(|&(r, p)| tokens[r][p]).collect();
+    Ok(pick_logprobs(model, flat, &rows, &ids))
+}
+
+/// Log-probabilities of `ids[i]` given the hidden state `hidden[rows[i]]` (`hidden`: `[n, d]`).
+fn pick_logprobs<B: Backend>(
+    model: &Llama<B>,
+    hidden: Tensor<B, 2>,
+    rows: &[usize],
+    ids: &[u32],
+) -> Tensor<B, 1> {
+    let device = hidden.device();
+    let n = rows.len();
+    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let ids: Vec<i64> = ids.iter().map(|&t| i64::from(t)).collect();
+    let picked = hidden.select(0, Tensor::from_data(TensorData::new(rows, [n]), &device));
     let logprobs = log_softmax(model.logits(picked), 1);
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
-    Ok(logprobs.gather(1, ids).reshape([n]))
+    logprobs.gather(1, ids).reshape([n])
+}
+
+/// [`token_logprobs`] for several sequences that begin with the same `shared` tokens (the
+/// episodes of a group share their prompt): the shared tokens run once, and every sequence
+/// continues from their cache, so under autodiff the gradients of all of them flow into that one
+/// graph of the shared part. `targets[i]` are positions in `sequences[i]`; each must be past
+/// `shared` (its predicting state lies in the continuation). Returns one tensor per sequence.
+pub fn shared_prefix_logprobs<B: Backend>(
+    model: &Llama<B>,
+    sequences: &[&[u32]],
+    shared: usize,
+    targets: &[Vec<usize>],
+    adapters: Adapters,
+) -> Result<Vec<Tensor<B, 1>>, PolicyError> {
+    if targets.len() != sequences.len() {
+        return Err(PolicyError::Generation(format!(
+            "{} target lists for {} sequences",
+            targets.len(),
+            sequences.len()
+        )));
+    }
+    let prefix = sequences
+        .first()
+        .map_or(&[][..], |s| &s[..shared.min(s.len())]);
+    for (i, (sequence, positions)) in sequences.iter().zip(targets).enumerate() {
+        if sequence.len() < shared || sequence[..shared] != *prefix {
+            return Err(PolicyError::Generation(format!(
+                "sequence {i} does not begin with the {shared} shared tokens"
+            )));
+        }
+        if positions.is_empty() {
+            return Err(PolicyError::Generation(format!(
+                "sequence {i} has no targets"
+            )));
+        }
+        if let Some(p) = positions
+            .iter()
+            .find(|&&p| p <= shared || p >= sequence.len())
+        {
+            return Err(PolicyError::Generation(format!(
+                "target {p} of sequence {i} is not after the shared part ({shared} tokens) and \
+                 inside the sequence ({} tokens)",
+                sequence.len()
+            )));
+        }
+    }
+    let device = model.embed.val().device();
+    let mut cache = model.new_cache();
+    if shared > 0 {
+        model.forward(
+            tokens_tensor::<B>(&[prefix.to_vec()], &device),
+            &mut cache,
+            adapters,
+        );
+    }
+    let d = model.config().hidden_size;
+    sequences
+        .iter()
+        .zip(targets)
+        .map(|(sequence, positions)| {
+            let continuation = sequence[shared..].to_vec();
+            let len = continuation.len();
+            let mut cache = cache.clone();
+            let hidden = model.forward(
+                tokens_tensor::<B>(&[continuation], &device),
+                &mut cache,
+                adapters,
+            );
+            let rows: Vec<usize> = positions.iter().map(|&p| p - 1 - shared).collect();
+            let ids: Vec<u32> = positions.iter().map(|&p| sequence[p]).collect();
+            Ok(pick_logprobs(model, hidden.reshape([len, d]), &rows, &ids))
+        })
+        .collect()
 }

@@ -175,11 +175,46 @@ fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -
     x.clone().mul(cos.clone()) + rotate_half(x).mul(sin.clone())
 }
 
-/// Per-row RoPE tables of a decode step: `[rows, heads, 1, head_dim]` for the queries and
-/// `[rows, kv_heads, 1, head_dim]` for the keys, built at full size so no product broadcasts.
+/// What every layer needs about the rows of [`Llama::forward_rows`]: where each row's tokens
+/// sit in the packed batch, RoPE tables per token built at full size (`[tokens, heads, 1,
+/// head_dim]` for queries, `[tokens, kv_heads, 1, head_dim]` for keys, so no product
+/// broadcasts), and each row's causal mask when it has more than one new token.
 struct RowPositions<B: Backend> {
+    spans: Vec<(usize, usize)>,
     query: (Tensor<B, 4>, Tensor<B, 4>),
     key: (Tensor<B, 4>, Tensor<B, 4>),
+    masks: Vec<Option<Tensor<B, 4>>>,
+}
+
+/// `softmax(q k^T / sqrt(head_dim) + mask) v` over a layer's cached keys and values (`q`:
+/// `[batch, kv_heads, rows, head_dim]`, query heads folded into the rows). Scores are taken
+/// against each block of the cache and joined for one softmax, then each block's values are
+/// weighted by their share, so the blocks are never joined.
+fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    layer: &LayerKv<B>,
+    mask: Option<&Tensor<B, 4>>,
+    head_dim: usize,
+) -> Tensor<B, 4> {
+    let (bulk_k, bulk_v) = &layer.bulk;
+    let bulk_len = bulk_k.dims()[2];
+    let mut scores = q.clone().matmul(bulk_k.clone().swap_dims(2, 3));
+    if let Some((tail_k, _)) = &layer.tail {
+        scores = Tensor::cat(vec![scores, q.matmul(tail_k.clone().swap_dims(2, 3))], 3);
+    }
+    let mut scores = scores.mul_scalar(1.0 / (head_dim as f64).sqrt());
+    if let Some(mask) = mask {
+        let dims = scores.dims();
+        scores = scores + mask.clone().reshape(dims);
+    }
+    let weights = softmax(scores, 3);
+    match &layer.tail {
+        None => weights.matmul(bulk_v.clone()),
+        Some((tail_k, tail_v)) => {
+            let tail = weights.clone().narrow(3, bulk_len, tail_k.dims()[2]);
+            weights.narrow(3, 0, bulk_len).matmul(bulk_v.clone()) + tail.matmul(tail_v.clone())
+        }
+    }
 }
 
 impl<B: Backend> Attention<B> {
@@ -200,29 +235,11 @@ impl<B: Backend> Attention<B> {
         let v = split(self.v.forward(x, adapters), kvh);
         let q = rotate(q, &positions.cos, &positions.sin);
         let k = rotate(k, &positions.cos, &positions.sin);
-        let (k, v) = match cache.as_mut() {
-            Some(layer) => {
-                let (k0, v0) = layer.joined();
-                (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2))
-            }
-            None => (k, v),
-        };
-        *cache = Some(LayerKv {
-            bulk: (k.clone(), v.clone()),
-            tail: None,
-        });
-        let groups = h / kvh;
+        let layer = extend(cache, k, v, false);
         // Query heads g*i..g*(i+1) share key/value head i: fold them into the row dimension so
         // keys and values are never copied per query head.
-        let q = q.reshape([batch, kvh, groups * t, hd]);
-        let k_len = k.dims()[2];
-        let mut scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (hd as f64).sqrt());
-        if let Some(mask) = &positions.mask {
-            scores = scores + mask.clone().reshape([batch, kvh, groups * t, k_len]);
-        }
-        let out = softmax(scores, 3).matmul(v);
+        let q = q.reshape([batch, kvh, (h / kvh) * t, hd]);
+        let out = attend(q, layer, positions.mask.as_ref(), hd);
         let out = out
             .reshape([batch, h, t, hd])
             .swap_dims(1, 2)
@@ -230,68 +247,73 @@ impl<B: Backend> Attention<B> {
         self.o.forward(out, adapters)
     }
 
-    /// One new position for each of several independent sequences (`x`: `[rows, d]`): the
-    /// projections run batched, attention per row against that row's own cache.
-    fn decode_rows(
+    /// New positions of several independent sequences packed one after another (`x`:
+    /// `[tokens, d]`): the projections run once over all of them, attention per row against
+    /// that row's own cache.
+    fn forward_rows(
         &self,
         x: Tensor<B, 2>,
         positions: &RowPositions<B>,
         caches: &mut [&mut Option<LayerKv<B>>],
         adapters: Adapters,
     ) -> Tensor<B, 2> {
-        let rows = x.dims()[0];
+        let n = x.dims()[0];
         let (h, kvh, hd) = (self.heads, self.kv_heads, self.head_dim);
-        let groups = h / kvh;
-        let q = self
-            .q
-            .forward(x.clone(), adapters)
-            .reshape([rows, h, 1, hd]);
-        let k = self
-            .k
-            .forward(x.clone(), adapters)
-            .reshape([rows, kvh, 1, hd]);
-        let v = self.v.forward(x, adapters).reshape([rows, kvh, 1, hd]);
+        let q = self.q.forward(x.clone(), adapters).reshape([n, h, 1, hd]);
+        let k = self.k.forward(x.clone(), adapters).reshape([n, kvh, 1, hd]);
+        let v = self.v.forward(x, adapters).reshape([n, kvh, 1, hd]);
         let q = rotate(q, &positions.query.0, &positions.query.1);
         let k = rotate(k, &positions.key.0, &positions.key.1);
-        let scale = 1.0 / (hd as f64).sqrt();
+        // `[t, heads, 1, hd]` rows of the packed batch as `[1, heads, t, hd]`.
+        let row = |y: &Tensor<B, 4>, start: usize, t: usize, heads: usize| {
+            y.clone()
+                .narrow(0, start, t)
+                .reshape([1, t, heads, hd])
+                .swap_dims(1, 2)
+        };
         let outs: Vec<Tensor<B, 2>> = caches
             .iter_mut()
-            .enumerate()
-            .map(|(row, cache)| {
-                let (k, v) = (k.clone().narrow(0, row, 1), v.clone().narrow(0, row, 1));
-                let layer = match cache.as_mut() {
-                    Some(layer) => {
-                        layer.append(k, v);
-                        layer
-                    }
-                    None => cache.insert(LayerKv {
-                        bulk: (k, v),
-                        tail: None,
-                    }),
-                };
-                // Scores against each block, one softmax over all of them, then the blocks'
-                // values weighted by their share: the blocks are never joined.
-                let q = q.clone().narrow(0, row, 1).reshape([1, kvh, groups, hd]);
-                let (bulk_k, bulk_v) = &layer.bulk;
-                let bulk_len = bulk_k.dims()[2];
-                let mut scores = vec![q.clone().matmul(bulk_k.clone().swap_dims(2, 3))];
-                if let Some((tail_k, _)) = &layer.tail {
-                    scores.push(q.matmul(tail_k.clone().swap_dims(2, 3)));
-                }
-                let weights = softmax(Tensor::cat(scores, 3).mul_scalar(scale), 3);
-                let mut out = weights
-                    .clone()
-                    .narrow(3, 0, bulk_len)
-                    .matmul(bulk_v.clone());
-                if let Some((tail_k, tail_v)) = &layer.tail {
-                    let tail = weights.narrow(3, bulk_len, tail_k.dims()[2]);
-                    out = out + tail.matmul(tail_v.clone());
-                }
-                out.reshape([1, h * hd])
+            .zip(&positions.spans)
+            .zip(&positions.masks)
+            .map(|((cache, &(start, t)), mask)| {
+                let layer = extend(
+                    cache,
+                    row(&k, start, t, kvh),
+                    row(&v, start, t, kvh),
+                    t == 1,
+                );
+                let q = row(&q, start, t, h).reshape([1, kvh, (h / kvh) * t, hd]);
+                attend(q, layer, mask.as_ref(), hd)
+                    .reshape([1, h, t, hd])
+                    .swap_dims(1, 2)
+                    .reshape([t, h * hd])
             })
             .collect();
         self.o.forward(Tensor::cat(outs, 0), adapters)
     }
+}
+
+/// Appends keys and values to a layer's cache: to its tail when `decoding` (one token, so the
+/// bulk is not copied), else joined into one block.
+fn extend<B: Backend>(
+    cache: &mut Option<LayerKv<B>>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    decoding: bool,
+) -> &LayerKv<B> {
+    if let Some(layer) = cache {
+        if decoding {
+            layer.append(k, v);
+        } else {
+            let (k0, v0) = layer.joined();
+            layer.bulk = (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2));
+        }
+        return layer;
+    }
+    cache.insert(LayerKv {
+        bulk: (k, v),
+        tail: None,
+    })
 }
 
 /// Additive mask `[1, rows, groups * t, total]` (`rows`: batch times key/value heads): query `i`
@@ -474,21 +496,22 @@ impl<B: Backend> Llama<B> {
         self.norm.forward(x).reshape([batch, t, d])
     }
 
-    /// Runs one new token for each of several independent sequences: `tokens[i]` follows the
-    /// positions in `caches[i]`, which may all differ in length, and is appended to it. The
-    /// projections and MLP run as one batch over the rows (one pass over the weights for all of
-    /// them); attention runs per row against that row's cache, so no row is padded or masked.
-    /// Returns the final hidden states `[rows, d]`.
-    pub fn decode_rows(
+    /// Runs new tokens of several independent sequences at once: `rows[i]` follows the
+    /// positions in `caches[i]` (rows and caches may all differ in length) and is appended to
+    /// it. The rows are packed one after another, so the projections and the MLP make one pass
+    /// over the weights for all of them; attention runs per row against that row's own cache,
+    /// so no row is padded or masked for another. Returns the final hidden state of each row's
+    /// last token, `[rows, d]`.
+    pub fn forward_rows(
         &self,
-        tokens: &[u32],
+        rows: &[&[u32]],
         caches: &mut [&mut KvCache<B>],
         adapters: Adapters,
     ) -> Result<Tensor<B, 2>, PolicyError> {
-        let rows = tokens.len();
-        if rows == 0 || caches.len() != rows {
+        if rows.is_empty() || caches.len() != rows.len() || rows.iter().any(|r| r.is_empty()) {
             return Err(PolicyError::Generation(format!(
-                "{rows} tokens for {} caches: a decode step needs one token per cache",
+                "{} rows for {} caches: a forward pass needs one non-empty row per cache",
+                rows.len(),
                 caches.len()
             )));
         }
@@ -505,23 +528,49 @@ impl<B: Backend> Llama<B> {
             self.config.num_attention_heads,
             self.config.num_key_value_heads,
         );
-        let lens: Vec<usize> = caches.iter().map(|c| c.len).collect();
+        let mut spans = Vec::with_capacity(rows.len());
+        let mut offset = 0;
+        for row in rows {
+            spans.push((offset, row.len()));
+            offset += row.len();
+        }
+        let tokens = offset;
+        let token_positions = || {
+            caches
+                .iter()
+                .zip(rows)
+                .flat_map(|(cache, row)| cache.len..cache.len + row.len())
+        };
         let table = |copies: usize| {
             rope_tables::<B>(
                 &self.config,
-                lens.iter().copied(),
+                token_positions(),
                 copies,
-                [rows, copies, 1, hd],
+                [tokens, copies, 1, hd],
                 &device,
             )
         };
+        let groups = heads / kv_heads;
+        let masks = caches
+            .iter()
+            .zip(rows)
+            .map(|(cache, row)| {
+                let t = row.len();
+                (t > 1).then(|| causal_mask::<B>(kv_heads, groups, t, cache.len + t, &device))
+            })
+            .collect();
         let positions = RowPositions {
+            spans,
             query: table(heads),
             key: table(kv_heads),
+            masks,
         };
-        let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows, 1]), &device);
-        let mut x = burn::tensor::module::embedding(self.embed.val(), ids).reshape([rows, d]);
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|&t| i64::from(t)))
+            .collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, tokens]), &device);
+        let mut x = burn::tensor::module::embedding(self.embed.val(), ids).reshape([tokens, d]);
         for (index, layer) in self.layers.iter().enumerate() {
             let mut layer_caches: Vec<&mut Option<LayerKv<B>>> = caches
                 .iter_mut()
@@ -530,14 +579,20 @@ impl<B: Backend> Llama<B> {
             let h = layer.attn_norm.forward(x.clone());
             x = x + layer
                 .attn
-                .decode_rows(h, &positions, &mut layer_caches, adapters);
+                .forward_rows(h, &positions, &mut layer_caches, adapters);
             let h = layer.mlp_norm.forward(x.clone());
             x = x + layer.mlp.forward(h, adapters);
         }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
+        for (cache, row) in caches.iter_mut().zip(rows) {
+            cache.len += row.len();
         }
-        Ok(self.norm.forward(x))
+        let last: Vec<i64> = positions
+            .spans
+            .iter()
+            .map(|&(start, t)| (start + t - 1) as i64)
+            .collect();
+        let last = Tensor::from_data(TensorData::new(last, [rows.len()]), &device);
+        Ok(self.norm.forward(x.select(0, last)))
     }
 
     /// Output logits `[n, vocab]` for hidden states `[n, d]`.

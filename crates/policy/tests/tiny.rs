@@ -114,13 +114,14 @@ fn batched_greedy_samples_equal_single_and_continue_correctly() {
     assert!(max_diff(&logits, full.last().unwrap()) < 1e-4);
 }
 
-/// Rows of different lengths decoded as one batch sample exactly what each samples alone, and
+/// Rows of different lengths prefilled and decoded as one batch sample exactly what each
+/// samples alone, and
 /// every recorded log-probability equals a full recompute of the finished sequence, across the
 /// cache's tail folding into its bulk.
 #[test]
 fn batched_rows_of_different_lengths_decode_as_each_alone() {
     use coe_policy::cache::TAIL_POSITIONS;
-    use coe_policy::generate::decode_batch;
+    use coe_policy::generate::{decode_batch, prefill_batch};
     let model = tiny::<B>(4);
     let tok = tiny_tokenizer();
     let config = coe_policy::SamplingConfig {
@@ -133,16 +134,28 @@ fn batched_rows_of_different_lengths_decode_as_each_alone() {
         .iter()
         .map(|&len| (0..len).map(|i| (i * 13 % 50 + 1) as u32).collect())
         .collect();
-    let prefilled = |prompt: &Vec<u32>| {
-        let mut session = Session::new(&model);
-        session.push(prompt);
-        let logits = session.prefill(&model, Adapters::On).unwrap();
-        (session, logits)
-    };
+    // Rows are prefilled as one packed batch, then decode together.
     let decode = |rows: Vec<usize>| {
         let mut rngs: Vec<_> = rows.iter().map(|&r| rng(100 + r as u64)).collect();
         let mut rngs: Vec<_> = rngs.iter_mut().collect();
-        let rows = rows.iter().map(|&r| prefilled(&prompts[r])).collect();
+        let mut sessions: Vec<Session<B>> = rows
+            .iter()
+            .map(|&r| {
+                let mut session = Session::new(&model);
+                session.push(&prompts[r]);
+                session
+            })
+            .collect();
+        let mut refs: Vec<_> = sessions.iter_mut().collect();
+        let logits = prefill_batch(&model, &mut refs, Adapters::On).unwrap();
+        for (&r, logits) in rows.iter().zip(&logits) {
+            let full = full_logits(&model, &prompts[r], Adapters::On);
+            assert!(
+                max_diff(logits, full.last().unwrap()) < 1e-4,
+                "prefill of row {r}"
+            );
+        }
+        let rows = sessions.into_iter().zip(logits).collect();
         decode_batch(&model, &tok, rows, &mut rngs, &config).unwrap()
     };
     let together = decode(vec![0, 1, 2]);

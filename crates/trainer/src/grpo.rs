@@ -40,7 +40,7 @@ use burn::tensor::TensorData;
 use burn::tensor::backend::AutodiffBackend;
 use coe_data::formats::Demo;
 use coe_exec::Executor;
-use coe_policy::generate::token_logprobs;
+use coe_policy::generate::shared_prefix_logprobs;
 use coe_policy::{Adapters, Llama, Policy};
 use coe_tool_state::{Effect, Task};
 use rand::rngs::StdRng;
@@ -170,79 +170,154 @@ fn generated_tokens(rollout: &Rollout) -> Result<Vec<GeneratedToken>, TrainerErr
     Ok(tokens)
 }
 
-/// Log-probabilities of `tokens` of an episode under `model` (adapters on, if it has any).
+/// How many leading tokens all `sequences` share and the update can run once for all of them:
+/// their common prefix, ending before the state that predicts the earliest generated token (at
+/// position `first_target`).
+fn shared_len(sequences: &[&[u32]], first_target: usize) -> usize {
+    let Some(first) = sequences.first() else {
+        return 0;
+    };
+    let common = sequences[1..].iter().fold(first.len(), |len, other| {
+        first[..len]
+            .iter()
+            .zip(other.iter())
+            .take_while(|(a, b)| a == b)
+            .count()
+    });
+    common.min(first_target.saturating_sub(1))
+}
+
+/// Log-probabilities of each episode's generated `tokens` under `model` (adapters on, if it
+/// has any), the episodes' shared prefix run once.
 fn logprobs_of<B: Backend>(
     model: &Llama<B>,
-    rollout: &Rollout,
-    tokens: &[GeneratedToken],
-) -> Result<Tensor<B, 1>, TrainerError> {
-    let targets: Vec<(usize, usize)> = tokens.iter().map(|t| t.target).collect();
-    Ok(token_logprobs(
+    rollouts: &[&Rollout],
+    tokens: &[Vec<GeneratedToken>],
+) -> Result<Vec<Tensor<B, 1>>, TrainerError> {
+    let sequences: Vec<&[u32]> = rollouts.iter().map(|r| r.tokens.as_slice()).collect();
+    let targets: Vec<Vec<usize>> = tokens
+        .iter()
+        .map(|t| t.iter().map(|t| t.target.1).collect())
+        .collect();
+    let first_target = tokens
+        .iter()
+        .filter_map(|t| t.first().map(|t| t.target.1))
+        .min()
+        .unwrap_or(0);
+    let shared = shared_len(&sequences, first_target);
+    Ok(shared_prefix_logprobs(
         model,
-        std::slice::from_ref(&rollout.tokens),
+        &sequences,
+        shared,
         &targets,
         Adapters::On,
     )?)
 }
 
-/// Log-probabilities of an episode's generated tokens under `reference` (no autodiff): the
-/// `q` of the KL term, computed once before the update.
-pub fn reference_logprobs<B: Backend>(
-    reference: &Llama<B>,
-    rollout: &Rollout,
-) -> Result<Vec<f32>, TrainerError> {
-    let tokens = generated_tokens(rollout)?;
-    if tokens.is_empty() {
-        return Ok(Vec::new());
-    }
-    let logprobs = logprobs_of(reference, rollout, &tokens)?;
-    Ok(logprobs
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .unwrap_or_default())
+/// The generated tokens of each episode; an error when one has none.
+fn episodes_tokens(rollouts: &[&Rollout]) -> Result<Vec<Vec<GeneratedToken>>, TrainerError> {
+    rollouts
+        .iter()
+        .map(|r| {
+            let tokens = generated_tokens(r)?;
+            if tokens.is_empty() {
+                return Err(TrainerError::Data("an episode without tokens".into()));
+            }
+            Ok(tokens)
+        })
+        .collect()
 }
 
-/// One episode's part of a group's GRPO loss.
+/// Log-probabilities of the generated tokens of a group's episodes under `reference` (no
+/// autodiff): the `q` of the KL term, computed once before the update, the shared prompt once.
+pub fn reference_logprobs<B: Backend>(
+    reference: &Llama<B>,
+    rollouts: &[&Rollout],
+) -> Result<Vec<Vec<f32>>, TrainerError> {
+    let tokens = episodes_tokens(rollouts)?;
+    Ok(logprobs_of(reference, rollouts, &tokens)?
+        .into_iter()
+        .map(|t| {
+            t.into_data()
+                .convert::<f32>()
+                .into_vec()
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+/// Several episodes' part of a group's GRPO loss.
 #[derive(Debug, Clone)]
 pub struct EpisodeLoss<B: Backend> {
-    /// The loss to minimise: the episode's token terms summed and divided by the normaliser
+    /// The loss to minimise: the episodes' token terms summed and divided by the normaliser
     /// (a scalar tensor that carries gradients).
     pub loss: Tensor<B, 1>,
     /// Sum of the per-token KL to the reference (k3 estimator); 0 without a reference.
     pub kl_sum: f64,
     /// Generated tokens.
     pub tokens: usize,
-    /// The largest `|log pi - log pi_old|` over the episode's tokens: 0 (within rounding) on
+    /// The largest `|log pi - log pi_old|` over the episodes' tokens: 0 (within rounding) on
     /// the first update of a step, when the policy is still the one that sampled.
     pub max_log_ratio: f32,
 }
 
-/// The GRPO loss of one episode, given its turns' advantages, the reference log-probs of its
-/// generated tokens (`None`: no KL term) and `normaliser`, the generated tokens of its whole
-/// group. `None` when the episode has no generated tokens.
-pub fn episode_loss<B: Backend>(
+/// One episode of a group, as the update takes it.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateEpisode<'a> {
+    /// The played episode.
+    pub rollout: &'a Rollout,
+    /// Its per-turn advantages ([`group_advantages`]).
+    pub advantages: &'a [f32],
+    /// Reference log-probs of its generated tokens, when the KL term is on.
+    pub reference: Option<&'a [f32]>,
+}
+
+/// The GRPO loss of episodes of one group (see the module docs), divided by `normaliser` (the
+/// generated tokens of the whole group). Their shared prompt runs once and its graph serves
+/// all of them: one backward of this loss gives the gradients per-episode losses would.
+pub fn episodes_loss<B: Backend>(
     model: &Llama<B>,
-    rollout: &Rollout,
-    advantages: &[f32],
-    reference: Option<&[f32]>,
+    episodes: &[UpdateEpisode<'_>],
     normaliser: usize,
     config: &GrpoConfig,
-) -> Result<Option<EpisodeLoss<B>>, TrainerError> {
-    let tokens = generated_tokens(rollout)?;
-    if tokens.is_empty() {
-        return Ok(None);
-    }
-    let n = tokens.len();
+) -> Result<EpisodeLoss<B>, TrainerError> {
+    let rollouts: Vec<&Rollout> = episodes.iter().map(|e| e.rollout).collect();
+    let tokens = episodes_tokens(&rollouts)?;
+    let logprobs = logprobs_of(model, &rollouts, &tokens)?;
     let device = model.embed.val().device();
+    let mut total: Option<EpisodeLoss<B>> = None;
+    for ((episode, tokens), new) in episodes.iter().zip(&tokens).zip(logprobs) {
+        let part = objective(new, tokens, episode, normaliser, config, &device)?;
+        total = Some(match total {
+            None => part,
+            Some(sum) => EpisodeLoss {
+                loss: sum.loss + part.loss,
+                kl_sum: sum.kl_sum + part.kl_sum,
+                tokens: sum.tokens + part.tokens,
+                max_log_ratio: sum.max_log_ratio.max(part.max_log_ratio),
+            },
+        });
+    }
+    total.ok_or_else(|| TrainerError::Data("a loss of no episodes".into()))
+}
+
+/// One episode's clipped objective and KL term from its tokens' log-probs `new`.
+fn objective<B: Backend>(
+    new: Tensor<B, 1>,
+    tokens: &[GeneratedToken],
+    episode: &UpdateEpisode<'_>,
+    normaliser: usize,
+    config: &GrpoConfig,
+    device: &B::Device,
+) -> Result<EpisodeLoss<B>, TrainerError> {
+    let n = tokens.len();
     let old: Vec<f32> = tokens.iter().map(|t| t.old).collect();
     let adv: Vec<f32> = tokens
         .iter()
-        .map(|t| advantages.get(t.turn).copied().unwrap_or(0.0))
+        .map(|t| episode.advantages.get(t.turn).copied().unwrap_or(0.0))
         .collect();
-    let new = logprobs_of(model, rollout, &tokens)?;
-    let old = Tensor::<B, 1>::from_data(TensorData::new(old, [n]), &device);
-    let adv = Tensor::<B, 1>::from_data(TensorData::new(adv, [n]), &device);
+    let old = Tensor::<B, 1>::from_data(TensorData::new(old, [n]), device);
+    let adv = Tensor::<B, 1>::from_data(TensorData::new(adv, [n]), device);
     let log_ratio = new.clone() - old;
     let max_log_ratio = log_ratio
         .clone()
@@ -256,27 +331,63 @@ pub fn episode_loss<B: Backend>(
     let clipped = ratio.clamp(1.0 - config.epsilon, 1.0 + config.epsilon) * adv;
     let mut per_token = unclipped.min_pair(clipped);
     let mut kl_sum = 0.0;
-    if let Some(reference) = reference {
+    if let Some(reference) = episode.reference {
         if reference.len() != n {
             return Err(TrainerError::Data(format!(
                 "{} reference log-probs for {n} tokens",
                 reference.len()
             )));
         }
-        let reference =
-            Tensor::<B, 1>::from_data(TensorData::new(reference.to_vec(), [n]), &device);
+        let reference = Tensor::<B, 1>::from_data(TensorData::new(reference.to_vec(), [n]), device);
         let log_ratio_ref = reference - new;
         let kl = log_ratio_ref.clone().exp() - log_ratio_ref - 1.0;
         kl_sum = f64::from(kl.clone().detach().sum().into_scalar().elem::<f32>());
         per_token = per_token - kl.mul_scalar(config.beta);
     }
-    Ok(Some(EpisodeLoss {
+    Ok(EpisodeLoss {
         loss: per_token.sum().neg().div_scalar(normaliser.max(1) as f32),
         kl_sum,
         tokens: n,
         max_log_ratio,
-    }))
+    })
 }
+
+/// Splits a group's episodes (by their token counts) into runs whose autodiff graphs together
+/// stay within [`UPDATE_MEMORY_BYTES`]: attention keeps about three `[heads, t, context]`
+/// arrays per layer for backward, so a continuation of `t` tokens after `p` costs about
+/// `12 * layers * heads * t * (p + t)` bytes. Each run is one backward with the prompt run
+/// once; an episode too long for the budget alone is a run of its own.
+pub fn update_chunks(
+    lengths: &[usize],
+    prompt: usize,
+    layers: usize,
+    heads: usize,
+) -> Vec<Vec<usize>> {
+    let cost = |t: usize| 12 * layers * heads * t.saturating_sub(prompt) * t;
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0;
+    for (i, &len) in lengths.iter().enumerate() {
+        let c = cost(len);
+        match chunks.last_mut() {
+            Some(chunk) if used + c <= UPDATE_MEMORY_BYTES => {
+                chunk.push(i);
+                used += c;
+            }
+            _ => {
+                chunks.push(vec![i]);
+                used = c;
+            }
+        }
+    }
+    chunks
+}
+
+/// A group the update learns from: its episodes with their per-turn advantages, and the tokens
+/// they generated (the group's loss normaliser).
+type KeptGroup = (Vec<(Rollout, Vec<f32>)>, usize);
+
+/// The memory the autodiff graphs of one backward may hold (see [`update_chunks`]).
+pub const UPDATE_MEMORY_BYTES: usize = 6 << 30;
 
 /// How often each task was played and solved so far; draws the tasks of a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -439,7 +550,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         let (mut reward_sum, mut solved, mut malformed, mut turns, mut count) =
             (0.0f64, 0, 0, 0, 0usize);
         // Per kept group: its episodes with their advantages, and its generated tokens.
-        let mut parts: Vec<(Rollout, Vec<f32>, usize)> = Vec::new();
+        let mut kept: Vec<KeptGroup> = Vec::new();
         let mut skipped_groups = 0;
         for (&task, group) in chosen.iter().zip(groups) {
             let group_solved = group.iter().filter(|r| r.trace.solved).count();
@@ -469,42 +580,68 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
                 .iter()
                 .flat_map(|r| r.turns.iter().map(|t| t.len))
                 .sum();
-            for (rollout, adv) in group.into_iter().zip(advantages) {
-                if rollout.turns.iter().any(|t| t.len > 0) {
-                    parts.push((rollout, adv, tokens));
-                }
+            let episodes: Vec<(Rollout, Vec<f32>)> = group
+                .into_iter()
+                .zip(advantages)
+                .filter(|(rollout, _)| rollout.turns.iter().any(|t| t.len > 0))
+                .collect();
+            if !episodes.is_empty() {
+                kept.push((episodes, tokens));
             }
         }
         let kept_groups = chosen.len() - skipped_groups;
         let reference_clock = Instant::now();
-        let references: Vec<Option<Vec<f32>>> = parts
+        let references: Vec<Option<Vec<Vec<f32>>>> = kept
             .iter()
-            .map(|(rollout, _, _)| {
+            .map(|(episodes, _)| {
+                let rollouts: Vec<&Rollout> = episodes.iter().map(|(r, _)| r).collect();
                 reference
                     .as_ref()
-                    .map(|model| reference_logprobs(model, rollout))
+                    .map(|model| reference_logprobs(model, &rollouts))
                     .transpose()
             })
             .collect::<Result<_, _>>()?;
         let reference_s = reference_clock.elapsed().as_secs_f64();
+        // One backward per run of a group's episodes that fits the memory budget, the group's
+        // prompt computed once per run.
+        let model_config = trainer.model.config();
+        let parts: Vec<(usize, Vec<usize>)> = kept
+            .iter()
+            .enumerate()
+            .flat_map(|(g, (episodes, _))| {
+                let lengths: Vec<usize> = episodes.iter().map(|(r, _)| r.tokens.len()).collect();
+                let prompt = episodes
+                    .iter()
+                    .filter_map(|(r, _)| r.turns.first().map(|t| t.start))
+                    .min()
+                    .unwrap_or(0);
+                update_chunks(
+                    &lengths,
+                    prompt,
+                    model_config.num_hidden_layers,
+                    model_config.num_attention_heads,
+                )
+                .into_iter()
+                .map(move |chunk| (g, chunk))
+            })
+            .collect();
         let update = Instant::now();
         let (mut kl_sum, mut kl_tokens, mut max_log_ratio) = (0.0f64, 0usize, 0.0f32);
         let grpo = config.grpo;
         let report = if parts.is_empty() {
             trainer.skip_step()
         } else {
-            let indexed: Vec<usize> = (0..parts.len()).collect();
-            trainer.step_sum(&indexed, |model, &i| {
-                let (rollout, adv, tokens) = &parts[i];
-                let part = episode_loss(
-                    model,
-                    rollout,
-                    adv,
-                    references[i].as_deref(),
-                    *tokens,
-                    &grpo,
-                )?
-                .ok_or_else(|| TrainerError::Data("an episode without tokens".into()))?;
+            trainer.step_sum(&parts, |model, (g, chunk)| {
+                let (episodes, tokens) = &kept[*g];
+                let update: Vec<UpdateEpisode<'_>> = chunk
+                    .iter()
+                    .map(|&i| UpdateEpisode {
+                        rollout: &episodes[i].0,
+                        advantages: &episodes[i].1,
+                        reference: references[*g].as_ref().map(|r| r[i].as_slice()),
+                    })
+                    .collect();
+                let part = episodes_loss(model, &update, *tokens, &grpo)?;
                 kl_sum += part.kl_sum;
                 kl_tokens += part.tokens;
                 max_log_ratio = max_log_ratio.max(part.max_log_ratio);
@@ -637,5 +774,38 @@ mod tests {
             sampler.choose(2, &mut StdRng::seed_from_u64(9)),
             restored.choose(2, &mut StdRng::seed_from_u64(9))
         );
+    }
+
+    #[test]
+    fn update_runs_fit_the_memory_budget() {
+        // SmolLM2-135M's shape: 30 layers, 9 heads.
+        let (layers, heads, prompt) = (30, 9, 400);
+        let cost = |t: usize| 12 * layers * heads * (t - prompt) * t;
+        // Four short episodes share one run, and so one pass over the prompt.
+        assert_eq!(
+            update_chunks(&[600, 700, 650, 800], prompt, layers, heads),
+            [vec![0, 1, 2, 3]]
+        );
+        // Long ones split into runs within the budget; one too long alone runs alone.
+        let lengths = [2000, 2048, 1900, 30_000];
+        let chunks = update_chunks(&lengths, prompt, layers, heads);
+        assert_eq!(chunks.concat(), [0, 1, 2, 3]);
+        assert!(chunks.len() > 1);
+        for chunk in &chunks {
+            let used: usize = chunk.iter().map(|&i| cost(lengths[i])).sum();
+            assert!(chunk.len() == 1 || used <= UPDATE_MEMORY_BYTES, "{chunk:?}");
+        }
+    }
+
+    #[test]
+    fn the_shared_part_ends_before_the_first_generated_token_is_predicted() {
+        let (a, b, c) = ([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9], [1, 2, 7, 4, 9]);
+        // Prompt [1, 2, 3, 4], commands from position 4: the state after token 4 predicts the
+        // first command token, so the shared part stops at 3 tokens.
+        assert_eq!(shared_len(&[&a, &b], 4), 3);
+        assert_eq!(shared_len(&[&a, &b, &c], 4), 2);
+        assert_eq!(shared_len(&[&a], 4), 3);
+        assert_eq!(shared_len(&[&a, &a], 0), 0);
+        assert_eq!(shared_len(&[], 4), 0);
     }
 }

@@ -18,7 +18,7 @@ use std::time::Instant;
 use burn::prelude::Backend;
 use coe_data::prompt::opening;
 use coe_exec::{Executor, ExecutorError};
-use coe_policy::generate::decode_batch;
+use coe_policy::generate::{decode_batch, prefill_batch};
 use coe_policy::{Adapters, ChatMessage, Generation, Policy, SamplingConfig, Session, StopReason};
 use coe_tool_state::{Episode, EpisodeConfig, StepError, Task, Trace};
 use rand::rngs::StdRng;
@@ -508,29 +508,51 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         }
     }
 
-    /// One model turn of every ready episode: each prefills what is new to it (a group's
-    /// prompt once for all its episodes), then all decode together, then their commands go to
-    /// the environment.
+    /// One model turn of every ready episode: what is new to each (a group's prompt once for
+    /// all its episodes, or an episode's observation) is prefilled as one packed batch, then
+    /// all decode together, then their commands go to the environment.
     fn model_turn(
         &mut self,
         ready: Vec<Ready<E>>,
         env: &mut impl Environment<E>,
     ) -> Result<(), TrainerError> {
         let clock = Instant::now();
-        let mut rows: Vec<DecodeRow<B, E>> = Vec::new();
-        for work in ready {
-            match work {
-                Ready::Open { group, episode } => rows.extend(self.open(group, episode)?),
-                Ready::Continue { slot, episode } => {
-                    if let Some(row) = self.advance(slot, episode)? {
-                        rows.push(row);
+        let mut work = Vec::with_capacity(ready.len());
+        let mut sessions = Vec::with_capacity(ready.len());
+        for item in ready {
+            let session = match &item {
+                Ready::Open { group, episode } => Some(self.opening(*group, episode)?),
+                Ready::Continue { slot, episode } => self.observe(*slot, episode)?,
+            };
+            match session {
+                Some(session) => {
+                    work.push(item);
+                    sessions.push(session);
+                }
+                // Cut by the context: scored like the turn limit.
+                None => {
+                    if let Ready::Continue { slot, mut episode } = item {
+                        episode.cut();
+                        self.close(slot, &episode, true);
                     }
                 }
             }
         }
-        self.stats.prefill_s += clock.elapsed().as_secs_f64();
-        if rows.is_empty() {
+        if work.is_empty() {
             return Ok(());
+        }
+        let model = &self.policy.model;
+        let mut refs: Vec<&mut Session<B>> = sessions.iter_mut().collect();
+        let logits = prefill_batch(model, &mut refs, Adapters::On)?;
+        self.stats.prefill_s += clock.elapsed().as_secs_f64();
+        let mut rows: Vec<DecodeRow<B, E>> = Vec::new();
+        for ((item, session), logits) in work.into_iter().zip(sessions).zip(logits) {
+            match item {
+                Ready::Open { group, episode } => {
+                    rows.extend(self.open(group, episode, session, logits)?);
+                }
+                Ready::Continue { slot, episode } => rows.push((slot, episode, session, logits)),
+            }
         }
         let clock = Instant::now();
         rows.sort_unstable_by_key(|row| row.0);
@@ -551,10 +573,9 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
             .filter(|(slot, _)| slots.binary_search(slot).is_ok())
             .filter_map(|(_, state)| state.as_mut().map(|s| &mut s.rng))
             .collect();
-        let policy = self.policy;
         let generations = decode_batch(
-            &policy.model,
-            &policy.tokenizer,
+            model,
+            &self.policy.tokenizer,
             inputs,
             &mut rngs,
             &self.config.sampling,
@@ -574,20 +595,27 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         Ok(())
     }
 
-    /// Prefills task `group`'s prompt once and gives its episodes their slots: one decode row
-    /// each, all sharing the prompt's cache.
-    fn open(
-        &mut self,
-        group: usize,
-        episode: Box<Episode<E>>,
-    ) -> Result<Vec<DecodeRow<B, E>>, TrainerError> {
+    /// A session holding task `group`'s prompt, not yet run.
+    fn opening(&mut self, group: usize, episode: &Episode<E>) -> Result<Session<B>, TrainerError> {
         let policy = self.policy;
         let messages = opening(&self.tasks[group], episode.observation());
         let prompt = prompt_ids(&policy.tokenizer, &messages)?;
         self.stats.prompt_tokens += prompt.len();
         let mut session = Session::new(&policy.model);
         session.push(&prompt);
-        let logits = session.prefill(&policy.model, Adapters::On)?;
+        Ok(session)
+    }
+
+    /// Gives task `group`'s episodes their slots: one decode row each, all sharing the
+    /// prefilled prompt's cache.
+    fn open(
+        &mut self,
+        group: usize,
+        episode: Box<Episode<E>>,
+        session: Session<B>,
+        logits: Vec<f32>,
+    ) -> Result<Vec<DecodeRow<B, E>>, TrainerError> {
+        let policy = self.policy;
         let mut rng = StdRng::seed_from_u64(self.seeds[group]);
         let count = self.n;
         self.groups[group] = (count, (0..count).map(|_| None).collect());
@@ -611,7 +639,7 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
                 session: Session::new(&policy.model),
                 turns: Vec::new(),
                 pending: Generation::default(),
-                start: prompt.len(),
+                start: session.tokens().len(),
                 rng: StdRng::seed_from_u64(rng.next_u64()),
             }));
             rows.push((slot, episode, session.clone(), logits.clone()));
@@ -619,13 +647,13 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         Ok(rows)
     }
 
-    /// Appends the observation after a step and prefills it; `None` when the context is full
-    /// (the episode is cut and closed).
-    fn advance(
+    /// Episode `slot`'s session with the observation after its step appended, not yet run;
+    /// `None` when it would not fit the context.
+    fn observe(
         &mut self,
         slot: usize,
-        mut episode: Box<Episode<E>>,
-    ) -> Result<Option<DecodeRow<B, E>>, TrainerError> {
+        episode: &Episode<E>,
+    ) -> Result<Option<Session<B>>, TrainerError> {
         let policy = self.policy;
         let template = policy.tokenizer.template();
         let state = running(&mut self.episodes, slot)?;
@@ -643,17 +671,13 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         let next = policy.tokenizer.encode(&text)?;
         let needed = state.session.tokens().len() + next.len() + self.config.sampling.max_tokens;
         if needed > self.config.context {
-            // Cut by the context: scored like the turn limit.
-            episode.cut();
-            self.close(slot, &episode, true);
             return Ok(None);
         }
         self.stats.prompt_tokens += next.len();
         let mut session = std::mem::replace(&mut state.session, Session::new(&policy.model));
         session.push(&next);
         state.start = session.tokens().len();
-        let logits = session.prefill(&policy.model, Adapters::On)?;
-        Ok(Some((slot, episode, session, logits)))
+        Ok(Some(session))
     }
 
     /// Sends the pending command of episode `slot` to the environment.

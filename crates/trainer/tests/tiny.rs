@@ -12,8 +12,8 @@ use coe_tool_state::{EpisodeConfig, Task};
 use coe_trainer::TrainerError;
 use coe_trainer::chat::{Encoded, encode};
 use coe_trainer::grpo::{
-    GrpoConfig, episode_loss, group_advantages, reference_logprobs, reference_policy,
-    sampling_model,
+    EpisodeLoss, GrpoConfig, UpdateEpisode, episodes_loss, group_advantages, reference_logprobs,
+    reference_policy, sampling_model,
 };
 use coe_trainer::optim::{OptimConfig, Trainer};
 use coe_trainer::rollout::{PlayConfig, Rollout, TurnSpan, play, play_tasks};
@@ -22,11 +22,38 @@ use coe_trainer::sft::sft_loss;
 
 type AD = Autodiff<CpuBackend>;
 
+/// The GRPO loss of one episode alone, without a KL term.
+fn episode_loss<B: burn::prelude::Backend>(
+    model: &Llama<B>,
+    rollout: &Rollout,
+    advantages: &[f32],
+    normaliser: usize,
+    config: &GrpoConfig,
+) -> EpisodeLoss<B> {
+    let episode = UpdateEpisode {
+        rollout,
+        advantages,
+        reference: None,
+    };
+    episodes_loss(model, &[episode], normaliser, config).unwrap()
+}
+
 fn tokenizer() -> TextTokenizer {
     TextTokenizer::tiny().unwrap()
 }
 
 /// The adapters' settings of the tiny model in these tests.
+/// The backend's random generator is one per process: a test that seeds it (a trainer step, a
+/// random tensor) and expects its draws holds this lock, so tests on other threads cannot
+/// interleave draws.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    BACKEND_RNG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 const TOY_LORA: LoraConfig = LoraConfig {
     rank: 8,
     alpha: 16.0,
@@ -140,6 +167,7 @@ fn masked_user_tokens_carry_no_loss() {
 
 #[test]
 fn sft_overfits_a_few_demos() {
+    let _rng = backend_rng();
     let tok = tokenizer();
     let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]
         .iter()
@@ -230,6 +258,7 @@ fn command_logprob(model: &Llama<CpuBackend>, rollout: &Rollout) -> f32 {
 
 #[test]
 fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
+    let _rng = backend_rng();
     let tok = tokenizer();
     let mut trainer = Trainer::new(
         lora_model::<AD>(3),
@@ -257,11 +286,7 @@ fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
     let group_tokens = good.turns[0].len + bad.turns[0].len;
     trainer
         .step_sum(&episodes, |model, (rollout, a)| {
-            Ok(
-                episode_loss(model, rollout, a, None, group_tokens, &config)?
-                    .unwrap()
-                    .loss,
-            )
+            Ok(episode_loss(model, rollout, a, group_tokens, &config).loss)
         })
         .unwrap();
     let valid = trainer.model.valid();
@@ -507,6 +532,7 @@ fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
 
 #[test]
 fn resume_reproduces_the_next_step() {
+    let _rng = backend_rng();
     let tok = tokenizer();
     let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1"]
         .iter()
@@ -555,6 +581,7 @@ fn resume_reproduces_the_next_step() {
 fn trained_lora_model<B: burn::prelude::Backend>(seed: u64, dropout: f64) -> Llama<B> {
     let mut model = lora_model::<B>(seed);
     let device = Default::default();
+    let _rng = backend_rng();
     B::seed(&device, seed);
     for linear in model.linears_mut() {
         if let Some(lora) = &mut linear.lora {
@@ -597,11 +624,11 @@ fn max_log_ratio(model: &Llama<AD>, rollouts: &[Rollout]) -> f32 {
     let config = GrpoConfig::default();
     rollouts
         .iter()
-        .filter_map(|r| {
+        .filter(|r| r.turns.iter().any(|t| t.len > 0))
+        .map(|r| {
             let adv = vec![1.0; r.turns.len()];
-            episode_loss(model, r, &adv, None, 1, &config).unwrap()
+            episode_loss(model, r, &adv, 1, &config).max_log_ratio
         })
-        .map(|part| part.max_log_ratio)
         .fold(0.0, f32::max)
 }
 
@@ -651,8 +678,9 @@ fn the_kl_reference_is_the_policy_rl_starts_from() {
     let before_sft = reference_policy(base(), None).unwrap();
     let (mut gap, mut gap_to_base) = (0.0f32, 0.0f32);
     for rollout in rollouts.iter().filter(|r| !r.turns.is_empty()) {
-        let q = reference_logprobs(&reference, rollout).unwrap();
-        let q_base = reference_logprobs(&before_sft, rollout).unwrap();
+        let one = std::slice::from_ref(&rollout);
+        let q = reference_logprobs(&reference, one).unwrap().pop().unwrap();
+        let q_base = reference_logprobs(&before_sft, one).unwrap().pop().unwrap();
         let p: Vec<f32> = rollout
             .turns
             .iter()
@@ -676,6 +704,98 @@ fn the_kl_reference_is_the_policy_rl_starts_from() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A group's loss with its prompt run once (one graph, one backward) has the value and the
+/// adapter gradients of its episodes' losses taken one at a time, and so have the reference
+/// log-probs.
+#[test]
+fn the_shared_prompt_update_equals_per_episode_updates() {
+    let sampler = Policy {
+        model: trained_lora_model::<CpuBackend>(13, 0.0),
+        tokenizer: tokenizer(),
+    };
+    let rollouts: Vec<Rollout> = grpo_rollouts(&sampler, 2048)
+        .into_iter()
+        .filter(|r| r.turns.iter().any(|t| t.len > 0))
+        .collect();
+    assert!(rollouts.len() >= 2, "need a group");
+    assert!(
+        rollouts.iter().any(|r| r.turns.len() > 1),
+        "need later turns"
+    );
+    let model = trained_lora_model::<AD>(13, 0.0);
+    let references =
+        reference_logprobs(&sampler.model, &rollouts.iter().collect::<Vec<_>>()).unwrap();
+    let advantages: Vec<Vec<f32>> = rollouts
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (0..r.turns.len()).map(|t| (i + t) as f32 - 1.5).collect())
+        .collect();
+    let episodes: Vec<UpdateEpisode<'_>> = rollouts
+        .iter()
+        .zip(&advantages)
+        .zip(&references)
+        .map(|((rollout, advantages), reference)| UpdateEpisode {
+            rollout,
+            advantages,
+            reference: Some(reference),
+        })
+        .collect();
+    let config = GrpoConfig::default();
+    let gradients = |loss: EpisodeLoss<AD>| {
+        let value = loss.loss.clone().into_scalar();
+        let grads = loss.loss.backward();
+        let flat: Vec<f32> = model
+            .named_linears()
+            .into_iter()
+            .filter_map(|(_, linear)| linear.lora.as_ref())
+            .flat_map(|lora| {
+                let a = lora.a.val().grad(&grads).unwrap();
+                let b = lora.b.val().grad(&grads).unwrap();
+                [
+                    a.into_data().to_vec::<f32>().unwrap(),
+                    b.into_data().to_vec::<f32>().unwrap(),
+                ]
+            })
+            .flatten()
+            .collect();
+        (value, flat)
+    };
+    let (shared_value, shared_grads) =
+        gradients(episodes_loss(&model, &episodes, 50, &config).unwrap());
+    let (mut value, mut grads) = (0.0f32, vec![0.0f32; shared_grads.len()]);
+    for episode in &episodes {
+        let (v, g) =
+            gradients(episodes_loss(&model, std::slice::from_ref(episode), 50, &config).unwrap());
+        value += v;
+        grads.iter_mut().zip(g).for_each(|(sum, x)| *sum += x);
+    }
+    assert!(
+        (value - shared_value).abs() < 1e-4,
+        "{value} vs {shared_value}"
+    );
+    let gap = grads
+        .iter()
+        .zip(&shared_grads)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let scale = grads.iter().map(|g| g.abs()).fold(0.0f32, f32::max);
+    assert!(scale > 1e-3, "the gradients are all about zero");
+    assert!(gap < 1e-4, "gradients differ by {gap} (largest {scale})");
+    // The reference log-probs of the group equal each episode's alone.
+    for (rollout, together) in rollouts.iter().zip(&references) {
+        let alone = reference_logprobs(&sampler.model, &[rollout])
+            .unwrap()
+            .pop()
+            .unwrap();
+        let gap = alone
+            .iter()
+            .zip(together)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(gap < 1e-4);
+    }
+}
+
 #[test]
 fn the_loss_weighs_every_token_of_a_group_alike() {
     let tok = tokenizer();
@@ -690,9 +810,7 @@ fn the_loss_weighs_every_token_of_a_group_alike() {
         ..GrpoConfig::default()
     };
     let loss = |rollout: &Rollout| {
-        let part = episode_loss(&model, rollout, &[1.0], None, n_short + n_long, &config)
-            .unwrap()
-            .unwrap();
+        let part = episode_loss(&model, rollout, &[1.0], n_short + n_long, &config);
         part.loss.into_scalar()
     };
     // On-policy with advantage 1 each token's objective is 1: an episode's share of the
