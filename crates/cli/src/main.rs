@@ -83,6 +83,12 @@ enum Commands {
         /// Tasks run at once (default: the number of cores).
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
+        /// Run the jobs as worker processes (scales with cores) or as threads of this process.
+        #[arg(long, value_enum, default_value_t = cmd::check::Parallelism::Processes)]
+        parallel: cmd::check::Parallelism,
+        /// Internal: run as worker I of N, taking every N-th task from I.
+        #[arg(long, value_name = "I/N", hide = true)]
+        worker: Option<cmd::check::Shard>,
         #[command(flatten)]
         limits: LimitArgs,
     },
@@ -145,10 +151,12 @@ enum Commands {
     },
     /// Repair a program with the policy: play episodes, print each turn and the diff.
     ///
-    /// Uses fixtures/policy/adapter.safetensors on the default base model when it exists;
-    /// --model and --adapter choose others. With --samples K, K episodes are sampled and the
-    /// first solved one (or the best) is shown. Exit code 0 whether or not it was solved
-    /// (the output says); 2 when the tests already pass or an input is missing.
+    /// Uses the default policy (fixtures/policy/adapter.safetensors, built into the binary) on
+    /// the default base model; --model and --adapter choose others. The tests are a verifier:
+    /// a greedy episode, then sampled ones until one passes, --samples K (default 5) are played
+    /// or --time-budget-s is spent; the first solved one (or the best) is shown. Exit code 0
+    /// whether or not it was solved (the output says); 2 when the tests already pass or an
+    /// input is missing.
     Repair(cmd::repair::RepairArgs),
     /// Evaluate a policy on a task file: pass@1, pass@k (unbiased), mean turns, malformed rate.
     Eval(cmd::eval::EvalArgs),
@@ -238,8 +246,10 @@ fn main() -> ExitCode {
             tasks,
             field,
             jobs,
+            parallel,
+            worker,
             limits,
-        } => cmd::check::check(&tasks, field, jobs, limits.limits()),
+        } => cmd::check::check(&tasks, field, jobs, parallel, worker, limits.limits()),
         Commands::Prepare => cmd::prepare::prepare(),
         Commands::Replay {
             task,

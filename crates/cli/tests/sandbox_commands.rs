@@ -146,6 +146,69 @@ fn check_runs_every_task_in_order() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no reference"));
 }
 
+/// Worker processes (the default) and threads give the same lines in the same order, the same
+/// messages and the same exit code, whatever the tasks hold.
+#[test]
+fn check_with_worker_processes_equals_threads() {
+    let tasks = temp_file(
+        "spread.jsonl",
+        concat!(
+            r#"{"task_id": "a", "code": "x = 1", "reference": "x = 2", "tests": ["assert x == 2"]}"#,
+            "\n",
+            r#"{"task_id": "b", "code": "y = 1", "tests": ["assert y == 1"]}"#,
+            "\n",
+            "not json\n",
+            r#"{"task_id": "c", "code": "z = 1", "reference": "z = (", "tests": []}"#,
+            "\n",
+            r#"{"task_id": "d", "code": "", "reference": "while True: pass", "tests": []}"#,
+            "\n",
+            r#"{"task_id": "e", "code": "", "reference": "import sys; sys.exit(3)", "tests": []}"#,
+            "\n"
+        ),
+    );
+    let path = tasks.to_str().unwrap();
+    let run = |parallel: &str| {
+        let out = coe(&[
+            "check",
+            path,
+            "--field",
+            "reference",
+            "--jobs",
+            "3",
+            "--parallel",
+            parallel,
+            "--timeout-ms",
+            "3000",
+        ]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Wall-clock figures differ between runs; everything else must not.
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut()
+                    .unwrap()
+                    .retain(|k, _| !k.ends_with("_ms"));
+                v
+            })
+            .collect();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), lines, stderr)
+    };
+    let processes = run("processes");
+    let threads = run("threads");
+    assert_eq!(processes, threads);
+    let (code, lines, stderr) = processes;
+    assert_eq!(code, Some(2));
+    let ids: Vec<&str> = lines
+        .iter()
+        .map(|v| v["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "c", "d", "e"]);
+    assert!(stderr.contains("spread.jsonl:3: not a task"), "{stderr}");
+    assert!(stderr.contains("task b: has no reference"), "{stderr}");
+}
+
 #[test]
 fn check_reports_malformed_lines_and_goes_on() {
     let tasks = temp_file(
@@ -310,7 +373,27 @@ fn repair_plays_the_default_policy_on_the_example() {
             .contains("def max_of_three")
     );
     assert!(first["diff"].is_string());
-    assert_eq!(first["episodes_played"], 1);
-    // One sample is greedy: the same program and tests give the same repair.
-    assert_eq!(json(&coe(&args)), first);
+    // A greedy episode, then sampled ones until one passes: at most 5 by default.
+    let played = first["episodes_played"].as_u64().unwrap();
+    let shown = first["episode"].as_u64().unwrap();
+    assert!(
+        (1..=5).contains(&played) && (1..=played).contains(&shown),
+        "{first}"
+    );
+    if first["solved"] == false {
+        assert_eq!(played, 5, "{first}");
+    } else {
+        assert_eq!(shown, played, "it stops at the first that passes: {first}");
+    }
+    // A spent time budget starts no sampled episode after the greedy one.
+    let mut budget = args.clone();
+    budget.extend(["--time-budget-s", "0"]);
+    let out = json(&coe(&budget));
+    assert_eq!(out["episodes_played"], 1, "{out}");
+    // With one episode it is the greedy one: the same program and tests give the same repair.
+    args.extend(["--samples", "1"]);
+    let greedy = json(&coe(&args));
+    assert_eq!(greedy["episodes_played"], 1);
+    assert_eq!(greedy["episode"], 1);
+    assert_eq!(json(&coe(&args)), greedy);
 }

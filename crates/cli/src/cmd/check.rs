@@ -3,55 +3,72 @@
 use std::path::Path;
 
 use coe_exec::{ExecRequest, Limits};
+use coe_sandbox::Sandbox;
+use coe_tool_state::Task;
 
 use super::{read_text, sandbox};
 use crate::output::{OutcomeJson, json_line, print};
 use crate::{Failure, Field};
 
+/// How `coe check` spreads its runs over cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Parallelism {
+    /// One process per job (the default): a run's copy-on-write faults then flush no other
+    /// job's TLB, which one shared address space does on every fault (see the crate README).
+    Processes,
+    /// Threads of this process, sharing one sandbox.
+    Threads,
+}
+
+/// One line a worker process writes per task: the outcome line, or why the task did not run.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum WorkerLine {
+    Outcome(String),
+    Input(String),
+    Internal(String),
+}
+
 pub(crate) fn check(
     tasks_path: &Path,
     field: Field,
     jobs: Option<usize>,
+    parallelism: Parallelism,
+    worker: Option<Shard>,
     limits: Limits,
 ) -> Result<(), Failure> {
     // The same reader as every other task reader, so an MBPP row gets the same id everywhere.
     let read =
         coe_data::sources::parse_tasks(&read_text(tasks_path)?, &tasks_path.display().to_string());
-    for error in &read.errors {
-        eprintln!("{error}");
+    if worker.is_none() {
+        for error in &read.errors {
+            eprintln!("{error}");
+        }
     }
     let mut malformed = read.errors.len();
     let tasks = read.items;
+    // Prepares (and caches) the compiled guest before any worker process loads it.
     let sandbox = sandbox()?;
+    let run = |task: &Task| run_task(&sandbox, task, field, limits);
+    if let Some(shard) = worker {
+        for task in tasks.iter().skip(shard.index).step_by(shard.count) {
+            let line = match run(task) {
+                Ok(line) => WorkerLine::Outcome(line),
+                Err(Failure::Input(message)) => WorkerLine::Input(message),
+                Err(Failure::Internal(message)) => WorkerLine::Internal(message),
+            };
+            print(&json_line(&line)?)?;
+        }
+        return Ok(());
+    }
     let jobs = jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
         .clamp(1, tasks.len().max(1));
-    let results: Vec<Result<String, Failure>> = run_parallel(&tasks, jobs, |task| {
-        let program = match field {
-            Field::Code => Some(task.code.as_str()),
-            Field::Reference => task.reference.as_deref(),
-        };
-        let Some(program) = program else {
-            return Err(Failure::Input(format!(
-                "task {}: has no reference",
-                task.task_id
-            )));
-        };
-        let outcome = sandbox
-            .run(&ExecRequest {
-                program,
-                setup: task.setup(),
-                tests: &task.tests,
-                limits,
-            })
-            .map_err(|e| Failure::Internal(format!("coe: task {}: {e}", task.task_id)))?
-            .outcome;
-        json_line(&OutcomeJson::new(
-            &outcome,
-            task.tests.len(),
-            Some(&task.task_id),
-        ))
-    })?;
+    let results: Vec<Result<String, Failure>> = if jobs > 1 && parallelism == Parallelism::Processes
+    {
+        run_processes(tasks_path, &tasks, field, jobs, limits)?
+    } else {
+        run_parallel(&tasks, jobs, run)?
+    };
     let mut internal = None;
     for result in results {
         match result {
@@ -72,6 +89,151 @@ pub(crate) fn check(
         )));
     }
     Ok(())
+}
+
+/// Runs one task's program (its code or its reference) and tests; its outcome as a JSON line.
+fn run_task(
+    sandbox: &Sandbox,
+    task: &Task,
+    field: Field,
+    limits: Limits,
+) -> Result<String, Failure> {
+    let program = match field {
+        Field::Code => Some(task.code.as_str()),
+        Field::Reference => task.reference.as_deref(),
+    };
+    let Some(program) = program else {
+        return Err(Failure::Input(format!(
+            "task {}: has no reference",
+            task.task_id
+        )));
+    };
+    let outcome = sandbox
+        .run(&ExecRequest {
+            program,
+            setup: task.setup(),
+            tests: &task.tests,
+            limits,
+        })
+        .map_err(|e| Failure::Internal(format!("coe: task {}: {e}", task.task_id)))?
+        .outcome;
+    json_line(&OutcomeJson::new(
+        &outcome,
+        task.tests.len(),
+        Some(&task.task_id),
+    ))
+}
+
+/// Runs the tasks in `jobs` worker processes (this binary, `check --worker I/N`), worker `i`
+/// taking every `jobs`-th task from `i`; results keep the input order.
+fn run_processes(
+    tasks_path: &Path,
+    tasks: &[Task],
+    field: Field,
+    jobs: usize,
+    limits: Limits,
+) -> Result<Vec<Result<String, Failure>>, Failure> {
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Internal(format!("coe: cannot find its own binary: {e}")))?;
+    let field = match field {
+        Field::Code => "code",
+        Field::Reference => "reference",
+    };
+    let mut children = Vec::with_capacity(jobs);
+    for index in 0..jobs {
+        let child = Command::new(&exe)
+            .arg("check")
+            .arg(tasks_path)
+            .args(["--field", field])
+            .args(["--timeout-ms", &limits.timeout_ms.to_string()])
+            .args(["--memory-mib", &limits.memory_mib.to_string()])
+            .args(["--worker", &format!("{index}/{jobs}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| Failure::Internal(format!("coe: cannot start worker {index}: {e}")))?;
+        children.push(child);
+    }
+    // Each worker's output is read on its own thread, so no worker blocks on a full pipe.
+    let outputs: Vec<Result<Vec<WorkerLine>, Failure>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = children
+            .into_iter()
+            .enumerate()
+            .map(|(index, child)| scope.spawn(move || read_worker(index, child)))
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| {
+                reader.join().unwrap_or_else(|_| {
+                    Err(Failure::Internal("coe: a worker reader failed".into()))
+                })
+            })
+            .collect()
+    });
+    let mut outputs: Vec<std::vec::IntoIter<WorkerLine>> = outputs
+        .into_iter()
+        .map(|o| o.map(Vec::into_iter))
+        .collect::<Result<_, _>>()?;
+    (0..tasks.len())
+        .map(|i| {
+            let line = outputs[i % jobs].next().ok_or_else(|| {
+                Failure::Internal(format!(
+                    "coe: worker {} gave no result for task {i}",
+                    i % jobs
+                ))
+            })?;
+            Ok(match line {
+                WorkerLine::Outcome(line) => Ok(line),
+                WorkerLine::Input(message) => Err(Failure::Input(message)),
+                WorkerLine::Internal(message) => Err(Failure::Internal(message)),
+            })
+        })
+        .collect()
+}
+
+/// Every line worker `index` wrote, once it has exited successfully.
+fn read_worker(index: usize, child: std::process::Child) -> Result<Vec<WorkerLine>, Failure> {
+    let output = child
+        .wait_with_output()
+        .map_err(|e| Failure::Internal(format!("coe: worker {index}: {e}")))?;
+    if !output.status.success() {
+        return Err(Failure::Internal(format!(
+            "coe: worker {index} failed ({})",
+            output.status
+        )));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).map_err(|e| {
+                Failure::Internal(format!("coe: worker {index} wrote a bad line: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// Worker `index` of `count` (`I/N`): the tasks it takes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shard {
+    pub(crate) index: usize,
+    pub(crate) count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (index, count) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text}: expected I/N"))?;
+        let index: usize = index.parse().map_err(|_| format!("{text}: bad index"))?;
+        let count: usize = count.parse().map_err(|_| format!("{text}: bad count"))?;
+        if count == 0 || index >= count {
+            return Err(format!("{text}: needs 0 <= I < N"));
+        }
+        Ok(Self { index, count })
+    }
 }
 
 /// Runs `work` on every item with `jobs` threads; results keep the input order.

@@ -77,10 +77,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         .enumerate()
         .filter(|(i, _)| args.shard.is_none_or(|s| i % s.count == s.index))
         .collect();
-    if p.samples == 0 {
+    let samples = p.samples.unwrap_or(1);
+    if samples == 0 {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
-    let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref());
+    let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref())?;
     let policy = load_policy(p.model.as_deref(), adapter.as_deref())?;
     let sandbox = std::sync::Arc::new(sandbox()?);
     let config = coe_trainer::rollout::PlayConfig {
@@ -89,7 +90,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
             ..Default::default()
         },
         sampling: SamplingConfig {
-            temperature: if p.samples == 1 { 0.0 } else { 1.0 },
+            temperature: if samples == 1 { 0.0 } else { 1.0 },
             ..SamplingConfig::default()
         },
         context: CONTEXT_TOKENS,
@@ -111,7 +112,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
             &tasks,
             &prompts,
             &sandbox,
-            p.samples,
+            samples,
             &sampling,
             &config.episode.limits,
             p.seed,
@@ -128,7 +129,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         &policy,
         &tasks,
         &sandbox,
-        p.samples,
+        samples,
         &config,
         p.seed,
         |i, traces| report_task(i, total, traces, |t| (&t.task_id, t.solved)),

@@ -19,24 +19,43 @@ use coe_sandbox::Sandbox;
 
 use crate::Failure;
 
-/// The committed default policy (LoRA adapters for the default base model), found through the
-/// workspace this binary was built from, so `coe repair` and `coe eval` work from any directory.
-pub(crate) const DEFAULT_ADAPTER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../fixtures/policy/adapter.safetensors"
-);
+/// The committed default policy (LoRA adapters for the default base model), built into the
+/// binary so that an installed or moved `coe` still has it.
+const DEFAULT_ADAPTER: &[u8] = include_bytes!("../../../../fixtures/policy/adapter.safetensors");
+
+/// The default policy as a file the loader can read: written once into the cache under its
+/// SHA-256 (a file already there is used only when its bytes hash to its name).
+fn default_adapter_file() -> Result<PathBuf, Failure> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(DEFAULT_ADAPTER);
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let path = coe_cache::cache_dir()
+        .join("policy")
+        .join(format!("default-{name}.safetensors"));
+    let intact = std::fs::read(&path).is_ok_and(|bytes| Sha256::digest(&bytes) == digest);
+    if !intact {
+        coe_cache::write_atomically(&path, DEFAULT_ADAPTER).map_err(|e| {
+            Failure::Internal(format!(
+                "coe: cannot write the default policy to {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
+    Ok(path)
+}
 
 /// The adapters a model command uses: `--adapter PATH` that file, `--adapter none` none (the
-/// base model alone); without `--adapter`, the committed default policy when the model is the
-/// default one and the policy is there.
-pub(crate) fn chosen_adapter(model: Option<&Path>, adapter: Option<&Path>) -> Option<PathBuf> {
+/// base model alone); without `--adapter`, the built-in default policy when the model is the
+/// default one.
+pub(crate) fn chosen_adapter(
+    model: Option<&Path>,
+    adapter: Option<&Path>,
+) -> Result<Option<PathBuf>, Failure> {
     match adapter {
-        Some(path) if path == Path::new("none") => None,
-        Some(path) => Some(path.to_path_buf()),
-        None => {
-            let default = PathBuf::from(DEFAULT_ADAPTER);
-            (model.is_none() && default.exists()).then_some(default)
-        }
+        Some(path) if path == Path::new("none") => Ok(None),
+        Some(path) => Ok(Some(path.to_path_buf())),
+        None if model.is_none() => default_adapter_file().map(Some),
+        None => Ok(None),
     }
 }
 
@@ -49,13 +68,14 @@ pub(crate) struct PolicyArgs {
     /// Base model: a GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct).
     #[arg(long, value_name = "PATH")]
     pub(crate) model: Option<PathBuf>,
-    /// LoRA adapters to apply; `none` for the base model alone (default: the committed default
+    /// LoRA adapters to apply; `none` for the base model alone (default: the built-in default
     /// policy, fixtures/policy/adapter.safetensors, on the default base model).
     #[arg(long, value_name = "PATH")]
     pub(crate) adapter: Option<PathBuf>,
-    /// Episodes per task (1: greedy; more: sampled).
-    #[arg(long, default_value_t = 1, value_name = "K")]
-    pub(crate) samples: usize,
+    /// Episodes per task (`coe eval`: 1, greedy, by default; more are sampled. `coe repair`:
+    /// the most it plays, a greedy one then sampled ones, 5 by default).
+    #[arg(long, value_name = "K")]
+    pub(crate) samples: Option<usize>,
     /// Turns per episode.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub(crate) max_turns: usize,

@@ -23,10 +23,16 @@ pub(crate) struct RepairArgs {
     pub(crate) task: String,
     #[command(flatten)]
     pub(crate) policy: PolicyArgs,
-    /// Print one JSON object (solved, turns, final_program, diff).
+    /// Print one JSON object (solved, turns, final_program, diff, episodes_played).
     #[arg(long)]
     pub(crate) json: bool,
+    /// Start no further sampled episode after this many seconds.
+    #[arg(long, default_value_t = 120.0, value_name = "SECONDS")]
+    pub(crate) time_budget_s: f64,
 }
+
+/// Temperature of the sampled episodes after the greedy one.
+const REPAIR_TEMPERATURE: f64 = 0.8;
 
 #[derive(Serialize)]
 struct RepairJson<'a> {
@@ -35,14 +41,21 @@ struct RepairJson<'a> {
     final_program: &'a str,
     diff: String,
     episodes_played: usize,
+    /// Which of them is shown (1-based).
+    episode: usize,
 }
 
+/// Episodes `coe repair` plays at most unless `--samples` says: a greedy one, then sampled ones.
+const REPAIR_EPISODES: usize = 5;
+
 pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
     let p = &args.policy;
     if args.tests.is_empty() {
         return Err(Failure::Input("give at least one --test".into()));
     }
-    if p.samples == 0 {
+    let most = p.samples.unwrap_or(REPAIR_EPISODES);
+    if most == 0 {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
     let code = read_text(&args.program)?;
@@ -67,44 +80,63 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
             args.program.display()
         )));
     }
-    let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref());
+    let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref())?;
     if p.adapter.is_none() && adapter.is_some() && !args.json {
-        eprintln!("coe: using the default policy, fixtures/policy/adapter.safetensors");
-    }
-    if adapter.is_none() && !args.json {
-        eprintln!(
-            "coe: no adapter given and no trained default policy committed; using the base model alone"
-        );
+        eprintln!("coe: using the built-in default policy");
     }
     let policy = load_policy(p.model.as_deref(), adapter.as_deref())?;
-    let config = coe_trainer::rollout::PlayConfig {
+    let config = |temperature| coe_trainer::rollout::PlayConfig {
         episode,
         sampling: SamplingConfig {
-            temperature: if p.samples == 1 { 0.0 } else { 0.8 },
+            temperature,
             ..SamplingConfig::default()
         },
         context: CONTEXT_TOKENS,
         workers: p.workers,
         batch: p.batch,
     };
-    let rollouts = coe_trainer::rollout::play(
-        &policy,
-        &task,
-        &sandbox,
-        p.samples,
-        &config,
-        &mut rng(p.seed),
-    )
-    .map_err(|e| Failure::Internal(e.to_string()))?;
-    let played = rollouts.len();
-    let best = rollouts
-        .into_iter()
-        .max_by(|a, b| {
-            (a.trace.solved, a.trace.total_reward)
-                .partial_cmp(&(b.trace.solved, b.trace.total_reward))
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
-        .ok_or_else(|| Failure::Internal("no episode was played".into()))?;
+    // The tests are a verifier: a greedy episode first, then sampled ones (as many at a time as
+    // decode together) until one passes, `most` are played or the time budget is spent.
+    let mut rng = rng(p.seed);
+    let mut played = 0;
+    // The best episode so far (a solved one, else the highest return) and its number.
+    let mut best: Option<(usize, coe_trainer::rollout::Rollout)> = None;
+    let solved = |best: &Option<(usize, coe_trainer::rollout::Rollout)>| {
+        best.as_ref().is_some_and(|(_, b)| b.trace.solved)
+    };
+    while played < most && !solved(&best) {
+        if played > 0 && started.elapsed().as_secs_f64() > args.time_budget_s {
+            if !args.json {
+                eprintln!(
+                    "coe: time budget of {} s spent after {played} episodes",
+                    args.time_budget_s
+                );
+            }
+            break;
+        }
+        let (temperature, n) = if played == 0 {
+            (0.0, 1)
+        } else {
+            (REPAIR_TEMPERATURE, (most - played).min(p.batch.max(1)))
+        };
+        let rollouts =
+            coe_trainer::rollout::play(&policy, &task, &sandbox, n, &config(temperature), &mut rng)
+                .map_err(|e| Failure::Internal(e.to_string()))?;
+        let first = played;
+        played += rollouts.len();
+        for (i, rollout) in rollouts.into_iter().enumerate() {
+            let better = best.as_ref().is_none_or(|(_, b)| {
+                rollout.trace.solved || rollout.trace.total_reward > b.trace.total_reward
+            });
+            if better {
+                best = Some((first + i + 1, rollout));
+            }
+            if solved(&best) {
+                break;
+            }
+        }
+    }
+    let (chosen, best) = best.ok_or_else(|| Failure::Internal("no episode was played".into()))?;
     let trace = best.trace;
     let diff = similar::TextDiff::from_lines(&code, &trace.final_program)
         .unified_diff()
@@ -117,6 +149,7 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
             final_program: &trace.final_program,
             diff,
             episodes_played: played,
+            episode: chosen,
         })?);
     }
     let mut out = String::new();
@@ -135,9 +168,10 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
         }
     }
     out.push_str(&format!(
-        "\n{} after {} turns\n\n{}",
+        "\n{} after {} turns (episode {} of {played} played)\n\n{}",
         if trace.solved { "solved" } else { "not solved" },
         trace.turns.len(),
+        chosen,
         if diff.is_empty() {
             "(program unchanged)\n".to_string()
         } else {
