@@ -132,9 +132,15 @@ pub struct PassRates {
     pub pass_at_1: f64,
     /// pass@k in percent.
     pub pass_at_k: f64,
+    /// pass@1's 95% interval `(low, high)` in percent, drawn as a whisker.
+    pub pass_at_1_interval: Option<(f64, f64)>,
+    /// pass@k's 95% interval.
+    pub pass_at_k_interval: Option<(f64, f64)>,
 }
 
-/// Bar chart of pass@1 (solid) and pass@k (light) per evaluation set and policy, as SVG.
+/// Bar chart of pass@1 (solid) and pass@k (light) per evaluation set and policy, with each
+/// rate's 95% interval as a whisker (pass@1's at a third of the bar, pass@k's at two thirds),
+/// as SVG.
 pub fn plot_pass_rates(rows: &[PassRates], k: usize, path: &Path) -> Result<(), TrainerError> {
     let mut sets: Vec<&str> = Vec::new();
     let mut policies: Vec<&str> = Vec::new();
@@ -152,7 +158,11 @@ pub fn plot_pass_rates(rows: &[PassRates], k: usize, path: &Path) -> Result<(), 
     let slots = (policies.len() + 1) as f64;
     let top = rows
         .iter()
-        .map(|r| r.pass_at_k.max(r.pass_at_1))
+        .flat_map(|r| {
+            let highs =
+                [r.pass_at_1_interval, r.pass_at_k_interval].map(|i| i.map_or(0.0, |i| i.1));
+            [r.pass_at_k, r.pass_at_1, highs[0], highs[1]]
+        })
         .fold(10.0_f64, f64::max)
         * 1.15;
     let root = SVGBackend::new(path, (880, 460)).into_drawing_area();
@@ -204,6 +214,26 @@ pub fn plot_pass_rates(rows: &[PassRates], k: usize, path: &Path) -> Result<(), 
             .map_err(plot_err)?
             .label(policy.to_string())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], color.filled()));
+        // Whiskers: the interval's span, with short caps at both ends.
+        let cap = 0.08 / slots;
+        let whiskers = bars.iter().flat_map(|&(l, r, row)| {
+            [
+                (l + (r - l) / 3.0, row.pass_at_1_interval),
+                (l + 2.0 * (r - l) / 3.0, row.pass_at_k_interval),
+            ]
+            .into_iter()
+            .filter_map(|(x, interval)| interval.map(|(low, high)| (x, low, high)))
+            .flat_map(move |(x, low, high)| {
+                [
+                    vec![(x, low), (x, high)],
+                    vec![(x - cap, low), (x + cap, low)],
+                    vec![(x - cap, high), (x + cap, high)],
+                ]
+            })
+        });
+        chart
+            .draw_series(whiskers.map(|points| PathElement::new(points, BLACK.stroke_width(1))))
+            .map_err(plot_err)?;
     }
     chart
         .configure_series_labels()
@@ -252,6 +282,9 @@ mod tests {
             policy: policy.into(),
             pass_at_1: p1,
             pass_at_k: p1 * 2.0,
+            pass_at_1_interval: Some((p1 * 0.5, p1 * 1.5 + 1.0)),
+            // Within the bars, so the axis (and its grid lines) stay the same.
+            pass_at_k_interval: (p1 > 0.0).then_some((p1 * 1.5, p1 * 2.0)),
         };
         let rows = [
             row("mbpp", "base", 0.0),
@@ -263,6 +296,19 @@ mod tests {
         assert!(svg.contains("pass@4") && svg.contains("humanevalfix") && svg.contains("sft"));
         // Two rectangles (pass@1, pass@k) per row, plus legend boxes.
         assert!(svg.matches("<rect").count() >= 2 * rows.len());
+        // Three lines (span and two caps) per interval: five intervals given.
+        let without: Vec<PassRates> = rows
+            .iter()
+            .map(|r| PassRates {
+                pass_at_1_interval: None,
+                pass_at_k_interval: None,
+                ..r.clone()
+            })
+            .collect();
+        plot_pass_rates(&without, 4, &path).unwrap();
+        let plain = std::fs::read_to_string(&path).unwrap();
+        let lines = |svg: &str| svg.matches("<polyline").count();
+        assert_eq!(lines(&svg) - lines(&plain), 3 * 5);
         assert!(plot_pass_rates(&[], 4, &path).is_err());
         std::fs::remove_file(&path).ok();
     }

@@ -214,6 +214,8 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             policy: policy.clone(),
             pass_at_1: s.pass_at_1,
             pass_at_k: s.pass_at_k,
+            pass_at_1_interval: s.pass_at_1_interval.map(|i| (i.low, i.high)),
+            pass_at_k_interval: s.pass_at_k_interval.map(|i| (i.low, i.high)),
         })
         .collect();
     let svg_path = dir.join("pass_at_k.svg");
