@@ -70,4 +70,14 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+
+    /// Sequences this cache holds (1 for a session's; 0 while empty).
+    pub fn batch(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|layer| layer.bulk.0.dims()[0])
+            .next()
+            .unwrap_or(0)
+    }
 }

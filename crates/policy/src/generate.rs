@@ -148,9 +148,11 @@ impl<B: Backend> Session<B> {
         config: &SamplingConfig,
         rng: &mut StdRng,
     ) -> Result<Vec<(Generation, Session<B>)>, PolicyError> {
-        if n <= 1 {
-            let rows = (n == 1).then_some((self, logits)).into_iter().collect();
-            return decode_batch(model, tokenizer, rows, &mut [rng], config);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if n == 1 {
+            return decode_batch(model, tokenizer, vec![(self, logits)], &mut [rng], config);
         }
         let mut rngs: Vec<StdRng> = (0..n)
             .map(|_| StdRng::seed_from_u64(rng.next_u64()))
@@ -182,10 +184,7 @@ pub fn prefill_batch<B: Backend>(
             )));
         }
     }
-    let pending: Vec<Vec<u32>> = sessions
-        .iter_mut()
-        .map(|s| std::mem::take(&mut s.pending))
-        .collect();
+    let pending: Vec<Vec<u32>> = sessions.iter().map(|s| s.pending.clone()).collect();
     let rows: Vec<&[u32]> = pending.iter().map(Vec::as_slice).collect();
     let mut caches: Vec<&mut KvCache<B>> = sessions.iter_mut().map(|s| &mut s.cache).collect();
     let hidden = model.forward_rows(&rows, &mut caches, adapters)?;
@@ -194,6 +193,10 @@ pub fn prefill_batch<B: Backend>(
         return Err(PolicyError::Generation(
             "the model returned no logits".into(),
         ));
+    }
+    // Run: no longer pending (on an error above they stay, and the caches are unchanged).
+    for session in sessions.iter_mut() {
+        session.pending.clear();
     }
     Ok(logits)
 }
@@ -222,6 +225,13 @@ pub fn decode_batch<B: Backend>(
         return Err(PolicyError::Generation(
             "decode needs a prefilled session".into(),
         ));
+    }
+    let vocab = model.config().vocab_size;
+    if let Some((_, logits)) = rows.iter().find(|(_, logits)| logits.len() != vocab) {
+        return Err(PolicyError::Generation(format!(
+            "{} logits for a vocabulary of {vocab}",
+            logits.len()
+        )));
     }
     let limit = model.config().max_position_embeddings;
     let (mut sessions, mut current): (Vec<Session<B>>, Vec<Vec<f32>>) = rows.into_iter().unzip();
@@ -405,6 +415,10 @@ pub fn token_logprobs<B: Backend>(
             "target (row {row}, position {pos}) is outside the batch"
         )));
     }
+    if len == 0 {
+        return Err(PolicyError::Generation("no tokens to run".into()));
+    }
+    check_ids(model, tokens.iter().flatten())?;
     let device = model.embed.val().device();
     let mut cache = model.new_cache();
     let hidden = model.forward(tokens_tensor::<B>(tokens, &device), &mut cache, adapters);
@@ -414,6 +428,20 @@ pub fn token_logprobs<B: Backend>(
     let rows: Vec<usize> = targets.iter().map(|&(r, p)| r * len + p - 1).collect();
     let ids: Vec<u32> = targets.iter().map(|&(r, p)| tokens[r][p]).collect();
     Ok(pick_logprobs(model, flat, &rows, &ids))
+}
+
+/// An error naming the first id that is not in the model's vocabulary.
+pub(crate) fn check_ids<'a, B: Backend>(
+    model: &Llama<B>,
+    ids: impl IntoIterator<Item = &'a u32>,
+) -> Result<(), PolicyError> {
+    let vocab = model.config().vocab_size;
+    match ids.into_iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(PolicyError::Generation(format!(
+            "token id {id} is outside the vocabulary ({vocab} ids)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Log-probabilities of `ids[i]` given the hidden state `hidden[rows[i]]` (`hidden`: `[n, d]`).
@@ -452,6 +480,10 @@ pub fn shared_prefix_logprobs<B: Backend>(
             sequences.len()
         )));
     }
+    if sequences.is_empty() {
+        return Ok(Vec::new());
+    }
+    check_ids(model, sequences.iter().flat_map(|s| s.iter()))?;
     let prefix = sequences
         .first()
         .map_or(&[][..], |s| &s[..shared.min(s.len())]);

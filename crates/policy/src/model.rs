@@ -522,6 +522,14 @@ impl<B: Backend> Llama<B> {
                 self.layers.len()
             )));
         }
+        if caches.iter().any(|c| c.batch() > 1) {
+            return Err(PolicyError::Generation(
+                "forward_rows needs one sequence per cache (a cache of a batched forward holds \
+                 several)"
+                    .into(),
+            ));
+        }
+        crate::generate::check_ids(self, rows.iter().flat_map(|r| r.iter()))?;
         let device = self.embed.val().device();
         let (d, hd) = (self.config.hidden_size, self.config.head_dim());
         let (heads, kv_heads) = (

@@ -4,7 +4,7 @@ use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use coe_policy::generate::{rng, token_logprobs};
+use coe_policy::generate::{rng, shared_prefix_logprobs, token_logprobs};
 use coe_policy::model::Llama;
 use coe_policy::{Adapters, CpuBackend, LlamaConfig, LoraConfig, Session};
 
@@ -317,6 +317,39 @@ fn bad_targets_are_errors() {
     assert!(
         session.prefill(&model, Adapters::On).is_err(),
         "nothing pushed"
+    );
+    // Ids outside the vocabulary (64) are errors everywhere, not panics, and a failed prefill
+    // keeps the tokens pending.
+    let vocab = model.config().vocab_size as u32;
+    assert!(token_logprobs(&model, &[vec![1, vocab]], &[(0, 1)], Adapters::On).is_err());
+    session.push(&[1, vocab]);
+    assert!(session.prefill(&model, Adapters::On).is_err());
+    assert!(
+        session.prefill(&model, Adapters::On).is_err(),
+        "still pending"
+    );
+    let sequences: [&[u32]; 2] = [&[1, 2, vocab], &[1, 2, 3]];
+    let targets = vec![vec![2], vec![2]];
+    assert!(shared_prefix_logprobs(&model, &sequences, 1, &targets, Adapters::On).is_err());
+    assert!(
+        shared_prefix_logprobs(&model, &[], 3, &[], Adapters::On)
+            .unwrap()
+            .is_empty()
+    );
+    // Decoding: no rows is nothing; logits of the wrong size are an error.
+    let tok = tiny_tokenizer();
+    let config = coe_policy::SamplingConfig::greedy(4);
+    let mut good = Session::new(&model);
+    good.push(&[1, 2, 3]);
+    let logits = good.prefill(&model, Adapters::On).unwrap();
+    let none = good
+        .clone()
+        .decode(&model, &tok, logits.clone(), 0, &config, &mut rng(0))
+        .unwrap();
+    assert!(none.is_empty());
+    assert!(
+        good.decode(&model, &tok, vec![0.0; 3], 1, &config, &mut rng(0))
+            .is_err()
     );
 }
 

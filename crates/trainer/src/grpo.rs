@@ -41,7 +41,7 @@ use burn::tensor::backend::AutodiffBackend;
 use coe_data::formats::Demo;
 use coe_exec::Executor;
 use coe_policy::generate::shared_prefix_logprobs;
-use coe_policy::{Adapters, Llama, Policy};
+use coe_policy::{Adapters, Llama, LlamaConfig, Policy};
 use coe_tool_state::{Effect, Task};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -353,17 +353,19 @@ fn objective<B: Backend>(
 }
 
 /// Splits a group's episodes (by their token counts) into runs whose autodiff graphs together
-/// stay within [`UPDATE_MEMORY_BYTES`]: attention keeps about three `[heads, t, context]`
-/// arrays per layer for backward, so a continuation of `t` tokens after `p` costs about
-/// `12 * layers * heads * t * (p + t)` bytes. Each run is one backward with the prompt run
-/// once; an episode too long for the budget alone is a run of its own.
-pub fn update_chunks(
-    lengths: &[usize],
-    prompt: usize,
-    layers: usize,
-    heads: usize,
-) -> Vec<Vec<usize>> {
-    let cost = |t: usize| 12 * layers * heads * t.saturating_sub(prompt) * t;
+/// stay within [`UPDATE_MEMORY_BYTES`]. An episode of `t` tokens continuing a `p`-token prompt
+/// keeps, for backward, about three `[heads, t - p, t]` attention arrays per layer and about
+/// `10 d + 5 ff` activations per layer and token, plus its log-softmax over the vocabulary (two
+/// `vocab` rows per token, counting every continuation token as a target: an upper bound). Each
+/// run is one backward with the prompt run once; an episode over the budget alone runs alone.
+pub fn update_chunks(lengths: &[usize], prompt: usize, model: &LlamaConfig) -> Vec<Vec<usize>> {
+    let (layers, heads) = (model.num_hidden_layers, model.num_attention_heads);
+    let per_token = 4
+        * (layers * (10 * model.hidden_size + 5 * model.intermediate_size) + 2 * model.vocab_size);
+    let cost = |t: usize| {
+        let new = t.saturating_sub(prompt);
+        12 * layers * heads * new * t + per_token * new
+    };
     let mut chunks: Vec<Vec<usize>> = Vec::new();
     let mut used = 0;
     for (i, &len) in lengths.iter().enumerate() {
@@ -615,14 +617,9 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
                     .filter_map(|(r, _)| r.turns.first().map(|t| t.start))
                     .min()
                     .unwrap_or(0);
-                update_chunks(
-                    &lengths,
-                    prompt,
-                    model_config.num_hidden_layers,
-                    model_config.num_attention_heads,
-                )
-                .into_iter()
-                .map(move |chunk| (g, chunk))
+                update_chunks(&lengths, prompt, model_config)
+                    .into_iter()
+                    .map(move |chunk| (g, chunk))
             })
             .collect();
         let update = Instant::now();
@@ -778,23 +775,31 @@ mod tests {
 
     #[test]
     fn update_runs_fit_the_memory_budget() {
-        // SmolLM2-135M's shape: 30 layers, 9 heads.
-        let (layers, heads, prompt) = (30, 9, 400);
-        let cost = |t: usize| 12 * layers * heads * (t - prompt) * t;
+        // SmolLM2-135M's shape.
+        let model = LlamaConfig {
+            vocab_size: 49_152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            ..LlamaConfig::tiny()
+        };
+        let prompt = 400;
         // Four short episodes share one run, and so one pass over the prompt.
         assert_eq!(
-            update_chunks(&[600, 700, 650, 800], prompt, layers, heads),
+            update_chunks(&[600, 700, 650, 800], prompt, &model),
             [vec![0, 1, 2, 3]]
         );
-        // Long ones split into runs within the budget; one too long alone runs alone.
+        // Long ones split into runs; one too long alone runs alone.
         let lengths = [2000, 2048, 1900, 30_000];
-        let chunks = update_chunks(&lengths, prompt, layers, heads);
+        let chunks = update_chunks(&lengths, prompt, &model);
         assert_eq!(chunks.concat(), [0, 1, 2, 3]);
         assert!(chunks.len() > 1);
-        for chunk in &chunks {
-            let used: usize = chunk.iter().map(|&i| cost(lengths[i])).sum();
-            assert!(chunk.len() == 1 || used <= UPDATE_MEMORY_BYTES, "{chunk:?}");
-        }
+        assert_eq!(chunks.last().unwrap(), &[3]);
+        // Many short ones still fill runs, not one unbounded run: the per-token terms count.
+        let short = vec![600; 40];
+        assert!(update_chunks(&short, prompt, &model).len() > 1);
     }
 
     #[test]

@@ -521,7 +521,7 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         let mut sessions = Vec::with_capacity(ready.len());
         for item in ready {
             let session = match &item {
-                Ready::Open { group, episode } => Some(self.opening(*group, episode)?),
+                Ready::Open { group, episode } => self.opening(*group, episode)?,
                 Ready::Continue { slot, episode } => self.observe(*slot, episode)?,
             };
             match session {
@@ -530,12 +530,16 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
                     sessions.push(session);
                 }
                 // Cut by the context: scored like the turn limit.
-                None => {
-                    if let Ready::Continue { slot, mut episode } = item {
+                None => match item {
+                    Ready::Continue { slot, mut episode } => {
                         episode.cut();
                         self.close(slot, &episode, true);
                     }
-                }
+                    Ready::Open { group, mut episode } => {
+                        episode.cut();
+                        self.cut_group(group, &episode);
+                    }
+                },
             }
         }
         if work.is_empty() {
@@ -595,15 +599,37 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
         Ok(())
     }
 
-    /// A session holding task `group`'s prompt, not yet run.
-    fn opening(&mut self, group: usize, episode: &Episode<E>) -> Result<Session<B>, TrainerError> {
+    /// A session holding task `group`'s prompt, not yet run; `None` when the prompt and a
+    /// command would not fit the context.
+    fn opening(
+        &mut self,
+        group: usize,
+        episode: &Episode<E>,
+    ) -> Result<Option<Session<B>>, TrainerError> {
         let policy = self.policy;
         let messages = opening(&self.tasks[group], episode.observation());
         let prompt = prompt_ids(&policy.tokenizer, &messages)?;
+        if prompt.len() + self.config.sampling.max_tokens > self.config.context {
+            return Ok(None);
+        }
         self.stats.prompt_tokens += prompt.len();
         let mut session = Session::new(&policy.model);
         session.push(&prompt);
-        Ok(session)
+        Ok(Some(session))
+    }
+
+    /// Reports task `group`'s episodes as cut before their first turn (its prompt does not fit
+    /// the context).
+    fn cut_group(&mut self, group: usize, episode: &Episode<E>) {
+        let rollout = Rollout {
+            trace: episode.trace(),
+            tokens: Vec::new(),
+            turns: Vec::new(),
+            context_full: true,
+        };
+        self.stats.episodes += self.n;
+        self.groups[group] = (0, (0..self.n).map(|_| Some(rollout.clone())).collect());
+        self.group_done(group);
     }
 
     /// Gives task `group`'s episodes their slots: one decode row each, all sharing the

@@ -830,13 +830,21 @@ fn an_episode_cut_by_the_context_gets_the_turn_limit_penalty() {
         tokenizer: tokenizer(),
     };
     // Room for the opening and about one turn: every episode is cut before its third turn.
+    let started =
+        coe_tool_state::Episode::start(toy_task(1), toy_executor(), toy_play_config().episode)
+            .unwrap();
     let opening = coe_trainer::chat::prompt_ids(
         &policy.tokenizer,
-        &coe_data::prompt::opening(&toy_task(1), "L 1 x = 1\n***\nx"),
+        &coe_data::prompt::opening(&toy_task(1), started.observation()),
     )
     .unwrap()
     .len();
-    let rollouts = grpo_rollouts(&policy, opening + 40);
+    // A prompt that does not fit at all: every episode of the group is cut before its first
+    // turn, and the play goes on.
+    let none = grpo_rollouts(&policy, opening + 7);
+    assert_eq!(none.len(), 3);
+    assert!(none.iter().all(|r| r.context_full && r.turns.is_empty()));
+    let rollouts = grpo_rollouts(&policy, opening + 8 + 40);
     let cut: Vec<&Rollout> = rollouts.iter().filter(|r| r.context_full).collect();
     assert!(!cut.is_empty(), "no episode was cut");
     let penalty = coe_tool_state::Rewards::default();

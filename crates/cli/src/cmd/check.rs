@@ -63,12 +63,14 @@ pub(crate) fn check(
     let jobs = jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
         .clamp(1, tasks.len().max(1));
-    let results: Vec<Result<String, Failure>> = if jobs > 1 && parallelism == Parallelism::Processes
-    {
-        run_processes(tasks_path, &tasks, field, jobs, limits)?
-    } else {
-        run_parallel(&tasks, jobs, run)?
-    };
+    // Workers read the file again: only a regular file reads the same twice (not a pipe).
+    let rereadable = std::fs::metadata(tasks_path).is_ok_and(|m| m.is_file());
+    let results: Vec<Result<String, Failure>> =
+        if jobs > 1 && parallelism == Parallelism::Processes && rereadable {
+            run_processes(tasks_path, &tasks, field, jobs, limits)?
+        } else {
+            run_parallel(&tasks, jobs, run)?
+        };
     let mut internal = None;
     for result in results {
         match result {
@@ -151,12 +153,22 @@ fn run_processes(
             .args(["--worker", &format!("{index}/{jobs}")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| Failure::Internal(format!("coe: cannot start worker {index}: {e}")))?;
-        children.push(child);
+            .spawn();
+        match child {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                for mut started in children {
+                    started.kill().ok();
+                    started.wait().ok();
+                }
+                return Err(Failure::Internal(format!(
+                    "coe: cannot start worker {index}: {e}"
+                )));
+            }
+        }
     }
     // Each worker's output is read on its own thread, so no worker blocks on a full pipe.
-    let outputs: Vec<Result<Vec<WorkerLine>, Failure>> = std::thread::scope(|scope| {
+    let outputs: Vec<(Vec<WorkerLine>, Option<String>)> = std::thread::scope(|scope| {
         let readers: Vec<_> = children
             .into_iter()
             .enumerate()
@@ -165,52 +177,57 @@ fn run_processes(
         readers
             .into_iter()
             .map(|reader| {
-                reader.join().unwrap_or_else(|_| {
-                    Err(Failure::Internal("coe: a worker reader failed".into()))
-                })
+                reader
+                    .join()
+                    .unwrap_or_else(|_| (Vec::new(), Some("coe: a worker reader failed".into())))
             })
             .collect()
     });
-    let mut outputs: Vec<std::vec::IntoIter<WorkerLine>> = outputs
-        .into_iter()
-        .map(|o| o.map(Vec::into_iter))
-        .collect::<Result<_, _>>()?;
-    (0..tasks.len())
-        .map(|i| {
-            let line = outputs[i % jobs].next().ok_or_else(|| {
-                Failure::Internal(format!(
-                    "coe: worker {} gave no result for task {i}",
-                    i % jobs
-                ))
-            })?;
-            Ok(match line {
-                WorkerLine::Outcome(line) => Ok(line),
-                WorkerLine::Input(message) => Err(Failure::Input(message)),
-                WorkerLine::Internal(message) => Err(Failure::Internal(message)),
-            })
+    let failures: Vec<Option<String>> = outputs.iter().map(|(_, f)| f.clone()).collect();
+    let mut lines: Vec<std::vec::IntoIter<WorkerLine>> =
+        outputs.into_iter().map(|(l, _)| l.into_iter()).collect();
+    // A worker that died costs only the tasks it did not report, as a failed thread would.
+    Ok(tasks
+        .iter()
+        .enumerate()
+        .map(|(i, task)| {
+            let worker = i % jobs;
+            match lines[worker].next() {
+                Some(WorkerLine::Outcome(line)) => Ok(line),
+                Some(WorkerLine::Input(message)) => Err(Failure::Input(message)),
+                Some(WorkerLine::Internal(message)) => Err(Failure::Internal(message)),
+                None => Err(Failure::Internal(format!(
+                    "coe: task {}: worker {worker} gave no result{}",
+                    task.task_id,
+                    failures[worker]
+                        .as_deref()
+                        .map_or(String::new(), |f| format!(" ({f})"))
+                ))),
+            }
         })
-        .collect()
+        .collect())
 }
 
-/// Every line worker `index` wrote, once it has exited successfully.
-fn read_worker(index: usize, child: std::process::Child) -> Result<Vec<WorkerLine>, Failure> {
-    let output = child
-        .wait_with_output()
-        .map_err(|e| Failure::Internal(format!("coe: worker {index}: {e}")))?;
-    if !output.status.success() {
-        return Err(Failure::Internal(format!(
-            "coe: worker {index} failed ({})",
-            output.status
-        )));
+/// Every line worker `index` wrote, and why it failed when it did not exit successfully.
+fn read_worker(index: usize, child: std::process::Child) -> (Vec<WorkerLine>, Option<String>) {
+    let output = match child.wait_with_output() {
+        Ok(output) => output,
+        Err(e) => return (Vec::new(), Some(format!("worker {index}: {e}"))),
+    };
+    let mut failure =
+        (!output.status.success()).then(|| format!("worker {index} failed ({})", output.status));
+    let mut lines = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        match serde_json::from_str(line) {
+            Ok(parsed) => lines.push(parsed),
+            // A cut last line (the worker was killed mid-write) ends what it reported.
+            Err(e) => {
+                failure.get_or_insert_with(|| format!("worker {index} wrote a bad line: {e}"));
+                break;
+            }
+        }
     }
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| {
-            serde_json::from_str(line).map_err(|e| {
-                Failure::Internal(format!("coe: worker {index} wrote a bad line: {e}"))
-            })
-        })
-        .collect()
+    (lines, failure)
 }
 
 /// Worker `index` of `count` (`I/N`): the tasks it takes.

@@ -33,15 +33,25 @@ fn default_adapter_file() -> Result<PathBuf, Failure> {
         .join("policy")
         .join(format!("default-{name}.safetensors"));
     let intact = std::fs::read(&path).is_ok_and(|bytes| Sha256::digest(&bytes) == digest);
-    if !intact {
-        coe_cache::write_atomically(&path, DEFAULT_ADAPTER).map_err(|e| {
-            Failure::Internal(format!(
-                "coe: cannot write the default policy to {}: {e}",
-                path.display()
-            ))
-        })?;
+    if intact {
+        return Ok(path);
     }
-    Ok(path)
+    if coe_cache::write_atomically(&path, DEFAULT_ADAPTER).is_ok() {
+        return Ok(path);
+    }
+    // A cache that cannot be written (read-only home): a private temporary copy instead.
+    let temporary = std::env::temp_dir().join(format!(
+        "coe-default-policy-{name}-{}.safetensors",
+        std::process::id()
+    ));
+    coe_cache::write_atomically(&temporary, DEFAULT_ADAPTER).map_err(|e| {
+        Failure::Internal(format!(
+            "coe: cannot write the default policy to {} or {}: {e}",
+            path.display(),
+            temporary.display()
+        ))
+    })?;
+    Ok(temporary)
 }
 
 /// The adapters a model command uses: `--adapter PATH` that file, `--adapter none` none (the

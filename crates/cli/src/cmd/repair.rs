@@ -122,6 +122,9 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
         let rollouts =
             coe_trainer::rollout::play(&policy, &task, &sandbox, n, &config(temperature), &mut rng)
                 .map_err(|e| Failure::Internal(e.to_string()))?;
+        if rollouts.is_empty() {
+            break;
+        }
         let first = played;
         played += rollouts.len();
         for (i, rollout) in rollouts.into_iter().enumerate() {
