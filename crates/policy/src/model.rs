@@ -305,8 +305,16 @@ fn extend<B: Backend>(
         if decoding {
             layer.append(k, v);
         } else {
-            let (k0, v0) = layer.joined();
-            layer.bulk = (Tensor::cat(vec![k0, k], 2), Tensor::cat(vec![v0, v], 2));
+            // One copy of everything cached plus the new positions (joining the tail first
+            // would copy the bulk twice).
+            let (mut keys, mut values) = (vec![layer.bulk.0.clone()], vec![layer.bulk.1.clone()]);
+            if let Some((tail_k, tail_v)) = layer.tail.take() {
+                keys.push(tail_k);
+                values.push(tail_v);
+            }
+            keys.push(k);
+            values.push(v);
+            layer.bulk = (Tensor::cat(keys, 2), Tensor::cat(values, 2));
         }
         return layer;
     }

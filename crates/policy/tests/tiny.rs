@@ -115,9 +115,8 @@ fn batched_greedy_samples_equal_single_and_continue_correctly() {
 }
 
 /// Rows of different lengths prefilled and decoded as one batch sample exactly what each
-/// samples alone, and
-/// every recorded log-probability equals a full recompute of the finished sequence, across the
-/// cache's tail folding into its bulk.
+/// samples alone, and every recorded log-probability equals a full recompute of the finished
+/// sequence, across the cache's tail folding into its bulk.
 #[test]
 fn batched_rows_of_different_lengths_decode_as_each_alone() {
     use coe_policy::cache::TAIL_POSITIONS;

@@ -655,7 +655,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             "skipped_groups": skipped_groups, "max_log_ratio": max_log_ratio,
             "episodes": stats.episodes, "env_steps": stats.env_steps,
             "generated_tokens": stats.generated_tokens,
-            "rollout_s": stats.wall_s, "model_s": stats.model_s, "env_s": stats.env_s,
+            "rollout_s": stats.wall_s, "model_s": stats.model_s(), "env_s": stats.env_s,
             "reference_s": reference_s,
             "update_s": update.elapsed().as_secs_f64(),
             "elapsed_s": started.elapsed().as_secs_f64(),

@@ -103,11 +103,9 @@ pub struct PlayStats {
     pub generated_tokens: usize,
     /// Prompt and observation tokens the model read.
     pub prompt_tokens: usize,
-    /// Seconds the model spent (prefill and decoding, on the calling thread).
-    pub model_s: f64,
-    /// Of which prefilling prompts and observations.
+    /// Seconds the model spent prefilling prompts and observations.
     pub prefill_s: f64,
-    /// Of which decoding commands.
+    /// Seconds the model spent decoding commands.
     pub decode_s: f64,
     /// Batched decodes run (one per turn of the episodes generating together).
     pub decode_batches: usize,
@@ -117,6 +115,13 @@ pub struct PlayStats {
     pub env_s: f64,
     /// Seconds from start to finish.
     pub wall_s: f64,
+}
+
+impl PlayStats {
+    /// Seconds the model spent (prefill and decoding, on the calling thread).
+    pub fn model_s(&self) -> f64 {
+        self.prefill_s + self.decode_s
+    }
 }
 
 /// The model's text for a turn: generated tokens without the stop token, first line only.
@@ -585,7 +590,6 @@ impl<B: Backend, E: Executor + Clone, F: FnMut(usize, &[Rollout])> Player<'_, B,
             &self.config.sampling,
         )?;
         self.stats.decode_s += clock.elapsed().as_secs_f64();
-        self.stats.model_s = self.stats.prefill_s + self.stats.decode_s;
         self.stats.decode_rows += slots.len();
         self.stats.decode_batches += 1;
         for ((slot, episode), (generation, session)) in

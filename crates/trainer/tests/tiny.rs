@@ -70,6 +70,23 @@ fn lora_model<B: burn::prelude::Backend>(seed: u64) -> Llama<B> {
     model.attach_lora(&lora, seed, &Default::default())
 }
 
+/// A tiny policy with fresh adapters.
+fn toy_policy(seed: u64) -> Policy<CpuBackend> {
+    Policy {
+        model: lora_model::<CpuBackend>(seed),
+        tokenizer: tokenizer(),
+    }
+}
+
+/// The largest absolute difference between two equally long lists.
+fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
 fn demo(command: &str) -> Vec<Message> {
     vec![
         Message::new(Role::System, "fix it"),
@@ -338,10 +355,7 @@ fn toy_task(id: usize) -> Task {
 
 #[test]
 fn pipelined_play_matches_play_without_workers() {
-    let policy = Policy {
-        model: lora_model::<CpuBackend>(5),
-        tokenizer: tokenizer(),
-    };
+    let policy = toy_policy(5);
     let tasks: Vec<Task> = (1..=3).map(toy_task).collect();
     let config = toy_play_config();
     let mut reported = Vec::new();
@@ -393,17 +407,14 @@ fn pipelined_play_matches_play_without_workers() {
             .map(|t| t.len)
             .sum::<usize>()
     );
-    assert!(stats.model_s > 0.0 && stats.wall_s >= stats.model_s);
+    assert!(stats.model_s() > 0.0 && stats.wall_s >= stats.model_s());
 }
 
 /// Episodes decoded as rows of one batch play exactly as one episode at a time: the same
 /// commands, and the same sampling log-probabilities up to float rounding.
 #[test]
 fn batched_play_matches_one_episode_at_a_time() {
-    let policy = Policy {
-        model: lora_model::<CpuBackend>(8),
-        tokenizer: tokenizer(),
-    };
+    let policy = toy_policy(8);
     let tasks: Vec<Task> = (1..=4).map(toy_task).collect();
     let play = |batch| {
         let config = PlayConfig {
@@ -431,12 +442,7 @@ fn batched_play_matches_one_episode_at_a_time() {
         assert_eq!(a.trace, b.trace);
         for (x, y) in a.turns.iter().zip(&b.turns) {
             assert_eq!((x.start, x.len, x.reward), (y.start, y.len, y.reward));
-            let gap = x
-                .old_logprobs
-                .iter()
-                .zip(&y.old_logprobs)
-                .map(|(p, q)| (p - q).abs())
-                .fold(0.0f32, f32::max);
+            let gap = max_gap(&x.old_logprobs, &y.old_logprobs);
             assert!(gap < 1e-4, "log-probs differ by {gap}");
         }
     }
@@ -446,10 +452,7 @@ fn batched_play_matches_one_episode_at_a_time() {
 #[test]
 fn direct_answers_are_run_against_the_tests() {
     use coe_trainer::direct::{DirectPrompt, evaluate_direct};
-    let policy = Policy {
-        model: lora_model::<CpuBackend>(6),
-        tokenizer: tokenizer(),
-    };
+    let policy = toy_policy(6);
     let tasks: Vec<Task> = (1..=2).map(toy_task).collect();
     let prompts: Vec<DirectPrompt> = tasks
         .iter()
@@ -507,10 +510,7 @@ fn direct_answers_are_run_against_the_tests() {
 
 #[test]
 fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
-    let policy = Policy {
-        model: lora_model::<CpuBackend>(4),
-        tokenizer: tokenizer(),
-    };
+    let policy = toy_policy(4);
     let task = toy_task(1);
     let config = toy_play_config();
     let rollouts = play(&policy, &task, &toy_executor(), 4, &config, &mut rng(1)).unwrap();
@@ -773,11 +773,7 @@ fn the_shared_prompt_update_equals_per_episode_updates() {
         (value - shared_value).abs() < 1e-4,
         "{value} vs {shared_value}"
     );
-    let gap = grads
-        .iter()
-        .zip(&shared_grads)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let gap = max_gap(&grads, &shared_grads);
     let scale = grads.iter().map(|g| g.abs()).fold(0.0f32, f32::max);
     assert!(scale > 1e-3, "the gradients are all about zero");
     assert!(gap < 1e-4, "gradients differ by {gap} (largest {scale})");
@@ -787,11 +783,7 @@ fn the_shared_prompt_update_equals_per_episode_updates() {
             .unwrap()
             .pop()
             .unwrap();
-        let gap = alone
-            .iter()
-            .zip(together)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let gap = max_gap(&alone, together);
         assert!(gap < 1e-4);
     }
 }
@@ -825,10 +817,7 @@ fn the_loss_weighs_every_token_of_a_group_alike() {
 
 #[test]
 fn an_episode_cut_by_the_context_gets_the_turn_limit_penalty() {
-    let policy = Policy {
-        model: lora_model::<CpuBackend>(4),
-        tokenizer: tokenizer(),
-    };
+    let policy = toy_policy(4);
     // Room for the opening and about one turn: every episode is cut before its third turn.
     let started =
         coe_tool_state::Episode::start(toy_task(1), toy_executor(), toy_play_config().episode)
@@ -862,10 +851,7 @@ fn an_episode_cut_by_the_context_gets_the_turn_limit_penalty() {
 #[test]
 fn evaluation_shards_merge_into_exactly_the_whole_run() {
     use coe_trainer::eval::{EvalSummary, evaluate};
-    let policy = Policy {
-        model: lora_model::<CpuBackend>(6),
-        tokenizer: tokenizer(),
-    };
+    let policy = toy_policy(6);
     let tasks: Vec<Task> = (0..5).map(toy_task).collect();
     let config = PlayConfig {
         sampling: SamplingConfig {
