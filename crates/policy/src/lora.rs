@@ -73,6 +73,11 @@ impl<B: Backend> LoraAdapter<B> {
         self.dropout = DropoutConfig::new(prob).init();
     }
 
+    /// The dropout probability on the adapter's input.
+    pub fn dropout(&self) -> f64 {
+        self.dropout.prob
+    }
+
     /// Like [`LoraAdapter::new`], keeping given parameter ids (so an optimiser's saved state,
     /// which is keyed by parameter id, still applies after a reload).
     pub fn with_ids(a: Tensor<B, 2>, b: Tensor<B, 2>, ids: [u64; 2], config: &LoraConfig) -> Self {

@@ -642,6 +642,15 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// The largest dropout probability of any adapter (0 without adapters).
+    pub fn lora_dropout(&self) -> f64 {
+        self.named_linears()
+            .into_iter()
+            .filter_map(|(_, linear)| linear.lora.as_ref())
+            .map(crate::LoraAdapter::dropout)
+            .fold(0.0, f64::max)
+    }
+
     /// Folds the adapters into the base weights (`W + s A B`) for faster inference.
     pub fn merge_lora(mut self) -> Self {
         for layer in &mut self.layers {

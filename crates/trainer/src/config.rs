@@ -32,10 +32,16 @@ pub struct RunConfig {
     pub log_every: usize,
     /// Optimiser steps between checkpoints.
     pub checkpoint_every: usize,
+    /// Optimiser steps between adapter snapshots kept in `snapshots/` (the checkpoint keeps
+    /// only the latest), for choosing one on the validation set; 0: none.
+    pub snapshot_every: usize,
     /// The optimiser.
     pub optim: OptimConfig,
     /// SFT: the demonstrations (`sft-train.jsonl` lines with `messages`).
     pub sft_data: Option<PathBuf>,
+    /// Task ids whose demonstrations (SFT) and tasks (RL) are left out of training, for
+    /// example `mbpp/672`, the MBPP task behind the README's example.
+    pub exclude_tasks: Vec<String>,
     /// RL: the tasks (JSON Lines); or, when unset, broken programs from `rl_demos` with their
     /// MBPP tests from `mbpp`.
     pub rl_tasks: Option<PathBuf>,
@@ -69,8 +75,10 @@ impl Default for RunConfig {
             out_dir: PathBuf::from("runs/default"),
             log_every: 1,
             checkpoint_every: 50,
+            snapshot_every: 0,
             optim: OptimConfig::default(),
             sft_data: None,
+            exclude_tasks: Vec::new(),
             rl_tasks: None,
             rl_demos: None,
             mbpp: PathBuf::from("fixtures/mbpp/mbpp.jsonl"),

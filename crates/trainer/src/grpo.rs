@@ -53,7 +53,7 @@ use crate::config::{RunConfig, io_err};
 use crate::metrics::{Metrics, plot_run};
 use crate::progress::Progress;
 use crate::rollout::{Rollout, play_tasks};
-use crate::run::{finish, load_tasks, read_strict, start};
+use crate::run::{finish, keep_snapshot, load_tasks, read_strict, start};
 
 /// A deviation of returns below this is rounding, not a preference.
 const MIN_STD: f32 = 1e-4;
@@ -252,6 +252,13 @@ pub struct EpisodeLoss<B: Backend> {
     /// The loss to minimise: the episodes' token terms summed and divided by the normaliser
     /// (a scalar tensor that carries gradients).
     pub loss: Tensor<B, 1>,
+    /// What the loss measured on the way, for the metrics.
+    pub stats: UpdateStats,
+}
+
+/// What an update measured of its episodes, summed over parts with [`UpdateStats::merge`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UpdateStats {
     /// Sum of the per-token KL to the reference (k3 estimator); 0 without a reference.
     pub kl_sum: f64,
     /// Generated tokens.
@@ -259,6 +266,17 @@ pub struct EpisodeLoss<B: Backend> {
     /// The largest `|log pi - log pi_old|` over the episodes' tokens: 0 (within rounding) on
     /// the first update of a step, when the policy is still the one that sampled.
     pub max_log_ratio: f32,
+}
+
+impl UpdateStats {
+    /// The statistics of both parts together.
+    pub fn merge(self, other: Self) -> Self {
+        Self {
+            kl_sum: self.kl_sum + other.kl_sum,
+            tokens: self.tokens + other.tokens,
+            max_log_ratio: self.max_log_ratio.max(other.max_log_ratio),
+        }
+    }
 }
 
 /// One episode of a group, as the update takes it.
@@ -292,9 +310,7 @@ pub fn episodes_loss<B: Backend>(
             None => part,
             Some(sum) => EpisodeLoss {
                 loss: sum.loss + part.loss,
-                kl_sum: sum.kl_sum + part.kl_sum,
-                tokens: sum.tokens + part.tokens,
-                max_log_ratio: sum.max_log_ratio.max(part.max_log_ratio),
+                stats: sum.stats.merge(part.stats),
             },
         });
     }
@@ -346,9 +362,11 @@ fn objective<B: Backend>(
     }
     Ok(EpisodeLoss {
         loss: per_token.sum().neg().div_scalar(normaliser.max(1) as f32),
-        kl_sum,
-        tokens: n,
-        max_log_ratio,
+        stats: UpdateStats {
+            kl_sum,
+            tokens: n,
+            max_log_ratio,
+        },
     })
 }
 
@@ -508,6 +526,10 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             return Err(TrainerError::Data("set rl_tasks or rl_demos".into()));
         }
     };
+    let tasks: Vec<Task> = tasks
+        .into_iter()
+        .filter(|task| !config.exclude_tasks.contains(&task.task_id))
+        .collect();
     if tasks.is_empty() {
         return Err(TrainerError::Data("no RL tasks".into()));
     }
@@ -623,10 +645,9 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             })
             .collect();
         let update = Instant::now();
-        let (mut kl_sum, mut kl_tokens, mut max_log_ratio) = (0.0f64, 0usize, 0.0f32);
         let grpo = config.grpo;
-        let report = if parts.is_empty() {
-            trainer.skip_step()
+        let (report, part_stats) = if parts.is_empty() {
+            (trainer.skip_step(), Vec::new())
         } else {
             trainer.step_sum(&parts, |model, (g, chunk)| {
                 let (episodes, tokens) = &kept[*g];
@@ -639,20 +660,20 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
                     })
                     .collect();
                 let part = episodes_loss(model, &update, *tokens, &grpo)?;
-                kl_sum += part.kl_sum;
-                kl_tokens += part.tokens;
-                max_log_ratio = max_log_ratio.max(part.max_log_ratio);
-                Ok(part.loss.div_scalar(kept_groups.max(1) as f32))
+                Ok((part.loss.div_scalar(kept_groups.max(1) as f32), part.stats))
             })?
         };
-        let kl = kl_sum / kl_tokens.max(1) as f64;
+        let update_stats = part_stats
+            .into_iter()
+            .fold(UpdateStats::default(), UpdateStats::merge);
+        let kl = update_stats.kl_sum / update_stats.tokens.max(1) as f64;
         let count = count.max(1) as f64;
         let line = serde_json::json!({
             "phase": "rl", "step": report.step, "loss": report.loss, "lr": report.lr,
             "mean_return": reward_sum / count, "solve_rate": solved as f64 / count,
             "kl": kl, "mean_turns": turns as f64 / count,
             "malformed_rate": malformed as f64 / turns.max(1) as f64,
-            "skipped_groups": skipped_groups, "max_log_ratio": max_log_ratio,
+            "skipped_groups": skipped_groups, "max_log_ratio": update_stats.max_log_ratio,
             "episodes": stats.episodes, "env_steps": stats.env_steps,
             "generated_tokens": stats.generated_tokens,
             "rollout_s": stats.wall_s, "model_s": stats.model_s(), "env_s": stats.env_s,
@@ -676,6 +697,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             trainer.save_checkpoint(&checkpoint, &lora, &[(SAMPLER_FILE, counts)])?;
             plot_run(&config.out_dir);
         }
+        keep_snapshot(&trainer, &lora, config)?;
     }
     progress.finish();
     finish(&trainer, &lora, config)

@@ -34,6 +34,12 @@ pub struct OptimConfig {
     pub clip_norm: f32,
     /// AdamW decoupled weight decay (applies to the adapters only: the base is frozen).
     pub weight_decay: f32,
+    /// How many micro-batches (SFT) or update runs (GRPO) take their gradients at the same
+    /// time, each on its own thread with its own graph in memory (so peak memory grows with
+    /// it); 1 runs them one after another. On 2 cores the model alone keeps about 1.2 of them
+    /// busy, and 2 at once nearly double SFT's tokens/s (see the crate README). Adapters with
+    /// dropout always run one at a time, so their masks do not depend on thread timing.
+    pub parallel_parts: usize,
 }
 
 impl Default for OptimConfig {
@@ -46,6 +52,7 @@ impl Default for OptimConfig {
             grad_accum: 8,
             clip_norm: 1.0,
             weight_decay: 0.0,
+            parallel_parts: 2,
         }
     }
 }
@@ -201,56 +208,100 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// One optimiser step over `micro_batches` (gradients of each micro-batch's loss, divided
     /// by their number, are summed). `loss_fn` computes a micro-batch's loss. A loss that is not
     /// finite stops with an error and leaves the model as it was.
-    pub fn step_with<T>(
+    pub fn step_with<T: Sync>(
         &mut self,
         micro_batches: &[T],
-        mut loss_fn: impl FnMut(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError>,
+        loss_fn: impl Fn(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError> + Sync,
     ) -> Result<StepReport, TrainerError> {
         let scale = 1.0 / micro_batches.len().max(1) as f64;
-        self.step_sum(micro_batches, |model, batch| {
-            Ok(loss_fn(model, batch)?.mul_scalar(scale))
-        })
+        let (report, _) = self.step_sum(micro_batches, |model, batch| {
+            Ok((loss_fn(model, batch)?.mul_scalar(scale), ()))
+        })?;
+        Ok(report)
     }
 
     /// One optimiser step whose loss is the sum of `loss_fn` over `parts` (each part already
-    /// weighted by the caller: GRPO divides by the tokens of the part's group). The gradient of
-    /// each part is taken and accumulated in turn, so only one part's graph is alive at a time.
-    pub fn step_sum<T>(
+    /// weighted by the caller: GRPO divides by the tokens of the part's group). `loss_fn` also
+    /// returns what the caller wants to keep of each part, handed back in the order of `parts`.
+    /// The gradients of up to [`OptimConfig::parallel_parts`] parts are taken at once, on
+    /// copies of the model whose adapters are fresh leaves of the autodiff graph (the same
+    /// parameter ids, so each copy's gradients are the model's), then summed in the order of
+    /// `parts`: the result does not depend on how many ran at once.
+    pub fn step_sum<T: Sync, X: Send>(
         &mut self,
         parts: &[T],
-        mut loss_fn: impl FnMut(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError>,
-    ) -> Result<StepReport, TrainerError> {
+        loss_fn: impl Fn(&Llama<B>, &T) -> Result<(Tensor<B, 1>, X), TrainerError> + Sync,
+    ) -> Result<(StepReport, Vec<X>), TrainerError> {
         if parts.is_empty() {
             return Err(TrainerError::Data("an optimiser step needs data".into()));
         }
-        B::seed(
-            &self.model.embed.val().device(),
-            self.seed.wrapping_add(self.step as u64),
-        );
+        let device = self.model.embed.val().device();
+        B::seed(&device, self.seed.wrapping_add(self.step as u64));
+        // Dropout draws from the backend's one generator: parts running at once would take
+        // their masks in an order set by thread timing.
+        let at_once = if self.model.lora_dropout() > 0.0 {
+            1
+        } else {
+            self.config.parallel_parts.max(1)
+        };
+        let gradients =
+            |model: &Llama<B>, part: &T| -> Result<(f64, GradientsParams, X), TrainerError> {
+                let (loss, kept) = loss_fn(model, part)?;
+                let value = f64::from(loss.clone().into_scalar().elem::<f32>());
+                if !value.is_finite() {
+                    return Err(TrainerError::Diverged {
+                        step: self.step + 1,
+                        loss: value,
+                    });
+                }
+                let grads = loss.backward();
+                Ok((value, GradientsParams::from_grads(grads, model), kept))
+            };
         let mut accumulator = GradientsAccumulator::new();
         let mut total = 0.0;
-        for part in parts {
-            let loss = loss_fn(&self.model, part)?;
-            let value = f64::from(loss.clone().into_scalar().elem::<f32>());
-            if !value.is_finite() {
-                return Err(TrainerError::Diverged {
-                    step: self.step + 1,
-                    loss: value,
-                });
+        let mut kept = Vec::with_capacity(parts.len());
+        for wave in parts.chunks(at_once) {
+            let results: Vec<Result<(f64, GradientsParams, X), TrainerError>> = if wave.len() == 1 {
+                vec![gradients(&self.model, &wave[0])]
+            } else {
+                std::thread::scope(|scope| {
+                    let handles: Vec<_> = wave
+                        .iter()
+                        .map(|part| {
+                            let copy = self.model.clone().fork(&device);
+                            let gradients = &gradients;
+                            scope.spawn(move || gradients(&copy, part))
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|handle| {
+                            handle.join().unwrap_or_else(|_| {
+                                Err(TrainerError::Data("a gradient thread panicked".into()))
+                            })
+                        })
+                        .collect()
+                })
+            };
+            for result in results {
+                let (value, grads, part_kept) = result?;
+                total += value;
+                accumulator.accumulate(&self.model, grads);
+                kept.push(part_kept);
             }
-            total += value;
-            let grads = loss.backward();
-            accumulator.accumulate(&self.model, GradientsParams::from_grads(grads, &self.model));
         }
         let lr = self.config.lr_at(self.step);
         let model = self.model.clone();
         self.model = self.optimizer.step(lr, model, accumulator.grads());
         self.step += 1;
-        Ok(StepReport {
-            step: self.step,
-            loss: total,
-            lr,
-        })
+        Ok((
+            StepReport {
+                step: self.step,
+                loss: total,
+                lr,
+            },
+            kept,
+        ))
     }
 
     /// Counts a step in which there was nothing to learn (GRPO: every group's rewards were

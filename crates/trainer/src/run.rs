@@ -73,6 +73,23 @@ pub(crate) fn finish<B: AutodiffBackend>(
     Ok(path)
 }
 
+/// Keeps a copy of the adapter as `snapshots/step-N.safetensors` every
+/// [`RunConfig::snapshot_every`] steps, for choosing a checkpoint on the validation set.
+pub(crate) fn keep_snapshot<B: AutodiffBackend>(
+    trainer: &Trainer<B>,
+    lora: &LoraConfig,
+    config: &RunConfig,
+) -> Result<(), TrainerError> {
+    if config.snapshot_every == 0 || !trainer.step.is_multiple_of(config.snapshot_every) {
+        return Ok(());
+    }
+    let dir = config.out_dir.join("snapshots");
+    std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+    let path = dir.join(format!("step-{}.safetensors", trainer.step));
+    coe_policy::lora::save_adapters(&trainer.model, lora, &path)?;
+    Ok(())
+}
+
 /// Reads a task file (coe tasks, evaluation sets, MBPP or HumanEvalFix rows) the way every
 /// task reader does ([`coe_data::sources::read_tasks`]); a malformed line is an error naming it.
 pub fn load_tasks(path: &Path) -> Result<Vec<Task>, TrainerError> {

@@ -19,7 +19,7 @@ use crate::config::{RunConfig, io_err};
 use crate::metrics::{Metrics, plot_run};
 use crate::optim::{StepReport, Trainer};
 use crate::progress::Progress;
-use crate::run::{finish, read_strict, start};
+use crate::run::{finish, keep_snapshot, read_strict, start};
 
 /// Right-pads sequences to one length and lists the target positions `(row, position)`.
 pub fn batch_targets(batch: &[&Encoded]) -> (Vec<Vec<u32>>, Vec<(usize, usize)>) {
@@ -65,17 +65,22 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 }
 
-/// Reads and encodes the demonstrations of `path` (JSON Lines with `messages`). Returns them
-/// with the number skipped because their opening and first command exceed `context` (they
-/// teach nothing at that length); an error when none is left.
+/// Reads and encodes the demonstrations of `path` (JSON Lines with `messages`), leaving out
+/// those of the tasks in `exclude`. Returns them with the number skipped because their opening
+/// and first command exceed `context` (they teach nothing at that length); an error when none
+/// is left.
 pub fn load_demonstrations(
     tokenizer: &TextTokenizer,
     path: &Path,
     context: usize,
+    exclude: &[String],
 ) -> Result<(Vec<Encoded>, usize), TrainerError> {
     let mut examples = Vec::new();
     let mut too_long = 0;
     for record in read_strict::<Transcript>(path)? {
+        if exclude.contains(&record.task_id) {
+            continue;
+        }
         match encode(tokenizer, &record.messages, context) {
             Ok(encoded) => examples.push(encoded),
             Err(TrainerError::TooLong { .. }) => too_long += 1,
@@ -105,7 +110,12 @@ pub fn run_sft<B: AutodiffBackend>(
         .sft_data
         .clone()
         .ok_or_else(|| TrainerError::Data("sft_data is not set".into()))?;
-    let (examples, too_long) = load_demonstrations(&tokenizer, &data_path, config.context)?;
+    let (examples, too_long) = load_demonstrations(
+        &tokenizer,
+        &data_path,
+        config.context,
+        &config.exclude_tasks,
+    )?;
     if too_long > 0 {
         eprintln!(
             "sft: skipped {too_long} demonstrations whose opening and first command exceed {} tokens",
@@ -123,32 +133,39 @@ pub fn run_sft<B: AutodiffBackend>(
     };
     // The shuffle of the current epoch, made once per epoch.
     let mut order: (usize, Vec<usize>) = (0, shuffled(0));
+    // Example k of the run is example (k mod n) of epoch (k / n)'s shuffled order.
+    let mut step_examples = |step: usize| -> Vec<&Encoded> {
+        (step * per_step..(step + 1) * per_step)
+            .map(|k| {
+                let epoch = k / examples.len();
+                if order.0 != epoch {
+                    order = (epoch, shuffled(epoch));
+                }
+                &examples[order.1[k % examples.len()]]
+            })
+            .collect()
+    };
+    let tokens_of = |batch: &[&Encoded]| batch.iter().map(|e| e.tokens.len()).sum::<usize>();
+    // A resumed run counts the tokens of the steps it already took.
+    let mut tokens_seen: usize = (0..trainer.step)
+        .map(|step| tokens_of(&step_examples(step)))
+        .sum();
+    let tokens_before = tokens_seen;
     let started = Instant::now();
-    let mut tokens_seen = 0usize;
     let progress = Progress::new("sft", trainer.step, config.optim.steps);
     while trainer.step < config.optim.steps {
-        // Example k of the run is example (k mod n) of epoch (k / n)'s shuffled order.
         let first = trainer.step * per_step;
-        let mut batches: Vec<Vec<&Encoded>> = Vec::with_capacity(per_step);
-        for k in first..first + per_step {
-            let epoch = k / examples.len();
-            if order.0 != epoch {
-                order = (epoch, shuffled(epoch));
-            }
-            batches.push(vec![&examples[order.1[k % examples.len()]]]);
-        }
-        tokens_seen += batches
-            .iter()
-            .flatten()
-            .map(|e| e.tokens.len())
-            .sum::<usize>();
+        let chosen = step_examples(trainer.step);
+        tokens_seen += tokens_of(&chosen);
+        let batches: Vec<Vec<&Encoded>> = chosen.into_iter().map(|e| vec![e]).collect();
         let report = trainer.sft_step(&batches)?;
         if report.step % config.log_every.max(1) == 0 || report.step == config.optim.steps {
             let elapsed = started.elapsed().as_secs_f64();
             let line = serde_json::json!({
                 "phase": "sft", "step": report.step, "loss": report.loss, "lr": report.lr,
                 "epoch": (first as f64) / examples.len() as f64,
-                "tokens": tokens_seen, "tokens_per_s": tokens_seen as f64 / elapsed,
+                "tokens": tokens_seen,
+                "tokens_per_s": (tokens_seen - tokens_before) as f64 / elapsed,
                 "elapsed_s": elapsed,
             });
             progress.log(&line);
@@ -159,13 +176,14 @@ pub fn run_sft<B: AutodiffBackend>(
             &format!(
                 "loss {:.3} {:.0} tok/s",
                 report.loss,
-                tokens_seen as f64 / started.elapsed().as_secs_f64()
+                (tokens_seen - tokens_before) as f64 / started.elapsed().as_secs_f64()
             ),
         );
         if report.step % config.checkpoint_every.max(1) == 0 {
             trainer.save_checkpoint(&config.out_dir.join("checkpoint"), &lora, &[])?;
             plot_run(&config.out_dir);
         }
+        keep_snapshot(&trainer, &lora, config)?;
     }
     progress.finish();
     finish(&trainer, &lora, config)

@@ -144,10 +144,19 @@ fn demonstrations_too_long_for_the_context_are_skipped_and_counted() {
     let context = encode(&tok, &demo("DELL 1"), 2048).unwrap().tokens.len() + 5;
     let path = std::env::temp_dir().join(format!("coe-demos-{}.jsonl", std::process::id()));
     std::fs::write(&path, format!("{short}\n{long}\n\n{short}\n")).unwrap();
-    let (examples, skipped) = load_demonstrations(&tok, &path, context).unwrap();
+    let (examples, skipped) = load_demonstrations(&tok, &path, context, &[]).unwrap();
     assert_eq!((examples.len(), skipped), (2, 1));
+    // A task left out of training contributes nothing.
+    let kept = serde_json::json!({ "task_id": "mbpp/1", "messages": demo("DELL 1") });
+    let left_out = serde_json::json!({ "task_id": "mbpp/2", "messages": demo("DELL 1") });
+    let with_ids = std::env::temp_dir().join(format!("coe-demos-ids-{}.jsonl", std::process::id()));
+    std::fs::write(&with_ids, format!("{kept}\n{left_out}\n{left_out}\n")).unwrap();
+    let (examples, _) =
+        load_demonstrations(&tok, &with_ids, context, &["mbpp/2".to_string()]).unwrap();
+    assert_eq!(examples.len(), 1);
+    std::fs::remove_file(&with_ids).ok();
     // Nothing fits: an error that says so, not an empty run.
-    let none = load_demonstrations(&tok, &path, 8).unwrap_err();
+    let none = load_demonstrations(&tok, &path, 8, &[]).unwrap_err();
     assert!(
         none.to_string()
             .contains("no demonstrations that fit 8 tokens"),
@@ -155,7 +164,7 @@ fn demonstrations_too_long_for_the_context_are_skipped_and_counted() {
     );
     // A broken line names its number.
     std::fs::write(&path, format!("{short}\n{{oops\n")).unwrap();
-    let bad = load_demonstrations(&tok, &path, context).unwrap_err();
+    let bad = load_demonstrations(&tok, &path, context, &[]).unwrap_err();
     assert!(bad.to_string().contains("line 2"), "{bad}");
     std::fs::remove_file(&path).ok();
 }
@@ -303,7 +312,10 @@ fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
     let group_tokens = good.turns[0].len + bad.turns[0].len;
     trainer
         .step_sum(&episodes, |model, (rollout, a)| {
-            Ok(episode_loss(model, rollout, a, group_tokens, &config).loss)
+            Ok((
+                episode_loss(model, rollout, a, group_tokens, &config).loss,
+                (),
+            ))
         })
         .unwrap();
     let valid = trainer.model.valid();
@@ -576,6 +588,56 @@ fn resume_reproduces_the_next_step() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[test]
+fn parts_taken_at_once_give_the_step_taken_one_by_one() {
+    let _rng = backend_rng();
+    let tok = tokenizer();
+    let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]
+        .iter()
+        .map(|c| encode(&tok, &demo(c), 2048).unwrap())
+        .collect();
+    // Three micro-batches: one wave of two at once, then one alone.
+    let batches: Vec<Vec<&Encoded>> = demos.iter().map(|d| vec![d]).collect();
+    let adapters_after = |parallel_parts: usize| {
+        let config = OptimConfig {
+            lr: 1e-2,
+            warmup_steps: 1,
+            steps: 10,
+            grad_accum: 3,
+            parallel_parts,
+            ..OptimConfig::default()
+        };
+        let mut trainer = Trainer::new(lora_model::<AD>(4), config);
+        let losses: Vec<f64> = (0..3)
+            .map(|_| trainer.sft_step(&batches).unwrap().loss)
+            .collect();
+        let weights: Vec<f32> = trainer
+            .model
+            .named_linears()
+            .into_iter()
+            .filter_map(|(_, linear)| linear.lora.as_ref())
+            .flat_map(|lora| {
+                [lora.a.val(), lora.b.val()]
+                    .into_iter()
+                    .flat_map(|t| t.into_data().to_vec::<f32>().unwrap())
+            })
+            .collect();
+        (losses, weights)
+    };
+    let (one_by_one_losses, one_by_one) = adapters_after(1);
+    let (at_once_losses, at_once) = adapters_after(2);
+    for (a, b) in one_by_one_losses.iter().zip(&at_once_losses) {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "losses {one_by_one_losses:?} vs {at_once_losses:?}"
+        );
+    }
+    let gap = max_gap(&one_by_one, &at_once);
+    assert!(gap < 1e-6, "adapters differ by {gap} after 3 steps");
+    // The steps moved the adapters (B starts at zero), so the comparison compared something.
+    assert!(at_once.iter().any(|&w| w != 0.0) && one_by_one_losses[2] < one_by_one_losses[0]);
+}
+
 /// `lora_model` with every adapter's `B` made non-zero, so that the adapters (and their
 /// dropout) change the model's output, as a trained SFT adapter does.
 fn trained_lora_model<B: burn::prelude::Backend>(seed: u64, dropout: f64) -> Llama<B> {
@@ -627,7 +689,7 @@ fn max_log_ratio(model: &Llama<AD>, rollouts: &[Rollout]) -> f32 {
         .filter(|r| r.turns.iter().any(|t| t.len > 0))
         .map(|r| {
             let adv = vec![1.0; r.turns.len()];
-            episode_loss(model, r, &adv, 1, &config).max_log_ratio
+            episode_loss(model, r, &adv, 1, &config).stats.max_log_ratio
         })
         .fold(0.0, f32::max)
 }
