@@ -92,6 +92,11 @@ enum Commands {
         #[command(flatten)]
         limits: LimitArgs,
     },
+    /// Serve the sandbox over HTTP: SandboxFusion's POST /run_code (Python), POST /v1/run and
+    /// POST /v1/check (coe's own requests, `coe run --json` replies), GET /health, GET /metrics.
+    ///
+    /// Stops on SIGTERM or Ctrl-C after the requests in flight are answered.
+    Serve(cmd::serve::ServeArgs),
     /// Prepare the sandbox: snapshot and compile the Python guest into the cache.
     ///
     /// Done automatically on first use; this does it ahead of time and says how long it took.
@@ -251,6 +256,7 @@ fn main() -> ExitCode {
             limits,
         } => cmd::check::check(&tasks, field, jobs, parallel, worker, limits.limits()),
         Commands::Prepare => cmd::prepare::prepare(),
+        Commands::Serve(args) => cmd::serve::serve(args),
         Commands::Replay {
             task,
             edits,

@@ -3,39 +3,10 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use coe_exec::{ErrorInfo, Outcome, TestResult};
+use coe_exec::{ErrorInfo, Outcome};
 use serde::Serialize;
 
 use crate::Failure;
-
-/// The JSON form of an outcome (DESIGN.md section 9).
-#[derive(Debug, Serialize)]
-pub(crate) struct OutcomeJson<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub task_id: Option<&'a str>,
-    pub status: &'static str,
-    pub tests_passed: usize,
-    pub tests_total: usize,
-    pub tests: &'a [TestResult],
-    pub error: Option<&'a ErrorInfo>,
-    pub stdout: &'a str,
-    pub elapsed_ms: f64,
-}
-
-impl<'a> OutcomeJson<'a> {
-    pub(crate) fn new(outcome: &'a Outcome, tests_total: usize, task_id: Option<&'a str>) -> Self {
-        Self {
-            task_id,
-            status: outcome.status.as_str(),
-            tests_passed: outcome.tests_passed(),
-            tests_total,
-            tests: &outcome.tests,
-            error: outcome.error.as_ref(),
-            stdout: &outcome.stdout,
-            elapsed_ms: (outcome.elapsed_ms * 1000.0).round() / 1000.0,
-        }
-    }
-}
 
 /// An outcome as text for a person.
 pub(crate) fn outcome_text(outcome: &Outcome, tests: &[String]) -> String {

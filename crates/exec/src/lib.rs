@@ -138,6 +138,10 @@ pub struct Outcome {
     pub error: Option<ErrorInfo>,
     /// Captured standard output, truncated to a cap.
     pub stdout: String,
+    /// Captured standard error (what the program wrote to `sys.stderr`), truncated to the same
+    /// cap; empty when it wrote none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stderr: String,
     /// Wall time of the execution in milliseconds.
     pub elapsed_ms: f64,
 }
@@ -151,6 +155,49 @@ impl Outcome {
     /// Whether the program solved its task: every test ran and passed.
     pub fn is_passed(&self) -> bool {
         self.status == Status::Passed
+    }
+}
+
+/// The JSON form of an outcome: what `coe run --json` prints, each line of `coe check`, and the
+/// reply of `coe serve`'s `/v1/run` (DESIGN.md section 9).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutcomeJson<'a> {
+    /// The task, where the outcome is one of many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<&'a str>,
+    /// [`Status::as_str`].
+    pub status: &'static str,
+    /// Tests that passed.
+    pub tests_passed: usize,
+    /// Tests requested (those that never ran count too).
+    pub tests_total: usize,
+    /// The tests that ran.
+    pub tests: &'a [TestResult],
+    /// The first error.
+    pub error: Option<&'a ErrorInfo>,
+    /// Captured standard output.
+    pub stdout: &'a str,
+    /// Captured standard error, when there was any.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub stderr: &'a str,
+    /// Wall time in milliseconds, to the microsecond.
+    pub elapsed_ms: f64,
+}
+
+impl<'a> OutcomeJson<'a> {
+    /// The JSON form of `outcome`, of a request with `tests_total` tests.
+    pub fn new(outcome: &'a Outcome, tests_total: usize, task_id: Option<&'a str>) -> Self {
+        Self {
+            task_id,
+            status: outcome.status.as_str(),
+            tests_passed: outcome.tests_passed(),
+            tests_total,
+            tests: &outcome.tests,
+            error: outcome.error.as_ref(),
+            stdout: &outcome.stdout,
+            stderr: &outcome.stderr,
+            elapsed_ms: (outcome.elapsed_ms * 1000.0).round() / 1000.0,
+        }
     }
 }
 
@@ -208,6 +255,7 @@ impl ExecutorError {
 ///                 .collect(),
 ///             error: None,
 ///             stdout: String::new(),
+///             stderr: String::new(),
 ///             elapsed_ms: 0.0,
 ///         })
 ///     }

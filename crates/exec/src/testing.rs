@@ -63,6 +63,7 @@ impl Executor for FakeExecutor {
             error: tests.iter().find_map(|t| t.error.clone()),
             tests,
             stdout: String::new(),
+            stderr: String::new(),
             elapsed_ms: 1.0,
         })
     }

@@ -82,6 +82,7 @@ pub fn verdict(end: RunEnd) -> Result<Outcome, VerdictError> {
         tests: Vec::new(),
         error,
         stdout: end.stdout.clone(),
+        stderr: String::new(),
         elapsed_ms: end.elapsed.as_secs_f64() * 1000.0,
     };
     let program_error = |type_name: &str, message: String| {
@@ -164,6 +165,7 @@ pub fn outcome_from_response(
             tests: Vec::new(),
             error,
             stdout,
+            stderr: String::new(),
             elapsed_ms,
         });
     }
@@ -196,6 +198,7 @@ pub fn outcome_from_response(
         tests,
         error,
         stdout,
+        stderr: String::new(),
         elapsed_ms,
     })
 }

@@ -198,9 +198,11 @@ pub(crate) fn execute(
     let output_limit = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
     // One byte more than allowed, so that going over the limit is visible.
     let stdout = MemoryOutputPipe::new(output_limit.saturating_add(1));
+    let stderr = MemoryOutputPipe::new(output_limit.saturating_add(1));
     let wasi = WasiCtxBuilder::new()
         .stdin(MemoryInputPipe::new(encoded))
         .stdout(stdout.clone())
+        .stderr(stderr.clone())
         .args(&["python-runner"])
         .build_p1();
     let memory_limit =
@@ -248,12 +250,17 @@ pub(crate) fn execute(
     let state = store.into_data();
     let timings = timings(&state.phases, started, total);
     let captured = stdout.contents();
-    let outcome = verdict(RunEnd {
+    let captured_err = stderr.contents();
+    let text = |bytes: &[u8]| {
+        String::from_utf8_lossy(&bytes[..bytes.len().min(output_limit)]).into_owned()
+    };
+    let mut outcome = verdict(RunEnd {
         ending,
         report: state.response,
         memory_limit_hit: state.limiter.hit,
-        output_exceeded: captured.len() > output_limit,
-        stdout: String::from_utf8_lossy(&captured[..captured.len().min(output_limit)]).into_owned(),
+        // Either stream over the limit stops the program: a flood on stderr costs as much.
+        output_exceeded: captured.len() > output_limit || captured_err.len() > output_limit,
+        stdout: text(&captured),
         tests_requested: request.tests.len(),
         elapsed: total,
     })
@@ -261,6 +268,7 @@ pub(crate) fn execute(
         VerdictError::InvalidResponse(reason) => SandboxError::InvalidResponse(reason),
         not_started @ VerdictError::NotStarted(_) => SandboxError::Run(not_started.to_string()),
     })?;
+    outcome.stderr = text(&captured_err);
     Ok(RunReport { outcome, timings })
 }
 

@@ -18,6 +18,7 @@ fn outcome(status: Status, tests: Vec<TestResult>, error: Option<ErrorInfo>) -> 
         tests,
         error,
         stdout: "ignored\n".into(),
+        stderr: String::new(),
         elapsed_ms: 12.5,
     }
 }

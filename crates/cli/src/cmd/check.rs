@@ -7,8 +7,9 @@ use coe_sandbox::Sandbox;
 use coe_tool_state::Task;
 
 use super::{read_text, sandbox};
-use crate::output::{OutcomeJson, json_line, print};
+use crate::output::{json_line, print};
 use crate::{Failure, Field};
+use coe_exec::OutcomeJson;
 
 /// How `coe check` spreads its runs over cores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -10,6 +10,7 @@ pub(crate) mod repair;
 pub(crate) mod replay;
 pub(crate) mod report;
 pub(crate) mod run;
+pub(crate) mod serve;
 pub(crate) mod train;
 
 use std::path::{Path, PathBuf};

@@ -6,7 +6,8 @@ use coe_exec::{ExecRequest, Limits};
 
 use super::{read_text, sandbox};
 use crate::Failure;
-use crate::output::{OutcomeJson, json_line, outcome_text, print};
+use crate::output::{json_line, outcome_text, print};
+use coe_exec::OutcomeJson;
 
 pub(crate) fn run(
     program_path: &Path,

@@ -1,0 +1,118 @@
+//! A bounded pool of sandbox workers with a bounded queue in front of it.
+//!
+//! At most `workers` runs execute at once, each on a blocking thread; at most `max_queue` more
+//! wait for one. A request that would overflow the queue is refused at once (the server answers
+//! 503 with `Retry-After`), so a burst costs memory for `max_queue` requests at most. Runs are
+//! spawned tasks: a client that hangs up does not cancel a run midway, and the counts stay right.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use coe_exec::{ExecRequest, Executor, ExecutorError, Limits, Outcome};
+use tokio::sync::Semaphore;
+
+use crate::metrics::Metrics;
+
+/// The executor the server runs programs with.
+pub type SharedExecutor = Arc<dyn Executor + Send + Sync>;
+
+/// One run, owned, so that it can move to a worker thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// The program.
+    pub program: String,
+    /// Code run before it.
+    pub setup: String,
+    /// Test snippets.
+    pub tests: Vec<String>,
+    /// Its limits (already clamped to the server's).
+    pub limits: Limits,
+}
+
+/// The queue is full: come back later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueFull;
+
+pub(crate) struct Pool {
+    executor: SharedExecutor,
+    permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    max_queue: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        executor: SharedExecutor,
+        workers: usize,
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            executor,
+            permits: Arc::new(Semaphore::new(workers.max(1))),
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_queue,
+            metrics,
+        }
+    }
+
+    /// Runs `jobs` (in parallel as workers allow) and returns their results in order, or
+    /// [`QueueFull`] without running any when they do not all fit in the queue.
+    pub(crate) async fn run(
+        &self,
+        jobs: Vec<Job>,
+    ) -> Result<Vec<Result<Outcome, ExecutorError>>, QueueFull> {
+        let n = jobs.len();
+        let admitted = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting + n <= self.max_queue).then_some(waiting + n)
+            });
+        if admitted.is_err() {
+            return Err(QueueFull);
+        }
+        self.metrics.queue_depth.inc_by(n as i64);
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let (permits, waiting) = (self.permits.clone(), self.waiting.clone());
+                let (executor, metrics) = (self.executor.clone(), self.metrics.clone());
+                tokio::spawn(async move {
+                    let permit = permits.acquire_owned().await;
+                    waiting.fetch_sub(1, Ordering::AcqRel);
+                    metrics.queue_depth.dec();
+                    let Ok(_permit) = permit else {
+                        return Err(ExecutorError::new("the worker pool is closed"));
+                    };
+                    metrics.workers_busy.inc();
+                    let result = tokio::task::spawn_blocking(move || {
+                        executor.execute(&ExecRequest {
+                            program: &job.program,
+                            setup: &job.setup,
+                            tests: &job.tests,
+                            limits: job.limits,
+                        })
+                    })
+                    .await;
+                    metrics.workers_busy.dec();
+                    result.unwrap_or_else(|e| {
+                        Err(ExecutorError::new(format!("a sandbox worker failed: {e}")))
+                    })
+                })
+            })
+            .collect();
+        let mut results = Vec::with_capacity(n);
+        for handle in handles {
+            results.push(handle.await.unwrap_or_else(|e| {
+                Err(ExecutorError::new(format!("a sandbox run was lost: {e}")))
+            }));
+        }
+        Ok(results)
+    }
+
+    /// Runs waiting for a worker now.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
