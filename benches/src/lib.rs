@@ -50,17 +50,22 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The resident set size of this process in KiB, from `/proc/self/status` (Linux).
 pub fn resident_kib() -> Option<u64> {
-    status_kib("VmRSS:")
+    status_kib("self", "VmRSS:")
+}
+
+/// The resident set size of process `pid` in KiB (Linux).
+pub fn process_resident_kib(pid: u32) -> Option<u64> {
+    status_kib(&pid.to_string(), "VmRSS:")
 }
 
 /// The peak resident set size (high-water mark) of this process in KiB (Linux).
 pub fn peak_resident_kib() -> Option<u64> {
-    status_kib("VmHWM:")
+    status_kib("self", "VmHWM:")
 }
 
-/// A KiB field of `/proc/self/status`, e.g. `VmRSS:`.
-fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+/// A KiB field of `/proc/<process>/status`, e.g. `VmRSS:`.
+fn status_kib(process: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).ok()?;
     status
         .lines()
         .find_map(|line| line.strip_prefix(field))

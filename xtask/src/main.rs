@@ -27,6 +27,9 @@ enum Bench {
     /// Experience throughput of RL rollouts (episodes/s, environment steps/s, tokens/s, model
     /// versus sandbox time) with and without sandbox worker threads.
     Experience,
+    /// `coe serve` under load (concurrent clients posting MBPP programs on loopback) against
+    /// `coe check` on the same programs with the same workers.
+    Serve,
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +341,13 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
             run_release("coe-benches", "sandbox-bench", &args)
         }
         Bench::Policy => policy_bench(extra),
+        Bench::Serve => {
+            let coe = build_release("coe-cli", "coe", &[])?;
+            let coe = coe.to_string_lossy();
+            let mut args = vec!["--coe", &coe];
+            args.extend(extra.iter().map(String::as_str));
+            run_release("coe-benches", "serve-bench", &args)
+        }
         Bench::Experience => {
             model()?;
             ensure_wasm_target()?;
