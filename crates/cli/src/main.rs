@@ -92,10 +92,11 @@ enum Commands {
         #[command(flatten)]
         limits: LimitArgs,
     },
-    /// Serve the sandbox over HTTP: SandboxFusion's POST /run_code (Python), POST /v1/run and
-    /// POST /v1/check (coe's own requests, `coe run --json` replies), GET /health, GET /metrics.
+    /// Serve the sandbox over HTTP (SandboxFusion's /run_code, /v1/run, /v1/check, /metrics)
     ///
-    /// Stops on SIGTERM or Ctrl-C after the requests in flight are answered.
+    /// POST /run_code follows SandboxFusion's API for Python; POST /v1/run and POST /v1/check
+    /// take coe's own requests and reply as `coe run --json`; GET /health, GET /metrics
+    /// (Prometheus). Stops on SIGTERM or Ctrl-C after the requests in flight are answered.
     Serve(cmd::serve::ServeArgs),
     /// Prepare the sandbox: snapshot and compile the Python guest into the cache.
     ///
