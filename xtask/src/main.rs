@@ -332,22 +332,10 @@ fn coe(args: &[&str]) -> Result<()> {
 
 fn bench(which: Bench, extra: &[String]) -> Result<()> {
     match which {
-        Bench::Sandbox => {
-            // The table times `coe run` as a whole process too.
-            let coe = build_release("coe-cli", "coe", &[])?;
-            let coe = coe.to_string_lossy();
-            let mut args = vec!["--coe", &coe];
-            args.extend(extra.iter().map(String::as_str));
-            run_release("coe-benches", "sandbox-bench", &args)
-        }
+        // The table times `coe run` as a whole process too.
+        Bench::Sandbox => bench_with_coe("sandbox-bench", extra),
         Bench::Policy => policy_bench(extra),
-        Bench::Serve => {
-            let coe = build_release("coe-cli", "coe", &[])?;
-            let coe = coe.to_string_lossy();
-            let mut args = vec!["--coe", &coe];
-            args.extend(extra.iter().map(String::as_str));
-            run_release("coe-benches", "serve-bench", &args)
-        }
+        Bench::Serve => bench_with_coe("serve-bench", extra),
         Bench::Experience => {
             model()?;
             ensure_wasm_target()?;
@@ -355,6 +343,15 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
             run_release("coe-benches", "experience-bench", &args)
         }
     }
+}
+
+/// Runs the bench binary `name` with `--coe PATH` (the release `coe`, built first) and `extra`.
+fn bench_with_coe(name: &str, extra: &[String]) -> Result<()> {
+    let coe = build_release("coe-cli", "coe", &[])?;
+    let coe = coe.to_string_lossy();
+    let mut args = vec!["--coe", &coe];
+    args.extend(extra.iter().map(String::as_str));
+    run_release("coe-benches", name, &args)
 }
 
 /// One row per engine, side by side in one run, with ratios against llama.cpp F32 and

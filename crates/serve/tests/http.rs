@@ -259,3 +259,27 @@ fn a_full_queue_answers_503_with_retry_after_and_loses_nothing() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_shutdown_answers_the_requests_in_flight_first() {
+    let gate = Gate::default();
+    let mut server = Server::start(Arc::new(gate.clone()), config());
+    let url = server.url("/v1/run");
+    let in_flight = std::thread::spawn(move || {
+        ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .send_string(r#"{"program": "fixed", "tests": ["assert 1"]}"#)
+            .map(|response| response.status())
+            .map_err(|e| e.to_string())
+    });
+    gate.wait_for_runs(1);
+    server.stop();
+    // The server stops accepting; the run in flight still gets its answer.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        ureq::get(&server.url("/health")).call().is_err(),
+        "still accepting after the stop"
+    );
+    gate.open();
+    assert_eq!(in_flight.join().unwrap(), Ok(200));
+}

@@ -97,6 +97,15 @@ fn demo(command: &str) -> Vec<Message> {
     ]
 }
 
+/// The demonstrations of `commands` (see [`demo`]), encoded.
+fn encoded_demos(commands: &[&str]) -> Vec<Encoded> {
+    let tok = tokenizer();
+    commands
+        .iter()
+        .map(|c| encode(&tok, &demo(c), 2048).unwrap())
+        .collect()
+}
+
 #[test]
 fn only_assistant_tokens_are_targets() {
     let tok = tokenizer();
@@ -194,11 +203,7 @@ fn masked_user_tokens_carry_no_loss() {
 #[test]
 fn sft_overfits_a_few_demos() {
     let _rng = backend_rng();
-    let tok = tokenizer();
-    let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]
-        .iter()
-        .map(|c| encode(&tok, &demo(c), 2048).unwrap())
-        .collect();
+    let demos = encoded_demos(&["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]);
     let config = OptimConfig {
         lr: 3e-2,
         warmup_steps: 2,
@@ -545,11 +550,7 @@ fn random_policy_episodes_are_scored_and_malformed_output_costs_half() {
 #[test]
 fn resume_reproduces_the_next_step() {
     let _rng = backend_rng();
-    let tok = tokenizer();
-    let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1"]
-        .iter()
-        .map(|c| encode(&tok, &demo(c), 2048).unwrap())
-        .collect();
+    let demos = encoded_demos(&["REPL 1 x = 2", "DELL 1"]);
     let batches: Vec<Vec<&Encoded>> = demos.iter().map(|d| vec![d]).collect();
     let config = OptimConfig {
         lr: 1e-2,
@@ -591,11 +592,7 @@ fn resume_reproduces_the_next_step() {
 #[test]
 fn parts_taken_at_once_give_the_step_taken_one_by_one() {
     let _rng = backend_rng();
-    let tok = tokenizer();
-    let demos: Vec<Encoded> = ["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]
-        .iter()
-        .map(|c| encode(&tok, &demo(c), 2048).unwrap())
-        .collect();
+    let demos = encoded_demos(&["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]);
     // Three micro-batches: one wave of two at once, then one alone.
     let batches: Vec<Vec<&Encoded>> = demos.iter().map(|d| vec![d]).collect();
     let adapters_after = |parallel_parts: usize| {

@@ -41,6 +41,13 @@ impl Server {
         }
     }
 
+    /// Starts a graceful shutdown without waiting for it.
+    pub(crate) fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
