@@ -156,7 +156,9 @@ pub fn unsupported(request: &RunCodeRequest) -> Option<String> {
 /// The limits of a request: its time and memory, clamped to the server's `max`.
 pub fn limits(request: &RunCodeRequest, max: Limits) -> Limits {
     let timeout_ms = if request.run_timeout.is_finite() && request.run_timeout > 0.0 {
-        ((request.run_timeout * 1000.0).ceil() as u64).clamp(1, max.timeout_ms)
+        ((request.run_timeout * 1000.0).ceil() as u64)
+            .min(max.timeout_ms)
+            .max(1)
     } else {
         max.timeout_ms
     };
@@ -171,10 +173,12 @@ pub fn limits(request: &RunCodeRequest, max: Limits) -> Limits {
     }
 }
 
-/// The program the sandbox runs for `code`: it gives the program `stdin`, runs it as
-/// `__main__` under the file name `<string>`, and on an uncaught exception prints the traceback
-/// to stderr (without the wrapper's own frame) before letting the exception end the run, as
-/// `python file.py` would. `sys.exit` with a message prints it, as CPython does.
+/// The program the sandbox runs for `code`: it gives the program `stdin` (as text, with a
+/// `.buffer` for programs that read bytes), runs it as `__main__` under the file name
+/// `<string>`, and on an uncaught exception prints the traceback to stderr (without the
+/// wrapper's own frame) before letting the exception end the run, as `python file.py` would.
+/// `sys.exit` ends with CPython's exit code: `None` 0, an integer masked to 0-255, anything
+/// else printed to stderr and 1.
 pub fn program(code: &str, stdin: Option<&str>) -> String {
     // A JSON string is a valid Python string literal (its escapes are Python's too).
     let literal = |text: &str| serde_json::Value::from(text).to_string();
@@ -182,17 +186,26 @@ pub fn program(code: &str, stdin: Option<&str>) -> String {
     format!(
         r#"def __coe_run(source, stdin):
     import io, sys, traceback
-    sys.stdin = io.StringIO(stdin or "")
+    data = (stdin or "").encode("utf-8", "surrogatepass")
+    sys.stdin = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8")
     try:
         exec(compile(source, "<string>", "exec"), globals())
     except SystemExit as exit:
-        if exit.code is not None and not isinstance(exit.code, int):
-            print(exit.code, file=sys.stderr)
-        raise
+        code = exit.code
+        if code is None:
+            code = 0
+        elif isinstance(code, int):
+            code = code & 0xFF
+        else:
+            print(code, file=sys.stderr)
+            code = 1
+        raise SystemExit(code) from None
     except BaseException as error:
         trace = error.__traceback__
         traceback.print_exception(type(error), error, trace.tb_next if trace else None)
         raise
+    finally:
+        sys.stderr.flush()
 __coe_run({}, {stdin})
 "#,
         literal(code)

@@ -119,7 +119,10 @@ pub async fn serve(
 /// Resolves on SIGTERM or Ctrl-C (SIGINT).
 pub async fn shutdown_signal() {
     let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
+        // Without a handler (it could not be installed) only SIGTERM stops the server.
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     };
     #[cfg(unix)]
     let terminate = async {
@@ -207,7 +210,9 @@ async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     if given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
         return next.run(request).await;
     }
@@ -309,7 +314,7 @@ impl LimitsRequest {
     fn clamped(self, max: Limits) -> Limits {
         let default = Limits::default();
         let pick =
-            |asked: Option<u64>, default: u64, max: u64| asked.unwrap_or(default).clamp(1, max);
+            |asked: Option<u64>, default: u64, max: u64| asked.unwrap_or(default).min(max).max(1);
         Limits {
             timeout_ms: pick(self.timeout_ms, default.timeout_ms, max.timeout_ms),
             memory_mib: pick(self.memory_mib, max.memory_mib, max.memory_mib),
@@ -372,7 +377,7 @@ async fn run(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -
 #[serde(deny_unknown_fields)]
 struct CheckRequest {
     tasks: Vec<RunRequest>,
-    /// Limits of every task that does not set its own.
+    /// Limits of every task, for each limit the task does not set itself.
     #[serde(default)]
     limits: Option<LimitsRequest>,
 }
@@ -397,12 +402,13 @@ async fn check(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
         .tasks
         .iter()
         .map(|task| {
-            let asked = request.limits.filter(|_| {
-                task.limits.timeout_ms.is_none()
-                    && task.limits.memory_mib.is_none()
-                    && task.limits.output_bytes.is_none()
-            });
-            task.job(asked.unwrap_or(task.limits).clamped(app.config.max_limits))
+            let batch = request.limits.unwrap_or_default();
+            let asked = LimitsRequest {
+                timeout_ms: task.limits.timeout_ms.or(batch.timeout_ms),
+                memory_mib: task.limits.memory_mib.or(batch.memory_mib),
+                output_bytes: task.limits.output_bytes.or(batch.output_bytes),
+            };
+            task.job(asked.clamped(app.config.max_limits))
         })
         .collect();
     let results = match app.pool.run(jobs).await {
@@ -423,9 +429,12 @@ async fn check(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
                     .unwrap_or_default(),
                 );
             }
+            // The others' results stand; this task says what failed.
             Err(e) => {
                 app.metrics.run("v1_check", "sandbox_error");
-                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                lines.push(serde_json::json!({
+                    "task_id": task.task_id, "status": "sandbox_error", "message": e.to_string(),
+                }));
             }
         }
     }

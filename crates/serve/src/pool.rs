@@ -6,7 +6,7 @@
 //! spawned tasks: a client that hangs up does not cancel a run midway, and the counts stay right.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use coe_exec::{ExecRequest, Executor, ExecutorError, Limits, Outcome};
 use tokio::sync::Semaphore;
@@ -27,6 +27,16 @@ pub struct Job {
     pub tests: Vec<String>,
     /// Its limits (already clamped to the server's).
     pub limits: Limits,
+}
+
+/// Set to `true` when dropped.
+#[derive(Default)]
+struct Abandoned(Arc<AtomicBool>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// The queue is full: come back later.
@@ -50,7 +60,7 @@ impl Pool {
     ) -> Self {
         Self {
             executor,
-            permits: Arc::new(Semaphore::new(workers.max(1))),
+            permits: Arc::new(Semaphore::new(workers.clamp(1, Semaphore::MAX_PERMITS))),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_queue,
             metrics,
@@ -67,17 +77,22 @@ impl Pool {
         let admitted = self
             .waiting
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
-                (waiting + n <= self.max_queue).then_some(waiting + n)
+                waiting
+                    .checked_add(n)
+                    .filter(|&total| total <= self.max_queue)
             });
         if admitted.is_err() {
             return Err(QueueFull);
         }
         self.metrics.queue_depth.inc_by(n as i64);
+        // Set when this future is dropped (the client hung up): runs still waiting are skipped.
+        let abandoned = Abandoned::default();
         let handles: Vec<_> = jobs
             .into_iter()
             .map(|job| {
                 let (permits, waiting) = (self.permits.clone(), self.waiting.clone());
                 let (executor, metrics) = (self.executor.clone(), self.metrics.clone());
+                let abandoned = abandoned.0.clone();
                 tokio::spawn(async move {
                     let permit = permits.acquire_owned().await;
                     waiting.fetch_sub(1, Ordering::AcqRel);
@@ -85,6 +100,9 @@ impl Pool {
                     let Ok(_permit) = permit else {
                         return Err(ExecutorError::new("the worker pool is closed"));
                     };
+                    if abandoned.load(Ordering::Acquire) {
+                        return Err(ExecutorError::new("the client went away before the run"));
+                    }
                     metrics.workers_busy.inc();
                     let result = tokio::task::spawn_blocking(move || {
                         executor.execute(&ExecRequest {
@@ -108,6 +126,7 @@ impl Pool {
                 Err(ExecutorError::new(format!("a sandbox run was lost: {e}")))
             }));
         }
+        drop(abandoned);
         Ok(results)
     }
 

@@ -161,6 +161,13 @@ fn run_code_refuses_what_it_cannot_run_with_a_sandbox_error() {
         (200, Some("SandboxError"))
     );
     assert_eq!(server.post("/v1/run", r#"{"program": "x"}"#).0, 500);
+    // In a batch, the failed task says so and the batch still answers.
+    let (status, _, reply) = server.post(
+        "/v1/check",
+        r#"{"tasks": [{"task_id": "a", "program": "x"}]}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(reply["results"][0]["status"], "sandbox_error", "{reply}");
 }
 
 #[test]
@@ -176,6 +183,12 @@ fn a_token_guards_everything_but_health() {
     assert_eq!(server.post("/v1/run", body).0, 401);
     assert_eq!(server.post_with("/v1/run", body, Some("wrong")).0, 401);
     assert_eq!(server.post_with("/v1/run", body, Some("s3cret")).0, 200);
+    // The scheme is case-insensitive (RFC 7235).
+    let lower = ureq::post(&server.url("/v1/run"))
+        .set("Authorization", "bearer s3cret")
+        .send_string(body)
+        .map(|r| r.status());
+    assert_eq!(lower.ok(), Some(200));
     assert_eq!(server.get("/metrics", None).0, 401);
     assert_eq!(server.get("/metrics", Some("s3cret")).0, 200);
     assert_eq!(server.get("/health", None).0, 200);

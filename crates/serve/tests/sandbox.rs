@@ -56,6 +56,20 @@ fn run_code_gives_sandbox_fusion_statuses() {
     assert_eq!(sum["run_result"]["stderr"], "");
     assert!(sum["compile_result"].is_null());
     assert!(sum["run_result"]["execution_time"].as_f64().unwrap() > 0.0);
+    // Programs that read bytes find them under sys.stdin.buffer.
+    let bytes = run(
+        "import sys\nprint(sys.stdin.buffer.readline().decode().strip()[::-1])",
+        Some("abc\n"),
+        10.0,
+    );
+    assert_eq!(bytes["run_result"]["stdout"], "cba\n", "{bytes}");
+    // Any text survives the trip into the program: line separators, quotes, backslashes.
+    let odd = run(
+        "s = '\u{2028}\\\\'\nprint(len(s), repr('\"\"\"'))  # \\",
+        None,
+        10.0,
+    );
+    assert_eq!(odd["run_result"]["stdout"], "2 '\"\"\"'\n", "{odd}");
     // Reading past the end of stdin is an EOFError, as in CPython.
     let eof = run("input()\n", None, 10.0);
     assert!(
@@ -92,6 +106,10 @@ fn run_code_gives_sandbox_fusion_statuses() {
         ("import sys\nsys.exit(3)", 3),
         ("import sys\nsys.exit(0)", 0),
         ("raise SystemExit", 0),
+        ("import sys\nsys.exit(False)", 0),
+        ("import sys\nsys.exit(256)", 0),
+        ("import sys\nsys.exit(-2)", 254),
+        ("import sys\nsys.exit('3')", 1),
     ] {
         let reply = run(code, None, 10.0);
         assert_eq!(
@@ -128,6 +146,8 @@ fn run_code_gives_sandbox_fusion_statuses() {
     );
     assert_eq!(warned["status"], "Success");
     assert_eq!(warned["run_result"]["stderr"], "careful\n");
+    let partial = run("import sys\nsys.stderr.write('no newline')", None, 10.0);
+    assert_eq!(partial["run_result"]["stderr"], "no newline", "{partial}");
     // `if __name__ == "__main__"` runs, as with `python file.py`.
     let main = run(
         "if __name__ == '__main__':\n    print('main')\n",

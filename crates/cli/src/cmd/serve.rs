@@ -48,6 +48,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         None => None,
     };
+    if args.max_queue == 0 || args.max_body_bytes == 0 {
+        return Err(Failure::Input(
+            "coe: --max-queue and --max-body-bytes must be at least 1".into(),
+        ));
+    }
     let defaults = ServeConfig::default();
     let config = ServeConfig {
         workers: args.workers.unwrap_or(defaults.workers).max(1),
