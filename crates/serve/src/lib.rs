@@ -20,7 +20,7 @@ mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -37,7 +37,7 @@ use serde::de::DeserializeOwned;
 pub use pool::{Job, QueueFull, SharedExecutor};
 
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{NotRun, Pool};
 
 /// The server's settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +56,9 @@ pub struct ServeConfig {
     pub max_limits: Limits,
     /// Seconds a client told "queue full" should wait (`Retry-After`).
     pub retry_after_s: u32,
+    /// The longest a run waits for a worker; past it the request gets 504, which verl's
+    /// client retries (its own timeout is 30 s by default).
+    pub max_queue_wait: Duration,
 }
 
 impl Default for ServeConfig {
@@ -72,6 +75,7 @@ impl Default for ServeConfig {
                 output_bytes: 1 << 20,
             },
             retry_after_s: 1,
+            max_queue_wait: Duration::from_secs(20),
         }
     }
 }
@@ -87,7 +91,13 @@ struct App {
 pub fn router(executor: SharedExecutor, config: ServeConfig) -> Router {
     let metrics = Arc::new(Metrics::new(config.workers));
     let app = Arc::new(App {
-        pool: Pool::new(executor, config.workers, config.max_queue, metrics.clone()),
+        pool: Pool::new(
+            executor,
+            config.workers,
+            config.max_queue,
+            config.max_queue_wait,
+            metrics.clone(),
+        ),
         metrics,
         config,
     });
@@ -150,6 +160,13 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::ne
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     let body = serde_json::json!({ "error": message.into() });
     (status, axum::Json(body)).into_response()
+}
+
+fn not_run_status(not_run: &NotRun) -> &'static str {
+    match not_run {
+        NotRun::Failed(_) => "sandbox_error",
+        NotRun::WaitedTooLong(_) => "queue_timeout",
+    }
 }
 
 fn queue_full(app: &App) -> Response {
@@ -270,7 +287,8 @@ async fn run_code(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
         };
         match one(&app, "run_code", job).await {
             Ok(Ok(outcome)) => fusion::response(&outcome, limits),
-            Ok(Err(message)) => fusion::RunCodeResponse::sandbox_error(message),
+            Ok(Err(NotRun::Failed(message))) => fusion::RunCodeResponse::sandbox_error(message),
+            Ok(Err(NotRun::WaitedTooLong(wait))) => return waited_too_long(wait),
             Err(response) => return response,
         }
     };
@@ -279,8 +297,19 @@ async fn run_code(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
     axum::Json(reply).into_response()
 }
 
-/// Runs one job; `Err` is the reply for a full queue, `Ok(Err)` a sandbox failure.
-async fn one(app: &App, endpoint: &str, job: Job) -> Result<Result<Outcome, String>, Response> {
+/// 504: no worker was free in time (a status verl's client retries).
+fn waited_too_long(wait: Duration) -> Response {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!(
+            "no sandbox worker was free within {} s: retry",
+            wait.as_secs_f64()
+        ),
+    )
+}
+
+/// Runs one job; `Err` is the reply for a full queue, `Ok(Err)` why it did not run.
+async fn one(app: &App, endpoint: &str, job: Job) -> Result<Result<Outcome, NotRun>, Response> {
     let mut results = app
         .pool
         .run(vec![job])
@@ -288,15 +317,15 @@ async fn one(app: &App, endpoint: &str, job: Job) -> Result<Result<Outcome, Stri
         .map_err(|QueueFull| queue_full(app))?;
     let result = results
         .pop()
-        .unwrap_or_else(|| Err(coe_exec::ExecutorError::new("no result")));
+        .unwrap_or_else(|| Err(NotRun::Failed("no result".into())));
     Ok(match result {
         Ok(outcome) => {
             app.metrics.run(endpoint, outcome.status.as_str());
             Ok(outcome)
         }
-        Err(e) => {
-            app.metrics.run(endpoint, "sandbox_error");
-            Err(e.to_string())
+        Err(not_run) => {
+            app.metrics.run(endpoint, not_run_status(&not_run));
+            Err(not_run)
         }
     })
 }
@@ -365,7 +394,8 @@ async fn run(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -
             request.task_id.as_deref(),
         ))
         .into_response(),
-        Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Ok(Err(NotRun::Failed(message))) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Ok(Err(NotRun::WaitedTooLong(wait))) => return waited_too_long(wait),
         Err(response) => return response,
     };
     app.metrics
@@ -430,10 +460,17 @@ async fn check(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
                 );
             }
             // The others' results stand; this task says what failed.
-            Err(e) => {
-                app.metrics.run("v1_check", "sandbox_error");
+            Err(not_run) => {
+                let status = not_run_status(not_run);
+                app.metrics.run("v1_check", status);
+                let message = match not_run {
+                    NotRun::Failed(message) => message.clone(),
+                    NotRun::WaitedTooLong(wait) => {
+                        format!("no sandbox worker was free within {} s", wait.as_secs_f64())
+                    }
+                };
                 lines.push(serde_json::json!({
-                    "task_id": task.task_id, "status": "sandbox_error", "message": e.to_string(),
+                    "task_id": task.task_id, "status": status, "message": message,
                 }));
             }
         }

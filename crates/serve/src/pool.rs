@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use coe_exec::{ExecRequest, Executor, ExecutorError, Limits, Outcome};
+use std::time::Duration;
+
+use coe_exec::{ExecRequest, Executor, Limits, Outcome};
 use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
@@ -39,6 +41,15 @@ impl Drop for Abandoned {
     }
 }
 
+/// Why a job has no outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotRun {
+    /// The sandbox (or the pool around it) failed; the message says how.
+    Failed(String),
+    /// No worker was free within the queue's longest wait.
+    WaitedTooLong(Duration),
+}
+
 /// The queue is full: come back later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
@@ -48,6 +59,7 @@ pub(crate) struct Pool {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     max_queue: usize,
+    max_wait: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -56,6 +68,7 @@ impl Pool {
         executor: SharedExecutor,
         workers: usize,
         max_queue: usize,
+        max_wait: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -63,16 +76,18 @@ impl Pool {
             permits: Arc::new(Semaphore::new(workers.clamp(1, Semaphore::MAX_PERMITS))),
             waiting: Arc::new(AtomicUsize::new(0)),
             max_queue,
+            max_wait,
             metrics,
         }
     }
 
     /// Runs `jobs` (in parallel as workers allow) and returns their results in order, or
-    /// [`QueueFull`] without running any when they do not all fit in the queue.
+    /// [`QueueFull`] without running any when they do not all fit in the queue. A job that
+    /// waits longer than the pool's longest wait for a worker does not run.
     pub(crate) async fn run(
         &self,
         jobs: Vec<Job>,
-    ) -> Result<Vec<Result<Outcome, ExecutorError>>, QueueFull> {
+    ) -> Result<Vec<Result<Outcome, NotRun>>, QueueFull> {
         let n = jobs.len();
         let admitted = self
             .waiting
@@ -93,15 +108,20 @@ impl Pool {
                 let (permits, waiting) = (self.permits.clone(), self.waiting.clone());
                 let (executor, metrics) = (self.executor.clone(), self.metrics.clone());
                 let abandoned = abandoned.0.clone();
+                let max_wait = self.max_wait;
                 tokio::spawn(async move {
-                    let permit = permits.acquire_owned().await;
+                    let permit = tokio::time::timeout(max_wait, permits.acquire_owned()).await;
                     waiting.fetch_sub(1, Ordering::AcqRel);
                     metrics.queue_depth.dec();
-                    let Ok(_permit) = permit else {
-                        return Err(ExecutorError::new("the worker pool is closed"));
+                    let _permit = match permit {
+                        Ok(Ok(permit)) => permit,
+                        Ok(Err(_)) => {
+                            return Err(NotRun::Failed("the worker pool is closed".into()));
+                        }
+                        Err(_) => return Err(NotRun::WaitedTooLong(max_wait)),
                     };
                     if abandoned.load(Ordering::Acquire) {
-                        return Err(ExecutorError::new("the client went away before the run"));
+                        return Err(NotRun::Failed("the client went away before the run".into()));
                     }
                     metrics.workers_busy.inc();
                     let result = tokio::task::spawn_blocking(move || {
@@ -114,17 +134,21 @@ impl Pool {
                     })
                     .await;
                     metrics.workers_busy.dec();
-                    result.unwrap_or_else(|e| {
-                        Err(ExecutorError::new(format!("a sandbox worker failed: {e}")))
-                    })
+                    match result {
+                        Ok(Ok(outcome)) => Ok(outcome),
+                        Ok(Err(e)) => Err(NotRun::Failed(e.to_string())),
+                        Err(e) => Err(NotRun::Failed(format!("a sandbox worker failed: {e}"))),
+                    }
                 })
             })
             .collect();
         let mut results = Vec::with_capacity(n);
         for handle in handles {
-            results.push(handle.await.unwrap_or_else(|e| {
-                Err(ExecutorError::new(format!("a sandbox run was lost: {e}")))
-            }));
+            results.push(
+                handle.await.unwrap_or_else(|e| {
+                    Err(NotRun::Failed(format!("a sandbox run was lost: {e}")))
+                }),
+            );
         }
         drop(abandoned);
         Ok(results)

@@ -296,3 +296,34 @@ fn a_shutdown_answers_the_requests_in_flight_first() {
     gate.open();
     assert_eq!(in_flight.join().unwrap(), Ok(200));
 }
+
+#[test]
+fn a_run_that_waits_too_long_for_a_worker_gets_504() {
+    let gate = Gate::default();
+    let server = Arc::new(Server::start(
+        Arc::new(gate.clone()),
+        ServeConfig {
+            workers: 1,
+            max_queue_wait: std::time::Duration::from_millis(100),
+            ..config()
+        },
+    ));
+    let running = {
+        let server = server.clone();
+        std::thread::spawn(move || server.post("/v1/run", r#"{"program": "fixed"}"#).0)
+    };
+    gate.wait_for_runs(1);
+    // 504 is what verl's client retries.
+    let (status, _, reply) = server.post("/run_code", r#"{"code": "x", "language": "python"}"#);
+    assert_eq!(status, 504, "{reply}");
+    let body = r#"{"tasks": [{"task_id": "late", "program": "fixed"}]}"#;
+    let (status, _, reply) = server.post("/v1/check", body);
+    assert_eq!(
+        (status, reply["results"][0]["status"].as_str()),
+        (200, Some("queue_timeout"))
+    );
+    gate.open();
+    assert_eq!(running.join().unwrap(), 200);
+    // The waits left nothing behind: the worker takes the next run at once.
+    assert_eq!(server.post("/v1/run", r#"{"program": "fixed"}"#).0, 200);
+}

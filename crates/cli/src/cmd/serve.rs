@@ -32,6 +32,9 @@ pub(crate) struct ServeArgs {
     /// The longest time limit a request may ask for, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = ServeConfig::default().max_limits.timeout_ms)]
     max_timeout_ms: u64,
+    /// The longest a run waits for a worker, in milliseconds; past it the request gets 504.
+    #[arg(long, value_name = "N", default_value_t = ServeConfig::default().max_queue_wait.as_millis() as u64)]
+    max_queue_wait_ms: u64,
     /// The largest memory limit a request may ask for, in MiB (also what one that asks none gets).
     #[arg(long, value_name = "N", default_value_t = ServeConfig::default().max_limits.memory_mib)]
     max_memory_mib: u64,
@@ -64,6 +67,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), Failure> {
             memory_mib: args.max_memory_mib.max(1),
             ..defaults.max_limits
         },
+        max_queue_wait: std::time::Duration::from_millis(args.max_queue_wait_ms),
         ..defaults
     };
     let sandbox = sandbox()?;
