@@ -23,12 +23,22 @@ fn server(workers: usize) -> Server {
 
 /// What verl's client posts for one test case (all eight keys, timeouts in seconds).
 fn verl_request(code: &str, stdin: Option<&str>, run_timeout: f64) -> String {
+    request_with_memory(code, stdin, run_timeout, 1024)
+}
+
+/// [`verl_request`] with another memory limit in MB.
+fn request_with_memory(
+    code: &str,
+    stdin: Option<&str>,
+    run_timeout: f64,
+    memory_mb: u64,
+) -> String {
     serde_json::json!({
         "compile_timeout": run_timeout,
         "run_timeout": run_timeout,
         "code": code,
         "stdin": stdin,
-        "memory_limit_MB": 1024,
+        "memory_limit_MB": memory_mb,
         "language": "python",
         "files": {},
         "fetch_files": [],
@@ -162,6 +172,12 @@ fn run_code_gives_sandbox_fusion_statuses() {
     assert!(endless["run_result"]["return_code"].is_null());
 }
 
+/// A hostile program's request: 64 MB, so a memory bomb meets its memory limit well before its
+/// time limit even in a slow build.
+fn hostile_request(code: &str) -> String {
+    request_with_memory(code, None, 1.0, 64)
+}
+
 #[test]
 fn hostile_programs_under_load_harm_no_other_request() {
     let server = Arc::new(server(2));
@@ -185,7 +201,7 @@ fn hostile_programs_under_load_harm_no_other_request() {
         for (code, _) in hostile {
             let server = server.clone();
             threads.push(std::thread::spawn(move || {
-                let (status, _, reply) = server.post("/run_code", &verl_request(code, None, 0.5));
+                let (status, _, reply) = server.post("/run_code", &hostile_request(code));
                 (None, status, reply)
             }));
         }
@@ -218,7 +234,7 @@ fn hostile_programs_under_load_harm_no_other_request() {
         }
     }
     for (code, status) in hostile {
-        let (_, _, reply) = server.post("/run_code", &verl_request(code, None, 0.5));
+        let (_, _, reply) = server.post("/run_code", &hostile_request(code));
         assert_eq!(reply["run_result"]["status"], status, "{code}: {reply}");
     }
 }
