@@ -371,12 +371,17 @@ fn objective<B: Backend>(
 }
 
 /// Splits a group's episodes (by their token counts) into runs whose autodiff graphs together
-/// stay within [`UPDATE_MEMORY_BYTES`]. An episode of `t` tokens continuing a `p`-token prompt
-/// keeps, for backward, about three `[heads, t - p, t]` attention arrays per layer and about
+/// stay within `budget` bytes ([`UPDATE_MEMORY_BYTES`] shared by the runs taken at once). An
+/// episode of `t` tokens continuing a `p`-token prompt keeps, for backward, about three `[heads, t - p, t]` attention arrays per layer and about
 /// `10 d + 5 ff` activations per layer and token, plus its log-softmax over the vocabulary (two
 /// `vocab` rows per token, counting every continuation token as a target: an upper bound). Each
 /// run is one backward with the prompt run once; an episode over the budget alone runs alone.
-pub fn update_chunks(lengths: &[usize], prompt: usize, model: &LlamaConfig) -> Vec<Vec<usize>> {
+pub fn update_chunks(
+    lengths: &[usize],
+    prompt: usize,
+    model: &LlamaConfig,
+    budget: usize,
+) -> Vec<Vec<usize>> {
     let (layers, heads) = (model.num_hidden_layers, model.num_attention_heads);
     let per_token = 4
         * (layers * (10 * model.hidden_size + 5 * model.intermediate_size) + 2 * model.vocab_size);
@@ -389,7 +394,7 @@ pub fn update_chunks(lengths: &[usize], prompt: usize, model: &LlamaConfig) -> V
     for (i, &len) in lengths.iter().enumerate() {
         let c = cost(len);
         match chunks.last_mut() {
-            Some(chunk) if used + c <= UPDATE_MEMORY_BYTES => {
+            Some(chunk) if used + c <= budget => {
                 chunk.push(i);
                 used += c;
             }
@@ -629,6 +634,8 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         // One backward per run of a group's episodes that fits the memory budget, the group's
         // prompt computed once per run.
         let model_config = trainer.model.config();
+        // Runs taken at once share the memory budget.
+        let budget = UPDATE_MEMORY_BYTES / trainer.parts_at_once();
         let parts: Vec<(usize, Vec<usize>)> = kept
             .iter()
             .enumerate()
@@ -639,7 +646,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
                     .filter_map(|(r, _)| r.turns.first().map(|t| t.start))
                     .min()
                     .unwrap_or(0);
-                update_chunks(&lengths, prompt, model_config)
+                update_chunks(&lengths, prompt, model_config, budget)
                     .into_iter()
                     .map(move |chunk| (g, chunk))
             })
@@ -810,18 +817,18 @@ mod tests {
         let prompt = 400;
         // Four short episodes share one run, and so one pass over the prompt.
         assert_eq!(
-            update_chunks(&[600, 700, 650, 800], prompt, &model),
+            update_chunks(&[600, 700, 650, 800], prompt, &model, UPDATE_MEMORY_BYTES),
             [vec![0, 1, 2, 3]]
         );
         // Long ones split into runs; one too long alone runs alone.
         let lengths = [2000, 2048, 1900, 30_000];
-        let chunks = update_chunks(&lengths, prompt, &model);
+        let chunks = update_chunks(&lengths, prompt, &model, UPDATE_MEMORY_BYTES);
         assert_eq!(chunks.concat(), [0, 1, 2, 3]);
         assert!(chunks.len() > 1);
         assert_eq!(chunks.last().unwrap(), &[3]);
         // Many short ones still fill runs, not one unbounded run: the per-token terms count.
         let short = vec![600; 40];
-        assert!(update_chunks(&short, prompt, &model).len() > 1);
+        assert!(update_chunks(&short, prompt, &model, UPDATE_MEMORY_BYTES).len() > 1);
     }
 
     #[test]

@@ -205,6 +205,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         ))
     }
 
+    /// How many parts [`Trainer::step_sum`] takes at once: [`OptimConfig::parallel_parts`], or
+    /// 1 when the adapters have dropout (it draws from the backend's one generator, so parts
+    /// running at once would take their masks in an order set by thread timing).
+    pub fn parts_at_once(&self) -> usize {
+        if self.model.lora_dropout() > 0.0 {
+            1
+        } else {
+            self.config.parallel_parts.max(1)
+        }
+    }
+
     /// One optimiser step over `micro_batches` (gradients of each micro-batch's loss, divided
     /// by their number, are summed). `loss_fn` computes a micro-batch's loss. A loss that is not
     /// finite stops with an error and leaves the model as it was.
@@ -237,13 +248,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let device = self.model.embed.val().device();
         B::seed(&device, self.seed.wrapping_add(self.step as u64));
-        // Dropout draws from the backend's one generator: parts running at once would take
-        // their masks in an order set by thread timing.
-        let at_once = if self.model.lora_dropout() > 0.0 {
-            1
-        } else {
-            self.config.parallel_parts.max(1)
-        };
+        let at_once = self.parts_at_once();
         let gradients =
             |model: &Llama<B>, part: &T| -> Result<(f64, GradientsParams, X), TrainerError> {
                 let (loss, kept) = loss_fn(model, part)?;
