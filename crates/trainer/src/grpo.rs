@@ -372,10 +372,11 @@ fn objective<B: Backend>(
 
 /// Splits a group's episodes (by their token counts) into runs whose autodiff graphs together
 /// stay within `budget` bytes ([`UPDATE_MEMORY_BYTES`] shared by the runs taken at once). An
-/// episode of `t` tokens continuing a `p`-token prompt keeps, for backward, about three `[heads, t - p, t]` attention arrays per layer and about
-/// `10 d + 5 ff` activations per layer and token, plus its log-softmax over the vocabulary (two
-/// `vocab` rows per token, counting every continuation token as a target: an upper bound). Each
-/// run is one backward with the prompt run once; an episode over the budget alone runs alone.
+/// episode of `t` tokens continuing a `p`-token prompt keeps, for backward, about three
+/// `[heads, t - p, t]` attention arrays per layer and about `10 d + 5 ff` activations per layer
+/// and token, plus its log-softmax over the vocabulary (two `vocab` rows per token, counting
+/// every continuation token as a target: an upper bound). Each run is one backward with the
+/// prompt run once; an episode over the budget alone runs alone.
 pub fn update_chunks(
     lengths: &[usize],
     prompt: usize,
