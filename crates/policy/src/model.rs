@@ -644,9 +644,10 @@ impl<B: Backend> Llama<B> {
 
     /// The largest dropout probability of any adapter (0 without adapters).
     pub fn lora_dropout(&self) -> f64 {
-        self.named_linears()
-            .into_iter()
-            .filter_map(|(_, linear)| linear.lora.as_ref())
+        self.layers
+            .iter()
+            .flat_map(Block::linears)
+            .filter_map(|linear| linear.lora.as_ref())
             .map(crate::LoraAdapter::dropout)
             .fold(0.0, f64::max)
     }

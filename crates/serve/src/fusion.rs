@@ -155,22 +155,17 @@ pub fn unsupported(request: &RunCodeRequest) -> Option<String> {
 
 /// The limits of a request: its time and memory, clamped to the server's `max`.
 pub fn limits(request: &RunCodeRequest, max: Limits) -> Limits {
-    let timeout_ms = if request.run_timeout.is_finite() && request.run_timeout > 0.0 {
-        ((request.run_timeout * 1000.0).ceil() as u64)
-            .min(max.timeout_ms)
-            .max(1)
-    } else {
-        max.timeout_ms
-    };
-    let memory_mib = match u64::try_from(request.memory_limit_mb) {
-        Ok(mb) if mb > 0 => mb.min(max.memory_mib),
-        _ => max.memory_mib,
-    };
-    Limits {
-        timeout_ms,
-        memory_mib,
-        output_bytes: max.output_bytes,
+    let seconds = request.run_timeout;
+    // No usable time or memory (NaN, <= 0, SandboxFusion's -1): the server's maximum.
+    crate::LimitsRequest {
+        timeout_ms: (seconds.is_finite() && seconds > 0.0)
+            .then(|| (seconds * 1000.0).ceil() as u64),
+        memory_mib: u64::try_from(request.memory_limit_mb)
+            .ok()
+            .filter(|&mb| mb > 0),
+        output_bytes: None,
     }
+    .clamped(max.timeout_ms, max)
 }
 
 /// The program the sandbox runs for `code`: it gives the program `stdin` (as text, with a

@@ -106,7 +106,8 @@ pub fn router(executor: SharedExecutor, config: ServeConfig) -> Router {
         .route("/v1/run", post(run))
         .route("/v1/check", post(check))
         .route("/metrics", get(metrics_text))
-        .route_layer(from_fn_with_state(app.clone(), authorize));
+        .route_layer(from_fn_with_state(app.clone(), authorize))
+        .route_layer(from_fn_with_state(app.clone(), timed));
     Router::new()
         .route("/health", get(health))
         .route("/v1/ping", get(|| async { "pong" }))
@@ -219,6 +220,21 @@ fn parse<T: DeserializeOwned>(
     })
 }
 
+/// Records every answer's latency under its route, refusals included.
+async fn timed(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let endpoint = match request.uri().path() {
+        "/run_code" => "run_code",
+        "/v1/run" => "v1_run",
+        "/v1/check" => "v1_check",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let response = next.run(request).await;
+    app.metrics
+        .latency(endpoint, started.elapsed().as_secs_f64());
+    response
+}
+
 async fn authorize(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let Some(token) = &app.config.token else {
         return next.run(request).await;
@@ -258,6 +274,7 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn metrics_text(State(app): State<Arc<App>>) -> Response {
+    app.metrics.queue_depth.set(app.pool.waiting() as i64);
     (
         [(
             header::CONTENT_TYPE,
@@ -269,7 +286,6 @@ async fn metrics_text(State(app): State<Arc<App>>) -> Response {
 }
 
 async fn run_code(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
     let request: fusion::RunCodeRequest = match parse(&app, body) {
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
@@ -292,8 +308,6 @@ async fn run_code(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejectio
             Err(response) => return response,
         }
     };
-    app.metrics
-        .latency("run_code", started.elapsed().as_secs_f64());
     axum::Json(reply).into_response()
 }
 
@@ -330,22 +344,22 @@ async fn one(app: &App, endpoint: &str, job: Job) -> Result<Result<Outcome, NotR
     })
 }
 
-/// Limits a `/v1` request may ask for; what it leaves out is the default.
+/// Limits a request may ask for, each clamped to the server's maximum; one it leaves out gets
+/// the default time limit or the maximum memory and output.
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LimitsRequest {
-    timeout_ms: Option<u64>,
-    memory_mib: Option<u64>,
-    output_bytes: Option<u64>,
+pub(crate) struct LimitsRequest {
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) memory_mib: Option<u64>,
+    pub(crate) output_bytes: Option<u64>,
 }
 
 impl LimitsRequest {
-    fn clamped(self, max: Limits) -> Limits {
-        let default = Limits::default();
+    pub(crate) fn clamped(self, default_timeout_ms: u64, max: Limits) -> Limits {
         let pick =
             |asked: Option<u64>, default: u64, max: u64| asked.unwrap_or(default).min(max).max(1);
         Limits {
-            timeout_ms: pick(self.timeout_ms, default.timeout_ms, max.timeout_ms),
+            timeout_ms: pick(self.timeout_ms, default_timeout_ms, max.timeout_ms),
             memory_mib: pick(self.memory_mib, max.memory_mib, max.memory_mib),
             output_bytes: pick(self.output_bytes, max.output_bytes, max.output_bytes),
         }
@@ -381,13 +395,16 @@ impl RunRequest {
 }
 
 async fn run(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
     let request: RunRequest = match parse(&app, body) {
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
     };
-    let job = request.job(request.limits.clamped(app.config.max_limits));
-    let reply = match one(&app, "v1_run", job).await {
+    let job = request.job(
+        request
+            .limits
+            .clamped(Limits::default().timeout_ms, app.config.max_limits),
+    );
+    match one(&app, "v1_run", job).await {
         Ok(Ok(outcome)) => axum::Json(OutcomeJson::new(
             &outcome,
             request.tests.len(),
@@ -395,12 +412,9 @@ async fn run(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -
         ))
         .into_response(),
         Ok(Err(NotRun::Failed(message))) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
-        Ok(Err(NotRun::WaitedTooLong(wait))) => return waited_too_long(wait),
-        Err(response) => return response,
-    };
-    app.metrics
-        .latency("v1_run", started.elapsed().as_secs_f64());
-    reply
+        Ok(Err(NotRun::WaitedTooLong(wait))) => waited_too_long(wait),
+        Err(response) => response,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -413,7 +427,6 @@ struct CheckRequest {
 }
 
 async fn check(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let started = Instant::now();
     let request: CheckRequest = match parse(&app, body) {
         Ok(request) => request,
         Err(refused) => return refused.into_response(),
@@ -438,7 +451,7 @@ async fn check(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
                 memory_mib: task.limits.memory_mib.or(batch.memory_mib),
                 output_bytes: task.limits.output_bytes.or(batch.output_bytes),
             };
-            task.job(asked.clamped(app.config.max_limits))
+            task.job(asked.clamped(Limits::default().timeout_ms, app.config.max_limits))
         })
         .collect();
     let results = match app.pool.run(jobs).await {
@@ -475,7 +488,5 @@ async fn check(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>)
             }
         }
     }
-    app.metrics
-        .latency("v1_check", started.elapsed().as_secs_f64());
     axum::Json(serde_json::json!({ "results": lines })).into_response()
 }

@@ -38,6 +38,7 @@ pub(crate) struct Metrics {
     runs: Family<RunLabels, Counter>,
     latency: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     refused: Family<ReasonLabels, Counter>,
+    /// Set from the pool's count when the metrics are read.
     pub(crate) queue_depth: Gauge,
     pub(crate) workers_busy: Gauge,
 }

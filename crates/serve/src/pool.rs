@@ -99,7 +99,6 @@ impl Pool {
         if admitted.is_err() {
             return Err(QueueFull);
         }
-        self.metrics.queue_depth.inc_by(n as i64);
         // Set when this future is dropped (the client hung up): runs still waiting are skipped.
         let abandoned = Abandoned::default();
         let handles: Vec<_> = jobs
@@ -112,7 +111,6 @@ impl Pool {
                 tokio::spawn(async move {
                     let permit = tokio::time::timeout(max_wait, permits.acquire_owned()).await;
                     waiting.fetch_sub(1, Ordering::AcqRel);
-                    metrics.queue_depth.dec();
                     let _permit = match permit {
                         Ok(Ok(permit)) => permit,
                         Ok(Err(_)) => {
