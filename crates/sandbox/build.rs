@@ -32,6 +32,7 @@ fn main() {
         guest.join("Cargo.toml"),
         guest.join("Cargo.lock"),
         guest.join(".cargo/config.toml"),
+        workspace.join("wasm-guests/vendor"),
         workspace.join("crates/sandbox-protocol/src"),
         workspace.join("crates/sandbox-protocol/Cargo.toml"),
         workspace.join("rust-toolchain.toml"),

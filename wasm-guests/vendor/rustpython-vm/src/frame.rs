@@ -5601,10 +5601,9 @@ impl ExecutingFrame<'_> {
                     // SAFETY: compiler guarantees correct type
                     obj.downcast_unchecked_ref()
                 };
-                let iter = PyIter::try_from_object(vm, iterable)?;
-                while let PyIterReturn::Return(item) = iter.next(vm)? {
-                    set.add(item, vm)?;
-                }
+                // coe: CPython's `_PySet_Update` merges a set (as `{*a}` and constant set
+                // displays need for CPython's order) and grows for a dict before adding.
+                set.update_internal(iterable, vm)?;
                 Ok(None)
             }
             Instruction::PushExcInfo => {

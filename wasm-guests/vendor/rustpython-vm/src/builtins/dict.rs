@@ -1790,10 +1790,14 @@ fn set_inner_number_op<F>(a: &PyObject, b: &PyObject, f: F, vm: &VirtualMachine)
 where
     F: FnOnce(PySetInner, ArgIterable) -> PyResult<PySetInner>,
 {
-    let a = PySetInner::from_iter(
-        ArgIterable::try_from_object(vm, a.to_owned())?.iter(vm)?,
-        vm,
-    )?;
+    // coe: CPython's `dictviews_to_set`: a keys view of an exact dict becomes a set made from
+    // the dict (which grows for its size first), anything else `set(a)`, for CPython's order.
+    let a = match a.downcast_ref::<PyDictKeys>() {
+        Some(keys) if keys.dict.class().is(vm.ctx.types.dict_type) => {
+            PySetInner::from_object(keys.dict.clone().into(), vm)?
+        }
+        _ => PySetInner::from_object(a.to_owned(), vm)?,
+    };
     let b = ArgIterable::try_from_object(vm, b.to_owned())?;
     Ok(PySet { inner: f(a, b)? }.into_pyobject(vm))
 }
@@ -1830,7 +1834,16 @@ pub(crate) fn set_view_number_and(
 }
 
 pub(crate) fn set_inner_number_xor(a: &PyObject, b: &PyObject, vm: &VirtualMachine) -> PyResult {
-    set_inner_number_op(a, b, |a, b| a.symmetric_difference(b, vm), vm)
+    // coe: CPython's `dictviews_xor`, `set(a)` updated with `b`, for CPython's order.
+    set_inner_number_op(
+        a,
+        b,
+        |a, b| {
+            a.symmetric_difference_update(core::iter::once(b), vm)?;
+            Ok(a)
+        },
+        vm,
+    )
 }
 
 pub(crate) fn set_item_view_number_xor(

@@ -17,13 +17,13 @@ use crate::{
         wtf8::Wtf8Buf,
     },
     convert::ToPyResult,
-    dict_inner::{self, DictSize},
     function::{
         ArgIterable, FuncArgs, NameOthers, OptionalArg, PosArgs, PyArithmeticValue,
         PyComparisonValue,
     },
     protocol::{PyIterReturn, PyNumberMethods, PySequenceMethods},
     recursion::ReprGuard,
+    set_table::{SetChanged, SetSize, SetTable},
     types::AsNumber,
     types::{
         AsSequence, Comparable, Constructor, DefaultConstructor, Hashable, Initializer, IterNext,
@@ -38,7 +38,8 @@ use rustpython_common::{
     hash,
 };
 
-pub(crate) type SetContentType = dict_inner::Dict<()>;
+// coe: CPython's slot table, so iteration follows CPython's order (see set_table.rs).
+pub(crate) type SetContentType = SetTable;
 
 #[pyclass(module = false, name = "set", unhashable = true, traverse)]
 #[derive(Default)]
@@ -201,7 +202,7 @@ impl PySetInner {
 
     /// Build a set from an arbitrary object, reusing stored hashes when the
     /// source is a set/frozenset/dict.
-    fn from_object(iterable: PyObjectRef, vm: &VirtualMachine) -> PyResult<Self> {
+    pub(super) fn from_object(iterable: PyObjectRef, vm: &VirtualMachine) -> PyResult<Self> {
         let set = Self::default();
         set.update_internal(iterable, vm)?;
         Ok(set)
@@ -312,18 +313,9 @@ impl PySetInner {
     }
 
     pub(super) fn union(&self, other: ArgIterable, vm: &VirtualMachine) -> PyResult<Self> {
+        // coe: CPython's `set_union`, a merge that pre-sizes, so the order matches.
         let set = self.clone();
-        if let Some(elements) = Self::cached_hashes(other.as_object(), vm) {
-            for (item, hash) in elements {
-                set.add_known_hash(&item, hash, vm)?;
-            }
-            return Ok(set);
-        }
-        for item in other.iter(vm)? {
-            let item = item?;
-            set.add(&item, vm)?;
-        }
-
+        set.update_internal(other.as_object().to_owned(), vm)?;
         Ok(set)
     }
 
@@ -407,28 +399,14 @@ impl PySetInner {
         other: ArgIterable,
         vm: &VirtualMachine,
     ) -> PyResult<Self> {
-        let new_inner = self.clone();
-
-        if let Some(elements) = Self::cached_hashes(other.as_object(), vm) {
-            // the source is already duplicate-free
-            for (item, hash) in elements {
-                new_inner
-                    .content
-                    .delete_or_insert_known_hash(vm, &item, hash, ())?;
-            }
-            return Ok(new_inner);
-        }
-
-        // We want to remove duplicates in other
-        let other_set = Self::from_iter(other.iter(vm)?, vm)?;
-
-        for (item, hash) in other_set.content.keys_with_hashes() {
-            new_inner
+        // coe: CPython's `set_symmetric_difference` starts from a set made of `other`.
+        let result = Self::from_object(other.as_object().to_owned(), vm)?;
+        for (item, hash) in self.content.keys_with_hashes() {
+            result
                 .content
-                .delete_or_insert_known_hash(vm, &item, hash, ())?;
+                .delete_or_insert_known_hash(vm, &item, hash)?;
         }
-
-        Ok(new_inner)
+        Ok(result)
     }
 
     fn issuperset(&self, other: ArgIterable, vm: &VirtualMachine) -> PyResult<bool> {
@@ -491,13 +469,13 @@ impl PySetInner {
     }
 
     fn add(&self, item: &PyObject, vm: &VirtualMachine) -> PyResult<()> {
-        let result = self.content.insert(vm, item, ());
+        let result = self.content.add(vm, item);
         Self::wrap_unhashable_error(result, item, vm)
     }
 
     /// [`Self::add`] with a known hash.
     fn add_known_hash(&self, item: &PyObject, hash: PyHash, vm: &VirtualMachine) -> PyResult<()> {
-        let result = self.content.insert_known_hash(vm, item, hash, ());
+        let result = self.content.add_known_hash(vm, item, hash);
         Self::wrap_unhashable_error(result, item, vm)
     }
 
@@ -522,8 +500,7 @@ impl PySetInner {
     }
 
     fn pop(&self, vm: &VirtualMachine) -> PyResult {
-        // TODO: should be pop_front, but that requires rearranging every index
-        if let Some((key, _)) = self.content.pop_back() {
+        if let Some(key) = self.content.pop() {
             Ok(key)
         } else {
             let err_msg = vm.ctx.new_str(ascii!("pop from an empty set")).into();
@@ -549,14 +526,14 @@ impl PySetInner {
     }
 
     fn merge_set(&self, any_set: AnySet, vm: &VirtualMachine) -> PyResult<()> {
-        for (item, hash) in any_set.as_inner().content.keys_with_hashes() {
-            self.add_known_hash(&item, hash, vm)?;
-        }
-        Ok(())
+        self.content.merge(vm, &any_set.as_inner().content)
     }
 
     fn merge_dict(&self, dict: &Py<PyDict>, vm: &VirtualMachine) -> PyResult<()> {
-        for (key, hash) in dict._as_dict_inner().keys_with_hashes() {
+        // coe: CPython grows the table for the dict's size before adding its keys.
+        let keys = dict._as_dict_inner().keys_with_hashes();
+        self.content.reserve(keys.len());
+        for (key, hash) in keys {
             self.add_known_hash(&key, hash, vm)?;
         }
         Ok(())
@@ -600,16 +577,18 @@ impl PySetInner {
                 for (item, hash) in elements {
                     self.content.delete_if_exists_known_hash(vm, &*item, hash)?;
                 }
-                continue;
+            } else {
+                for item in iterable.iter(vm)? {
+                    self.content.delete_if_exists(vm, &*item?)?;
+                }
             }
-            for item in iterable.iter(vm)? {
-                self.content.delete_if_exists(vm, &*item?)?;
-            }
+            // coe: as CPython's `set_difference_update_internal`.
+            self.content.shrink_after_removals();
         }
         Ok(())
     }
 
-    fn symmetric_difference_update(
+    pub(super) fn symmetric_difference_update(
         &self,
         others: impl core::iter::Iterator<Item = ArgIterable>,
         vm: &VirtualMachine,
@@ -618,16 +597,14 @@ impl PySetInner {
             if let Some(elements) = Self::cached_hashes(iterable.as_object(), vm) {
                 // the source is already duplicate-free
                 for (item, hash) in elements {
-                    self.content
-                        .delete_or_insert_known_hash(vm, &item, hash, ())?;
+                    self.content.delete_or_insert_known_hash(vm, &item, hash)?;
                 }
                 continue;
             }
             // We want to remove duplicates in iterable
             let iterable_set = Self::from_iter(iterable.iter(vm)?, vm)?;
             for (item, hash) in iterable_set.content.keys_with_hashes() {
-                self.content
-                    .delete_or_insert_known_hash(vm, &item, hash, ())?;
+                self.content.delete_or_insert_known_hash(vm, &item, hash)?;
             }
         }
         Ok(())
@@ -808,11 +785,12 @@ impl PySet {
         vm: &VirtualMachine,
     ) -> PyResult<PyArithmeticValue<Self>> {
         if let Ok(other) = AnySet::try_from_object(vm, other) {
-            Ok(PyArithmeticValue::Implemented(self.op(
-                other,
-                PySetInner::symmetric_difference,
-                vm,
-            )?))
+            // coe: not through `op`, whose copy of `self` would change the order.
+            Ok(PyArithmeticValue::Implemented(Self {
+                inner: self
+                    .inner
+                    .symmetric_difference(other.into_iterable(vm)?, vm)?,
+            }))
         } else {
             Ok(PyArithmeticValue::NotImplemented)
         }
@@ -853,6 +831,15 @@ impl PySet {
 
     pub fn add(&self, object: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
         self.inner.add(&object, vm)
+    }
+
+    /// coe: `SET_UPDATE`, as CPython's `_PySet_Update`.
+    pub(crate) fn update_internal(
+        &self,
+        iterable: PyObjectRef,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
+        self.inner.update_internal(iterable, vm)
     }
 }
 
@@ -919,11 +906,9 @@ impl Py<PySet> {
 
     #[pymethod]
     fn symmetric_difference(&self, other: ArgIterable, vm: &VirtualMachine) -> PyResult<PySet> {
-        self.fold_op(
-            core::iter::once(other),
-            PySetInner::symmetric_difference,
-            vm,
-        )
+        Ok(PySet {
+            inner: self.inner.symmetric_difference(other, vm)?,
+        })
     }
 
     #[pymethod]
@@ -1338,11 +1323,12 @@ impl PyFrozenSet {
         vm: &VirtualMachine,
     ) -> PyResult<PyArithmeticValue<Self>> {
         if let Ok(other) = AnySet::try_from_object(vm, other) {
-            Ok(PyArithmeticValue::Implemented(self.op(
-                other,
-                PySetInner::symmetric_difference,
-                vm,
-            )?))
+            Ok(PyArithmeticValue::Implemented(Self {
+                inner: self
+                    .inner
+                    .symmetric_difference(other.into_iterable(vm)?, vm)?,
+                ..Default::default()
+            }))
         } else {
             Ok(PyArithmeticValue::NotImplemented)
         }
@@ -1424,11 +1410,10 @@ impl Py<PyFrozenSet> {
         other: ArgIterable,
         vm: &VirtualMachine,
     ) -> PyResult<PyFrozenSet> {
-        self.fold_op(
-            core::iter::once(other),
-            PySetInner::symmetric_difference,
-            vm,
-        )
+        Ok(PyFrozenSet {
+            inner: self.inner.symmetric_difference(other, vm)?,
+            ..Default::default()
+        })
     }
 
     #[pymethod]
@@ -1653,7 +1638,7 @@ impl TryFromObject for AnySet {
 
 #[pyclass(module = false, name = "set_iterator")]
 pub(crate) struct PySetIterator {
-    size: DictSize,
+    size: SetSize,
     /// Whether the set was found to have changed, which `setiter_iternext()`
     /// records by writing a size no set can have. Sticky: what it makes the
     /// iterator answer, it answers from then on.
@@ -1695,13 +1680,14 @@ impl Py<PySetIterator> {
         if self.changed.load(Ordering::Relaxed) {
             return 0;
         }
-        self.internal.lock().length_hint(|set| {
-            if set.as_inner().content.size() == self.size {
-                self.size.entries_size
-            } else {
-                0
+        // coe: positions are slots, so count the keys left from there.
+        let internal = self.internal.lock();
+        match &internal.status {
+            IterStatus::Active(set) if set.as_inner().content.size() == self.size => {
+                set.as_inner().content.keys_from(internal.position).len()
             }
-        })
+            _ => 0,
+        }
     }
 
     #[pymethod]
@@ -1715,13 +1701,7 @@ impl Py<PySetIterator> {
             (vm.ctx
                 .new_list(match &internal.status {
                     IterStatus::Exhausted => vec![],
-                    IterStatus::Active(set) => set
-                        .as_inner()
-                        .content
-                        .keys()
-                        .into_iter()
-                        .skip(internal.position)
-                        .collect(),
+                    IterStatus::Active(set) => set.as_inner().content.keys_from(internal.position),
                 })
                 .into(),),
         ))
@@ -1741,13 +1721,12 @@ impl IterNext for PySetIterator {
                 // change: an iterator that has raised keeps raising.
                 return (Err(mutated()), None);
             }
-            let entry = set.as_inner().content.next_entry_checked(
-                internal.position,
-                &zelf.size,
-                |key, ()| key.to_owned(),
-            );
+            let entry =
+                set.as_inner()
+                    .content
+                    .next_entry_checked(internal.position, &zelf.size, |key| key.to_owned());
             match entry {
-                Err(crate::dict_inner::DictChanged) => {
+                Err(SetChanged) => {
                     zelf.changed.store(true, Ordering::Relaxed);
                     (Err(mutated()), None)
                 }

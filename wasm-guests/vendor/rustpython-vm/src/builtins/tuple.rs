@@ -812,7 +812,29 @@ pub(crate) fn init(context: &'static Context) {
 }
 
 pub(super) fn tuple_hash(elements: &[PyObjectRef], vm: &VirtualMachine) -> PyResult<PyHash> {
-    hash::hash_tuple(elements.iter().map(|val| element_hash(val, vm)))
+    hash_tuple_64(elements.iter().map(|val| element_hash(val, vm)))
+}
+
+/// coe: CPython's `tuplehash` (xxHash) with the 64-bit constants whatever the pointer width.
+/// `rustpython_common::hash::hash_tuple` picks the 32-bit ones on wasm32, though `PyHash` is
+/// 64 bits there too, so tuples hashed differently from CPython and sets of tuples iterated in
+/// another order. (Upstream, the fix belongs in `rustpython-common`.)
+fn hash_tuple_64(elements: impl IntoIterator<Item = PyResult<PyHash>>) -> PyResult<PyHash> {
+    const PRIME1: u64 = 11400714785074694791;
+    const PRIME2: u64 = 14029467366897019727;
+    const PRIME5: u64 = 2870177450012600261;
+    let mut acc = PRIME5;
+    let mut len: u64 = 0;
+    for element in elements {
+        acc = acc.wrapping_add((element? as u64).wrapping_mul(PRIME2));
+        acc = acc.rotate_left(31).wrapping_mul(PRIME1);
+        len += 1;
+    }
+    acc = acc.wrapping_add(len ^ (PRIME5 ^ 3527539));
+    Ok(match acc as PyHash {
+        -1 => 1546275796,
+        hash => hash,
+    })
 }
 
 /// Hash a single tuple element, skipping the generic recursion guard for
