@@ -2,7 +2,8 @@
 
 `crates/sandbox/tests/set_order.rs` runs each program in the sandbox and expects the same
 stdout, so the guest's sets iterate, pop and print in CPython's order. Regenerate with CPython
-3.11 (the order is CPython's since 3.5's setobject.c; 3.11 is what the tests were made with):
+3.11 (the order is CPython's since 3.5's setobject.c; 3.11 is what the tests were made with;
+strings and bytes hash as in CPython run with PYTHONHASHSEED=0, which the guest reproduces):
 
     python3.11 crates/sandbox/tests/data/set_order.py
 
@@ -45,6 +46,9 @@ DATA = {
     "wide": "[v - 2**63 for v in lcg(n, 5)]",
     "tuples": "[(v % 7, v % 13, v % 3) for v in lcg(n, 7)]",
     "floats": "[(v % 4096) / 8 for v in lcg(n, 11)]",
+    "strings": "[f'k{v % (3 * n + 1)}' for v in lcg(n, 13)]",
+    "unicode": "[chr(0xE0 + v % 40) + chr([0x20AC, 0x1F600, 0x3B1][v % 3]) * (v % 3) for v in lcg(n, 17)]",
+    "bytes": "[b'%d' % (v % 997) for v in lcg(n, 19)]",
 }
 
 # How a set is built from the list xs (h is half its length).
@@ -171,11 +175,17 @@ EXAMPLES = {
     "mbpp-579": "print(tuple(set((3, 4, 5, 6)) ^ set((5, 7, 4, 10))))\nprint(tuple(set((21, 11, 25, 26)) ^ set((26, 34, 21, 36))))\n",
     "mbpp-769": "a, b = [10, 15, 20, 25, 30, 35, 40], [25, 40, 35]\nprint(list(set(a) - set(b)) + list(set(b) - set(a)))\n",
     "literals": "print({30, 14, 1, 2, 3}, {5, 1}, {9, 1, 17, 25, 33})\nprint(frozenset([9, 1, 17]), set([(1, 2), (2, 1)]))\n",
+    "constant-sets": "print({'red', 'green', 'blue', 'yellow', 'black', 'white'})\n"
+    "print({'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k'}, {b'x', b'yy', b'zzz'})\n"
+    "print({1.5, 2.5, 0.5, 3.25, -7.0}, {(1, 'a'), (2, 'b'), (3, 'c')}, {True, 2, 3.0})\n",
     "pop-order": "s = set(range(100, 0, -7))\nprint([s.pop() for _ in range(5)])\ns.clear()\ns.update([5, 6, 7, 8, 9])\nprint(s.pop(), s.pop())\n",
     "dummy-reuse": "s = {1, 9, 17}\ns.discard(1)\ns.discard(17)\ns.add(25)\nprint(s)\n",
     "dict-views": "d = dict.fromkeys([40, 8, 1, 17, 33, 2])\n"
     "print(d.keys() ^ {9, 8, 25}, d.keys() - {1}, d.keys() | [64, 0], d.keys() & {33, 17, 2})\n",
     "tuple-hash": "print(hash((1, 2)), hash(()), hash((1, (2, 3))), hash((-1,)))\n",
+    "str-hash": "print(hash('abc'), hash(''), hash('\u00e9t\u00e9'), hash('\u20ac'), hash('\U0001f600'))\n"
+    "print(hash(b'abc'), hash(b''), hash(memoryview(b'abc')), hash(('a', b'b')))\n"
+    "print({'apple', 'banana', 'cherry', 'date'}, set('mississippi'), frozenset({'x': 1, 'y': 2}))\n",
     "iterator": "it = iter({3, 1, 2, 9})\nnext(it)\nprint(it.__length_hint__(), it.__reduce__()[1], list(it))\n"
     "s = {1, 2}\ntry:\n    for x in s:\n        s.add(x + 10)\nexcept RuntimeError as e:\n    print(e)\n",
 }
@@ -183,8 +193,10 @@ EXAMPLES = {
 
 def cpython_stdout(program):
     result = subprocess.run(
-        [sys.executable, "-I", "-S", "-"],
+        # Not -I, which would ignore PYTHONHASHSEED: strings hash as CPython's with seed 0.
+        [sys.executable, "-S", "-s", "-"],
         input=program,
+        env={"PYTHONHASHSEED": "0"},
         capture_output=True,
         text=True,
         check=True,

@@ -519,7 +519,7 @@ impl PyBytesInner {
     }
 
     pub fn hash(&self, _vm: &VirtualMachine) -> hash::PyHash {
-        crate::vm::hash_secret().hash_bytes(&self.elements)
+        crate::vm::hash_bytes_cpython(&self.elements)
     }
 
     pub fn add(&self, other: &[u8]) -> Vec<u8> {

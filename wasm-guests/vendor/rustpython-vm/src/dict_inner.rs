@@ -1627,7 +1627,7 @@ impl DictKey for str {
     #[inline]
     fn key_hash(&self, _vm: &VirtualMachine) -> PyResult<HashValue> {
         // follow a similar route as the hashing of PyStrRef
-        Ok(crate::vm::hash_secret().hash_str(self))
+        Ok(crate::vm::hash_str_cpython(self.as_ref()))
     }
 
     #[inline(always)]
@@ -1688,7 +1688,7 @@ impl DictKey for Wtf8 {
     #[inline]
     fn key_hash(&self, _vm: &VirtualMachine) -> PyResult<HashValue> {
         // follow a similar route as the hashing of PyStrRef
-        Ok(crate::vm::hash_secret().hash_bytes(self.as_bytes()))
+        Ok(crate::vm::hash_str_cpython(self))
     }
 
     #[inline(always)]
@@ -1749,7 +1749,7 @@ impl DictKey for [u8] {
     #[inline]
     fn key_hash(&self, _vm: &VirtualMachine) -> PyResult<HashValue> {
         // follow a similar route as the hashing of PyStrRef
-        Ok(crate::vm::hash_secret().hash_bytes(self))
+        Ok(crate::vm::hash_bytes_cpython(self))
     }
 
     #[inline(always)]

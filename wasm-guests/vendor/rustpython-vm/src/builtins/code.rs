@@ -400,7 +400,11 @@ impl ConstantBag for PyVmBag<'_> {
                 let elements = elements
                     .iter()
                     .map(|constant| self.make_constant(constant.borrow_constant()).0);
-                PyFrozenSet::from_iter(vm, elements)
+                // coe: CPython's compiler builds a constant frozenset from the source's
+                // elements, then rebuilds it from that set's order (`merge_consts_recursive`),
+                // which moves keys that collided; the same here gives CPython's order.
+                let source_order = PyFrozenSet::from_iter(vm, elements).unwrap();
+                PyFrozenSet::from_iter(vm, source_order.elements())
                     .unwrap()
                     .into_ref(ctx)
                     .into()

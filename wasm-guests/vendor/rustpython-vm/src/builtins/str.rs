@@ -709,7 +709,7 @@ impl PyStr {
 
     #[cold]
     fn _compute_hash(&self, _vm: &VirtualMachine) -> hash::PyHash {
-        let hash_val = crate::vm::hash_secret().hash_bytes(self.as_bytes());
+        let hash_val = crate::vm::hash_str_cpython(self.as_wtf8());
         debug_assert_ne!(hash_val, hash::SENTINEL);
         // spell-checker:ignore cmpxchg
         // like with char_len, we don't need a cmpxchg loop, since it'll always be the same value

@@ -946,6 +946,43 @@ pub(crate) fn hash_secret() -> &'static HashSecret {
         .expect("hash secret is set by the first top-level interpreter")
 }
 
+/// coe: CPython 3.11's `_Py_HashBytes` as with `PYTHONHASHSEED=0`: SipHash-1-3 with zero keys
+/// over the bytes, 0 for none, -1 taken as -2. `bytes` and `memoryview` hash with it, and `str`
+/// through [`hash_str_cpython`], so sets of strings iterate in CPython's order (RustPython's
+/// own SipHash-2-4 with a seeded key and a length prefix matches no CPython run).
+pub(crate) fn hash_bytes_cpython(data: &[u8]) -> crate::common::hash::PyHash {
+    use core::hash::Hasher;
+    if data.is_empty() {
+        return 0;
+    }
+    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0, 0);
+    hasher.write(data);
+    match hasher.finish() as crate::common::hash::PyHash {
+        -1 => -2,
+        hash => hash,
+    }
+}
+
+/// coe: CPython's `str` hash: [`hash_bytes_cpython`] over the code points stored 1, 2 or 4
+/// bytes wide (the narrowest that holds them all, little-endian), which is how CPython stores
+/// a `str` and what it hashes.
+pub(crate) fn hash_str_cpython(text: &crate::common::wtf8::Wtf8) -> crate::common::hash::PyHash {
+    if text.is_ascii() {
+        return hash_bytes_cpython(text.as_bytes());
+    }
+    let widest = text.code_points().map(|c| c.to_u32()).max().unwrap_or(0);
+    let width = match widest {
+        0..=0xFF => 1,
+        0x100..=0xFFFF => 2,
+        _ => 4,
+    };
+    let mut data = Vec::with_capacity(text.as_bytes().len() * width);
+    for code_point in text.code_points() {
+        data.extend_from_slice(&code_point.to_u32().to_le_bytes()[..width]);
+    }
+    hash_bytes_cpython(&data)
+}
+
 /// A `NonNull<T>` wrapper that implements `Send + Sync`.
 ///
 /// # Safety contract
