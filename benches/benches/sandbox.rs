@@ -1,12 +1,17 @@
 //! One MBPP task (a reference solution and its three asserts), run in the sandbox and in a
-//! CPython process started for the run, side by side; plus an empty run (instantiation cost).
+//! CPython process started for the run, side by side; an empty run (instantiation cost); and
+//! 200 MBPP references on 1 and 2 workers, as threads sharing one sandbox and (when `COE_BIN`
+//! names a `coe` binary) as `coe check` worker processes.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use coe_benches::{cpython, mbpp};
+use coe_benches::{cpython, mbpp, passed_outcomes, write_task_file};
 use coe_exec::{ExecRequest, Limits};
 use coe_sandbox::Sandbox;
-use criterion::{Criterion, criterion_group, criterion_main};
+use coe_tool_state::Task;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn sandbox_vs_cpython(c: &mut Criterion) {
     let tasks = mbpp().expect("MBPP fixtures load");
@@ -57,5 +62,76 @@ fn sandbox_vs_cpython(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, sandbox_vs_cpython);
+/// Runs every task on a pool of `workers` threads sharing `sandbox`.
+fn run_on_threads(sandbox: &Sandbox, tasks: &[Task], workers: usize) {
+    use rayon::prelude::*;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .expect("a thread pool");
+    pool.install(|| {
+        tasks.par_iter().for_each(|task| {
+            sandbox
+                .run(&ExecRequest {
+                    program: &task.code,
+                    setup: task.setup(),
+                    tests: &task.tests,
+                    limits: Limits::default(),
+                })
+                .expect("runs");
+        });
+    });
+}
+
+/// Runs the task file with `coe check --jobs N --parallel processes` and checks every task passed.
+fn run_on_processes(coe: &Path, file: &Path, tasks: usize, workers: usize) {
+    let output = Command::new(coe)
+        .args([
+            "check",
+            "--parallel",
+            "processes",
+            "--jobs",
+            &workers.to_string(),
+        ])
+        .arg(file)
+        .output()
+        .expect("coe check starts");
+    assert_eq!(
+        passed_outcomes(&String::from_utf8_lossy(&output.stdout)),
+        tasks,
+        "every reference passes"
+    );
+}
+
+fn workers(c: &mut Criterion) {
+    let tasks: Vec<Task> = mbpp()
+        .expect("MBPP fixtures load")
+        .into_iter()
+        .filter(|task| task.task_id != "mbpp/123")
+        .take(200)
+        .collect();
+    let sandbox = Sandbox::new(&Default::default()).expect("the sandbox starts");
+    let mut group = c.benchmark_group("mbpp_200_workers");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(tasks.len() as u64));
+    for workers in [1, 2] {
+        group.bench_function(format!("threads_{workers}"), |b| {
+            b.iter(|| run_on_threads(&sandbox, &tasks, workers));
+        });
+    }
+    // The process pool is `coe check`'s; it needs the binary (`COE_BIN`), which a criterion
+    // bench of this crate cannot build.
+    if let Some(coe) = std::env::var_os("COE_BIN") {
+        let file = write_task_file(&tasks, "coe-criterion-workers").expect("a task file");
+        for workers in [1, 2] {
+            group.bench_function(format!("processes_{workers}"), |b| {
+                b.iter(|| run_on_processes(Path::new(&coe), &file, tasks.len(), workers));
+            });
+        }
+        let _ = std::fs::remove_file(file);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, sandbox_vs_cpython, workers);
 criterion_main!(benches);

@@ -39,6 +39,28 @@ pub fn humanevalfix() -> Result<Vec<Task>> {
     load_tasks(&fixtures_dir().join("humanevalfix/humanevalfix.jsonl"))
 }
 
+/// Writes `tasks` as a JSON Lines task file (what `coe check` reads) in the temporary
+/// directory, named after `name` and this process.
+pub fn write_task_file(tasks: &[Task], name: &str) -> Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("{name}-{}.jsonl", std::process::id()));
+    let mut lines = String::new();
+    for task in tasks {
+        lines += &serde_json::to_string(task)?;
+        lines.push('\n');
+    }
+    std::fs::write(&path, lines).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// How many lines of `coe check`'s output report a passed task.
+pub fn passed_outcomes(check_stdout: &str) -> usize {
+    check_stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|outcome| outcome["status"] == "passed")
+        .count()
+}
+
 /// The p-th percentile (0-100) of sorted `values`, by nearest rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -27,6 +27,10 @@ enum Bench {
     /// Experience throughput of RL rollouts (episodes/s, environment steps/s, tokens/s, model
     /// versus sandbox time) with and without sandbox worker threads.
     Experience,
+    /// The guest interpreter against CPython: CPU-bound programs (`benches/python/cpu`) and
+    /// `coe check --jobs 1` over 200 MBPP references, whole processes; more `coe` binaries with
+    /// `-- --coe LABEL=PATH`.
+    Guest,
     /// `coe serve` under load (concurrent clients posting MBPP programs on loopback) against
     /// `coe check` on the same programs with the same workers.
     Serve,
@@ -336,6 +340,7 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
         Bench::Sandbox => bench_with_coe("sandbox-bench", extra),
         Bench::Policy => policy_bench(extra),
         Bench::Serve => bench_with_coe("serve-bench", extra),
+        Bench::Guest => bench_with_coe("guest-bench", extra),
         Bench::Experience => {
             model()?;
             ensure_wasm_target()?;

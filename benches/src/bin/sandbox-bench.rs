@@ -3,12 +3,12 @@
 //!
 //! Usage: `sandbox-bench [--rounds N] [--memory-runs N] [--coe PATH] [--pooling | --no-pooling]`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use coe_benches::{cpython, mbpp, percentile, resident_kib};
+use coe_benches::{cpython, mbpp, passed_outcomes, percentile, resident_kib, write_task_file};
 use coe_exec::{ExecRequest, Limits, Status};
 use coe_sandbox::{Sandbox, SandboxConfig, Timings};
 use coe_tool_state::Task;
@@ -112,6 +112,56 @@ fn millis(values: impl Iterator<Item = Duration>) -> Vec<f64> {
     let mut values: Vec<f64> = values.map(|d| d.as_secs_f64() * 1e3).collect();
     values.sort_by(f64::total_cmp);
     values
+}
+
+/// Runs/s of `coe check` (whole process) over `file` with `jobs` workers run as `parallel`.
+fn check_rate(coe: &Path, file: &Path, runs: usize, jobs: usize, parallel: &str) -> Result<f64> {
+    let started = Instant::now();
+    let output = Command::new(coe)
+        .args(["check", "--jobs", &jobs.to_string(), "--parallel", parallel])
+        .arg(file)
+        .output()?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let passed = passed_outcomes(&String::from_utf8_lossy(&output.stdout));
+    if !output.status.success() || passed != runs {
+        bail!("coe check --jobs {jobs} --parallel {parallel}: {passed} of {runs} runs passed");
+    }
+    Ok(runs as f64 / elapsed)
+}
+
+/// `coe check` with 1 worker, and with one per core as threads of one process and as worker
+/// processes, over the same runs, rotated each round; prints the medians and the scaling.
+fn workers_table(coe: &Path, tasks: &[Task], rounds: usize, cores: usize) -> Result<()> {
+    let runs: Vec<Task> = (0..rounds).flat_map(|_| tasks.iter().cloned()).collect();
+    let file = write_task_file(&runs, "coe-sandbox-bench")?;
+    let settings = [(1, "processes"), (cores, "threads"), (cores, "processes")];
+    let mut rates = vec![Vec::new(); settings.len()];
+    for round in 0..3 {
+        for turn in 0..settings.len() {
+            let which = (turn + round) % settings.len();
+            let (jobs, parallel) = settings[which];
+            rates[which].push(check_rate(coe, &file, runs.len(), jobs, parallel)?);
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    println!(
+        "\nWorkers: `coe check` over {} runs of the passing tasks, whole process, median of 3 (order rotated):\n",
+        runs.len()
+    );
+    println!("| workers | runs/s | vs 1 worker |");
+    println!("|---|---:|---:|");
+    let mut medians = Vec::new();
+    for rates in &mut rates {
+        rates.sort_by(f64::total_cmp);
+        medians.push(rates[rates.len() / 2]);
+    }
+    for ((jobs, parallel), median) in settings.iter().zip(&medians) {
+        println!(
+            "| `--jobs {jobs} --parallel {parallel}` | {median:.0} | {:.2}x |",
+            median / medians[0]
+        );
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -255,6 +305,13 @@ fn main() -> Result<()> {
             percentile(&starts, 50.0)
         );
         let _ = std::fs::remove_file(program);
+        let passing: Vec<Task> = tasks
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, status)| **status == Status::Passed)
+            .map(|(task, _)| task.clone())
+            .collect();
+        workers_table(coe, &passing, args.rounds, cores)?;
     }
     println!(
         "\nMBPP references passing in the sandbox: {passed} / {}",

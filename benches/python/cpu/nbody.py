@@ -1,0 +1,68 @@
+# The n-body simulation (Jovian planets), floating-point arithmetic on lists.
+import math
+
+PI = math.pi
+SOLAR_MASS = 4 * PI * PI
+DAYS_PER_YEAR = 365.24
+
+BODIES = [
+    ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0], SOLAR_MASS),
+    (
+        [4.84143144246472090e00, -1.16032004402742839e00, -1.03622044471123109e-01],
+        [1.66007664274403694e-03 * DAYS_PER_YEAR, 7.69901118419740425e-03 * DAYS_PER_YEAR,
+         -6.90460016972063023e-05 * DAYS_PER_YEAR],
+        9.54791938424326609e-04 * SOLAR_MASS,
+    ),
+    (
+        [8.34336671824457987e00, 4.12479856412430479e00, -4.03523417114321381e-01],
+        [-2.76742510726862411e-03 * DAYS_PER_YEAR, 4.99852801234917238e-03 * DAYS_PER_YEAR,
+         2.30417297573763929e-05 * DAYS_PER_YEAR],
+        2.85885980666130812e-04 * SOLAR_MASS,
+    ),
+    (
+        [1.28943695621391310e01, -1.51111514016986312e01, -2.23307578892655734e-01],
+        [2.96460137564761618e-03 * DAYS_PER_YEAR, 2.37847173959480950e-03 * DAYS_PER_YEAR,
+         -2.96589568540237556e-05 * DAYS_PER_YEAR],
+        4.36624404335156298e-05 * SOLAR_MASS,
+    ),
+    (
+        [1.53796971148509165e01, -2.59193146099879641e01, 1.79258772950371181e-01],
+        [2.68067772490389322e-03 * DAYS_PER_YEAR, 1.62824170038242295e-03 * DAYS_PER_YEAR,
+         -9.51592254519715870e-05 * DAYS_PER_YEAR],
+        5.15138902046611451e-05 * SOLAR_MASS,
+    ),
+]
+PAIRS = [(BODIES[i], BODIES[j]) for i in range(len(BODIES)) for j in range(i + 1, len(BODIES))]
+
+
+def energy():
+    e = 0.0
+    for (r1, v1, m1), (r2, v2, m2) in PAIRS:
+        dx, dy, dz = r1[0] - r2[0], r1[1] - r2[1], r1[2] - r2[2]
+        e -= m1 * m2 / math.sqrt(dx * dx + dy * dy + dz * dz)
+    for r, v, m in BODIES:
+        e += m * (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]) / 2.0
+    return e
+
+
+def advance(dt, steps):
+    for _ in range(steps):
+        for (r1, v1, m1), (r2, v2, m2) in PAIRS:
+            dx, dy, dz = r1[0] - r2[0], r1[1] - r2[1], r1[2] - r2[2]
+            mag = dt * ((dx * dx + dy * dy + dz * dz) ** -1.5)
+            b1, b2 = m1 * mag, m2 * mag
+            v1[0] -= dx * b2
+            v1[1] -= dy * b2
+            v1[2] -= dz * b2
+            v2[0] += dx * b1
+            v2[1] += dy * b1
+            v2[2] += dz * b1
+        for r, (vx, vy, vz), m in BODIES:
+            r[0] += dt * vx
+            r[1] += dt * vy
+            r[2] += dt * vz
+
+
+before = energy()
+advance(0.01, 20000)
+print(f"{before:.9f} {energy():.9f}")

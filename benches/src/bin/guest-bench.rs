@@ -1,0 +1,240 @@
+//! The guest interpreter's speed against CPython, as a user meets it: each CPU-bound program of
+//! `benches/python/cpu` run by `coe run` and by `python3 -I -S`, and `coe check --jobs 1` over
+//! the first 200 MBPP references (task 123 left out) against one CPython subprocess per task,
+//! every run a whole process. Several `coe` binaries (for example guests built with different
+//! profiles) run side by side, in an order rotated each round. `cargo xtask bench guest` builds
+//! and runs it with the release `coe`.
+//!
+//! Usage: `guest-bench --coe [LABEL=]PATH [--coe LABEL=PATH ...] [--rounds N]`
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use coe_benches::{cpython, mbpp, passed_outcomes, write_task_file};
+use coe_tool_state::Task;
+
+/// A `coe` binary under test and the name its column gets.
+struct Coe {
+    label: String,
+    path: PathBuf,
+}
+
+struct Args {
+    coes: Vec<Coe>,
+    rounds: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        coes: Vec::new(),
+        rounds: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--rounds" => args.rounds = value()?.parse()?,
+            "--coe" => {
+                let value = value()?;
+                let (label, path) = value.split_once('=').unwrap_or(("coe", &value));
+                args.coes.push(Coe {
+                    label: label.to_owned(),
+                    path: PathBuf::from(path),
+                });
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    ensure!(!args.coes.is_empty(), "give at least one --coe PATH");
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    Ok(args)
+}
+
+/// Generous: the slowest program takes about a second in either interpreter.
+const PROGRAM_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs `command`, checks it succeeded, and returns its stdout and wall time.
+fn timed(command: &mut Command) -> Result<(String, Duration)> {
+    let started = Instant::now();
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    let elapsed = started.elapsed();
+    ensure!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((String::from_utf8(output.stdout)?, elapsed))
+}
+
+/// `coe run --json`'s stdout field, after checking the run passed.
+fn sandbox_stdout(json: &str) -> Result<String> {
+    let outcome: serde_json::Value = serde_json::from_str(json)?;
+    ensure!(
+        outcome["status"] == "passed",
+        "the sandbox run did not pass: {json}"
+    );
+    Ok(outcome["stdout"].as_str().unwrap_or_default().to_owned())
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// One row of the table: a median wall time per runner, CPython first.
+struct Row {
+    name: String,
+    seconds: Vec<f64>,
+}
+
+fn print_table(coes: &[Coe], rows: &[Row]) {
+    let mut header = "| workload | CPython s |".to_owned();
+    let mut rule = "|---|---:|".to_owned();
+    for coe in coes {
+        header += &format!(" {} s | CPython / {} |", coe.label, coe.label);
+        rule += "---:|---:|";
+    }
+    println!("{header}\n{rule}");
+    for row in rows {
+        let cpython = row.seconds[0];
+        let mut line = format!("| {} | {cpython:.3} |", row.name);
+        for seconds in &row.seconds[1..] {
+            line += &format!(" {seconds:.3} | {:.2}x |", cpython / seconds);
+        }
+        println!("{line}");
+    }
+}
+
+/// The CPU-bound programs, each run by CPython and every `coe`, rotated each round; the
+/// sandbox must print what CPython printed.
+fn programs(args: &Args, python: &Path) -> Result<Vec<Row>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cpu");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|path| path.extension().is_some_and(|ext| ext == "py"));
+    files.sort();
+    let runners = args.coes.len() + 1;
+    let mut rows = Vec::new();
+    for file in &files {
+        let mut seconds = vec![Vec::new(); runners];
+        for round in 0..args.rounds {
+            let mut expected = None;
+            for turn in 0..runners {
+                let runner = (turn + round) % runners;
+                if runner == 0 {
+                    let (stdout, elapsed) =
+                        timed(Command::new(python).args(["-I", "-S"]).arg(file))?;
+                    expected = Some(stdout);
+                    seconds[0].push(elapsed.as_secs_f64());
+                } else {
+                    let coe = &args.coes[runner - 1];
+                    let timeout = PROGRAM_TIMEOUT.as_millis().to_string();
+                    let (json, elapsed) = timed(
+                        Command::new(&coe.path)
+                            .args(["run", "--json", "--timeout-ms", &timeout])
+                            .arg(file),
+                    )?;
+                    let stdout = sandbox_stdout(&json)?;
+                    if let Some(expected) = &expected {
+                        ensure!(
+                            &stdout == expected,
+                            "{} printed {stdout:?} for {}, CPython {expected:?}",
+                            coe.label,
+                            file.display()
+                        );
+                    }
+                    seconds[runner].push(elapsed.as_secs_f64());
+                }
+            }
+        }
+        let name = file.file_name().unwrap_or_default().to_string_lossy();
+        rows.push(Row {
+            name: format!("`{name}`"),
+            seconds: seconds.iter_mut().map(|s| median(s)).collect(),
+        });
+    }
+    Ok(rows)
+}
+
+/// `coe check --jobs 1` over `tasks` (one process) against one CPython subprocess per task.
+fn check(args: &Args, python: &PathBuf, tasks: &[Task]) -> Result<Row> {
+    let file = write_task_file(tasks, "coe-guest-bench")?;
+    let runners = args.coes.len() + 1;
+    let mut seconds = vec![Vec::new(); runners];
+    for round in 0..args.rounds {
+        for turn in 0..runners {
+            let runner = (turn + round) % runners;
+            if runner == 0 {
+                let mut total = Duration::ZERO;
+                for task in tasks {
+                    let (result, elapsed) = cpython::run(
+                        python,
+                        task.setup(),
+                        &task.code,
+                        &task.tests,
+                        PROGRAM_TIMEOUT,
+                    )?;
+                    ensure!(result.is_some(), "CPython timed out on {}", task.task_id);
+                    total += elapsed;
+                }
+                seconds[0].push(total.as_secs_f64());
+            } else {
+                let coe = &args.coes[runner - 1];
+                let (stdout, elapsed) = timed(
+                    Command::new(&coe.path)
+                        .args(["check", "--jobs", "1"])
+                        .arg(&file),
+                )?;
+                let passed = passed_outcomes(&stdout);
+                ensure!(
+                    passed == tasks.len(),
+                    "{}: {passed} of {} tasks passed",
+                    coe.label,
+                    tasks.len()
+                );
+                seconds[runner].push(elapsed.as_secs_f64());
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+    Ok(Row {
+        name: format!(
+            "`coe check --jobs 1`, first {} MBPP references",
+            tasks.len()
+        ),
+        seconds: seconds.iter_mut().map(|s| median(s)).collect(),
+    })
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let python = cpython::interpreter()?;
+    let version = timed(Command::new(&python).arg("--version"))?.0;
+    println!("# Guest interpreter against CPython\n");
+    println!(
+        "{} against {}; whole processes, medians of {} rounds, order rotated each round.\n",
+        args.coes
+            .iter()
+            .map(|c| format!("{} ({})", c.label, c.path.display()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        version.trim(),
+        args.rounds
+    );
+    let mut rows = programs(&args, &python)?;
+    let tasks: Vec<Task> = mbpp()?
+        .into_iter()
+        .filter(|task| task.task_id != "mbpp/123")
+        .take(200)
+        .collect();
+    rows.push(check(&args, &python, &tasks)?);
+    print_table(&args.coes, &rows);
+    Ok(())
+}
