@@ -21,12 +21,7 @@ fn sandbox_vs_cpython(c: &mut Criterion) {
         .expect("MBPP task 2");
     let sandbox = Sandbox::new(&Default::default()).expect("the sandbox starts");
     let python = cpython::interpreter().expect("python3 is installed");
-    let request = ExecRequest {
-        program: &task.code,
-        setup: task.setup(),
-        tests: &task.tests,
-        limits: Limits::default(),
-    };
+    let request = task.request(&task.code, Limits::default());
 
     let mut group = c.benchmark_group("mbpp_task");
     group.bench_function("coe_sandbox", |b| {
@@ -72,12 +67,7 @@ fn run_on_threads(sandbox: &Sandbox, tasks: &[Task], workers: usize) {
     pool.install(|| {
         tasks.par_iter().for_each(|task| {
             sandbox
-                .run(&ExecRequest {
-                    program: &task.code,
-                    setup: task.setup(),
-                    tests: &task.tests,
-                    limits: Limits::default(),
-                })
+                .run(&task.request(&task.code, Limits::default()))
                 .expect("runs");
         });
     });

@@ -51,13 +51,8 @@ fn parse_args() -> Result<Args> {
     Ok(args)
 }
 
-fn request<'a>(task: &'a Task) -> ExecRequest<'a> {
-    ExecRequest {
-        program: &task.code,
-        setup: task.setup(),
-        tests: &task.tests,
-        limits: Limits::default(),
-    }
+fn request(task: &Task) -> ExecRequest<'_> {
+    task.request(&task.code, Limits::default())
 }
 
 /// Runs `work` for every index below `count` on `threads` threads; returns the results and

@@ -1,7 +1,7 @@
 //! Episodes: a task, a model's commands one per turn, the tool's feedback, and rewards.
 
 use coe_dsl::Command;
-use coe_exec::{ErrorInfo, ExecRequest, Executor, ExecutorError, Limits, Outcome, Status};
+use coe_exec::{ErrorInfo, Executor, ExecutorError, Limits, Outcome, Status};
 use serde::{Deserialize, Serialize};
 
 use crate::{Program, Task, render_feedback, render_invalid_command, render_observation};
@@ -385,10 +385,5 @@ fn execute<E: Executor>(
     limits: &Limits,
 ) -> Result<Outcome, ExecutorError> {
     let source = program.to_python();
-    executor.execute(&ExecRequest {
-        program: &source,
-        setup: task.setup(),
-        tests: &task.tests,
-        limits: *limits,
-    })
+    executor.execute(&task.request(&source, *limits))
 }

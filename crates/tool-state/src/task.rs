@@ -1,5 +1,6 @@
 //! A repair task (DESIGN.md section 5).
 
+use coe_exec::{ExecRequest, Limits};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// One task: a program to repair and the tests that decide when it is repaired.
@@ -32,6 +33,17 @@ impl Task {
     /// The setup code, empty when there is none.
     pub fn setup(&self) -> &str {
         self.setup.as_deref().unwrap_or("")
+    }
+
+    /// An executor request that runs `program` (this task's code, its reference or a program
+    /// made from them) with this task's setup and tests.
+    pub fn request<'a>(&'a self, program: &'a str, limits: Limits) -> ExecRequest<'a> {
+        ExecRequest {
+            program,
+            setup: self.setup(),
+            tests: &self.tests,
+            limits,
+        }
     }
 }
 

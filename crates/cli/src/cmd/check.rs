@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use coe_exec::{ExecRequest, Limits};
+use coe_exec::Limits;
 use coe_sandbox::Sandbox;
 use coe_tool_state::Task;
 
@@ -112,12 +112,7 @@ fn run_task(
         )));
     };
     let outcome = sandbox
-        .run(&ExecRequest {
-            program,
-            setup: task.setup(),
-            tests: &task.tests,
-            limits,
-        })
+        .run(&task.request(program, limits))
         .map_err(|e| Failure::Internal(format!("coe: task {}: {e}", task.task_id)))?
         .outcome;
     json_line(&OutcomeJson::new(

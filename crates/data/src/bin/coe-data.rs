@@ -16,7 +16,7 @@ use coe_data::sources::read_tasks;
 use coe_data::split::Split;
 use coe_data::stats::{FailureKind, Item, SetStats, edit_distance};
 use coe_data::{GENERATOR_VERSION, Task};
-use coe_exec::{ExecRequest, Limits, Status};
+use coe_exec::{Limits, Status};
 use coe_sandbox::Sandbox;
 use coe_tool_state::{Episode, EpisodeConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -291,12 +291,7 @@ fn generate(
 
 fn passes(sandbox: &Sandbox, task: &Task) -> bool {
     sandbox
-        .run(&ExecRequest {
-            program: &task.code,
-            setup: task.setup(),
-            tests: &task.tests,
-            limits: Limits::default(),
-        })
+        .run(&task.request(&task.code, Limits::default()))
         .is_ok_and(|report| report.outcome.status == Status::Passed)
 }
 
@@ -423,12 +418,7 @@ fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats
 
 /// How a broken program fails in the sandbox, and whether it runs and fails a test.
 fn failure_of(sandbox: &Sandbox, task: &Task) -> (FailureKind, bool) {
-    match sandbox.run(&ExecRequest {
-        program: &task.code,
-        setup: task.setup(),
-        tests: &task.tests,
-        limits: Limits::default(),
-    }) {
+    match sandbox.run(&task.request(&task.code, Limits::default())) {
         Ok(report) => (
             FailureKind::of(report.outcome.status, report.outcome.error.as_ref()),
             report.outcome.status == Status::Failed,
