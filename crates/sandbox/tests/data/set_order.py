@@ -178,6 +178,15 @@ EXAMPLES = {
     "constant-sets": "print({'red', 'green', 'blue', 'yellow', 'black', 'white'})\n"
     "print({'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j', 'k'}, {b'x', b'yy', b'zzz'})\n"
     "print({1.5, 2.5, 0.5, 3.25, -7.0}, {(1, 'a'), (2, 'b'), (3, 'c')}, {True, 2, 3.0})\n",
+    "with-itself": "a = set(range(300, 0, -7))\nfor x in list(a)[::3]:\n    a.discard(x)\n"
+    "print(list(a | a)[:12], list(a.union(a, [5]))[:12], list(frozenset(a) | frozenset(a))[:12])\n"
+    "b = set(a)\nb &= b\nb.update([1, 9, 17, 33])\nprint(list(b)[:16])\n"
+    "c = set(range(20))\nc.symmetric_difference_update(c)\nc.update([16, 8, 32, 0])\nprint(list(c))\n",
+    "eq-changes-the-set": "class Key:\n    def __init__(self, s):\n        self.s = s\n"
+    "    def __hash__(self):\n        return 1\n    def __eq__(self, other):\n        self.s.clear()\n        return False\n"
+    "class Dies:\n    def __init__(self, s):\n        self.s = s\n    def __hash__(self):\n        return 1\n"
+    "    def __del__(self):\n        self.s.add(0)\n"
+    "s = set()\ns.add(Dies(s))\ns.add(Key(s))\nprint(sorted(type(x).__name__ for x in s), len(s))\n",
     "pop-order": "s = set(range(100, 0, -7))\nprint([s.pop() for _ in range(5)])\ns.clear()\ns.update([5, 6, 7, 8, 9])\nprint(s.pop(), s.pop())\n",
     "dummy-reuse": "s = {1, 9, 17}\ns.discard(1)\ns.discard(17)\ns.add(25)\nprint(s)\n",
     "dict-views": "d = dict.fromkeys([40, 8, 1, 17, 33, 2])\n"

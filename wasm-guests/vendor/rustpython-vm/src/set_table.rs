@@ -14,7 +14,7 @@
 //! since its lookup (or looks up again).
 
 use crate::{
-    PyObject, PyObjectRef, PyResult, VirtualMachine,
+    AsObject, PyObject, PyObjectRef, PyResult, VirtualMachine,
     common::{
         hash::PyHash,
         lock::{PyRwLock, PyRwLockReadGuard, PyRwLockWriteGuard},
@@ -56,6 +56,8 @@ struct Table {
     finger: usize,
     /// Bumped by every change, so a lookup that released the lock can tell.
     version: u64,
+    /// Bumped when the slots are replaced (resize, clear, a merge into an empty table).
+    layout: u64,
 }
 
 impl Default for Table {
@@ -66,6 +68,7 @@ impl Default for Table {
             used: 0,
             finger: 0,
             version: 0,
+            layout: 0,
         }
     }
 }
@@ -141,6 +144,11 @@ impl Table {
         self.version = self.version.wrapping_add(1);
     }
 
+    fn relaid(&mut self) {
+        self.layout = self.layout.wrapping_add(1);
+        self.changed();
+    }
+
     /// CPython's `set_insert_clean`: place a key known to be absent in a table with no dummies.
     fn insert_clean(slots: &mut [Slot], hash: PyHash, key: PyObjectRef) {
         let mut probe = ProbeSequence::new(hash, slots.len() - 1);
@@ -170,7 +178,7 @@ impl Table {
             }
         }
         self.fill = self.used;
-        self.changed();
+        self.relaid();
     }
 
     fn grow_after_insert(&mut self) {
@@ -229,7 +237,7 @@ impl Table {
         }
         self.fill = source.used;
         self.used = source.used;
-        self.changed();
+        self.relaid();
     }
 
     fn active(&self) -> impl Iterator<Item = (&PyObjectRef, PyHash)> {
@@ -353,28 +361,39 @@ impl SetTable {
                         dummy = Some(slot);
                         continue;
                     }
+                    // As CPython: identity and `__eq__` only for keys of the same hash.
                     Slot::Active {
                         hash: stored,
                         key: stored_key,
                     } => {
-                        if key.key_is(stored_key) {
-                            return Ok((Lookup::Found { slot }, table.version));
-                        }
                         if *stored != hash {
                             continue;
+                        }
+                        if key.key_is(stored_key) {
+                            return Ok((Lookup::Found { slot }, table.version));
                         }
                         stored_key.clone()
                     }
                 };
-                let version = table.version;
+                let (version, layout, stored_id) = (table.version, table.layout, stored.get_id());
                 drop(table);
-                let equal = key.key_eq(vm, &stored)?;
+                let equal = key.key_eq(vm, &stored);
+                // Released before the lock is taken again: this may be the key's last
+                // reference, and its `__del__` may change this set.
+                drop(stored);
+                let equal = equal?;
                 table = self.read();
-                let unchanged = table.version == version;
-                if equal && unchanged {
-                    return Ok((Lookup::Found { slot }, version));
+                // CPython restarts when the table was reallocated or the slot's key changed.
+                let same_slot = table.layout == layout
+                    && matches!(&table.slots[slot], Slot::Active { key, .. } if key.get_id() == stored_id);
+                if !same_slot {
+                    continue 'restart;
                 }
-                if !unchanged {
+                if equal {
+                    return Ok((Lookup::Found { slot }, table.version));
+                }
+                // Other changes (keys added elsewhere) may have taken a dummy seen earlier.
+                if table.version != version {
                     continue 'restart;
                 }
             }
@@ -415,9 +434,13 @@ impl SetTable {
     ) -> PyResult<()> {
         loop {
             let (lookup, version) = self.lookup(vm, key, hash)?;
+            if let Lookup::Found { .. } = lookup {
+                return Ok(());
+            }
+            let key = key.to_pyobject(vm);
             let mut table = self.write();
             if table.version == version {
-                table.store(lookup, hash, key.to_pyobject(vm));
+                table.store(lookup, hash, key);
                 return Ok(());
             }
         }
@@ -495,7 +518,7 @@ impl SetTable {
             let slots = core::mem::replace(&mut table.slots, vec![Slot::Empty; MIN_SIZE]);
             table.fill = 0;
             table.used = 0;
-            table.changed();
+            table.relaid();
             slots
         };
         drop(removed);
@@ -506,12 +529,12 @@ impl SetTable {
         let replacement = other.inner.into_inner();
         let removed = {
             let mut table = self.write();
-            let finger = table.finger;
-            let version = table.version;
+            let (finger, version, layout) = (table.finger, table.version, table.layout);
             let old = core::mem::replace(&mut *table, replacement);
             table.finger = finger;
             table.version = version;
-            table.changed();
+            table.layout = layout;
+            table.relaid();
             old
         };
         drop(removed);

@@ -1882,7 +1882,16 @@ fn dict_item_view_number_xor(a: &PyObject, b: &PyObject, vm: &VirtualMachine) ->
 }
 
 pub(crate) fn set_inner_number_or(a: &PyObject, b: &PyObject, vm: &VirtualMachine) -> PyResult {
-    set_inner_number_op(a, b, |a, b| a.union(b, vm), vm)
+    // coe: CPython's `dictviews_or`: `set(a)` updated with `b`, no copy.
+    set_inner_number_op(
+        a,
+        b,
+        |a, b| {
+            a.update_internal(b.as_object().to_owned(), vm)?;
+            Ok(a)
+        },
+        vm,
+    )
 }
 
 fn vectorcall_dict(

@@ -57,30 +57,6 @@ impl PySet {
     pub fn elements(&self) -> Vec<PyObjectRef> {
         self.inner.elements()
     }
-
-    fn fold_op(
-        &self,
-        others: impl core::iter::Iterator<Item = ArgIterable>,
-        op: fn(&PySetInner, ArgIterable, &VirtualMachine) -> PyResult<PySetInner>,
-        vm: &VirtualMachine,
-    ) -> PyResult<Self> {
-        Ok(Self {
-            inner: self.inner.fold_op(others, op, vm)?,
-        })
-    }
-
-    fn op(
-        &self,
-        other: AnySet,
-        op: fn(&PySetInner, ArgIterable, &VirtualMachine) -> PyResult<PySetInner>,
-        vm: &VirtualMachine,
-    ) -> PyResult<Self> {
-        Ok(Self {
-            inner: self
-                .inner
-                .fold_op(core::iter::once(other.into_iterable(vm)?), op, vm)?,
-        })
-    }
 }
 
 #[pyclass(module = false, name = "frozenset", unhashable = true)]
@@ -117,32 +93,6 @@ impl PyFrozenSet {
 
     pub fn elements(&self) -> Vec<PyObjectRef> {
         self.inner.elements()
-    }
-
-    fn fold_op(
-        &self,
-        others: impl core::iter::Iterator<Item = ArgIterable>,
-        op: fn(&PySetInner, ArgIterable, &VirtualMachine) -> PyResult<PySetInner>,
-        vm: &VirtualMachine,
-    ) -> PyResult<Self> {
-        Ok(Self {
-            inner: self.inner.fold_op(others, op, vm)?,
-            ..Default::default()
-        })
-    }
-
-    fn op(
-        &self,
-        other: AnySet,
-        op: fn(&PySetInner, ArgIterable, &VirtualMachine) -> PyResult<PySetInner>,
-        vm: &VirtualMachine,
-    ) -> PyResult<Self> {
-        Ok(Self {
-            inner: self
-                .inner
-                .fold_op(core::iter::once(other.into_iterable(vm)?), op, vm)?,
-            ..Default::default()
-        })
     }
 }
 
@@ -218,19 +168,6 @@ impl PySetInner {
             obj.downcast_ref_if_exact::<PyDict>(vm)
                 .map(|dict| dict._as_dict_inner().keys_with_hashes())
         }
-    }
-
-    fn fold_op<O>(
-        &self,
-        others: impl core::iter::Iterator<Item = O>,
-        op: fn(&Self, O, &VirtualMachine) -> PyResult<Self>,
-        vm: &VirtualMachine,
-    ) -> PyResult<Self> {
-        let mut res = self.copy();
-        for other in others {
-            res = op(&res, other, vm)?;
-        }
-        Ok(res)
     }
 
     fn intersection_multi(
@@ -312,11 +249,23 @@ impl PySetInner {
         Ok(true)
     }
 
-    pub(super) fn union(&self, other: ArgIterable, vm: &VirtualMachine) -> PyResult<Self> {
-        // coe: CPython's `set_union`, a merge that pre-sizes, so the order matches.
-        let set = self.clone();
-        set.update_internal(other.as_object().to_owned(), vm)?;
-        Ok(set)
+    /// coe: CPython's `set_union` and `set_or`: a copy, then each operand merged in (a merge
+    /// pre-sizes, which decides the order), skipping the set itself.
+    pub(super) fn union_multi(
+        &self,
+        others: impl core::iter::Iterator<Item = ArgIterable>,
+        vm: &VirtualMachine,
+    ) -> PyResult<Self> {
+        let result = self.copy();
+        for other in others {
+            if extract_set(other.as_object())
+                .is_some_and(|set| PyRc::ptr_eq(&set.content, &self.content))
+            {
+                continue;
+            }
+            result.update_internal(other.as_object().to_owned(), vm)?;
+        }
+        Ok(result)
     }
 
     pub(super) fn intersection(&self, other: ArgIterable, vm: &VirtualMachine) -> PyResult<Self> {
@@ -508,7 +457,11 @@ impl PySetInner {
         }
     }
 
-    fn update_internal(&self, iterable: PyObjectRef, vm: &VirtualMachine) -> PyResult<()> {
+    pub(super) fn update_internal(
+        &self,
+        iterable: PyObjectRef,
+        vm: &VirtualMachine,
+    ) -> PyResult<()> {
         // check AnySet
         if let Ok(any_set) = AnySet::try_from_object(vm, iterable.to_owned()) {
             self.merge_set(any_set, vm)
@@ -594,6 +547,13 @@ impl PySetInner {
         vm: &VirtualMachine,
     ) -> PyResult<()> {
         for iterable in others {
+            // coe: CPython clears a set updated with itself.
+            if extract_set(iterable.as_object())
+                .is_some_and(|set| PyRc::ptr_eq(&set.content, &self.content))
+            {
+                self.clear();
+                continue;
+            }
             if let Some(elements) = Self::cached_hashes(iterable.as_object(), vm) {
                 // the source is already duplicate-free
                 for (item, hash) in elements {
@@ -725,11 +685,11 @@ impl PySet {
 
     fn __or__(&self, other: PyObjectRef, vm: &VirtualMachine) -> PyResult<PyArithmeticValue<Self>> {
         if let Ok(other) = AnySet::try_from_object(vm, other) {
-            Ok(PyArithmeticValue::Implemented(self.op(
-                other,
-                PySetInner::union,
-                vm,
-            )?))
+            Ok(PyArithmeticValue::Implemented(Self {
+                inner: self
+                    .inner
+                    .union_multi(core::iter::once(other.into_iterable(vm)?), vm)?,
+            }))
         } else {
             Ok(PyArithmeticValue::NotImplemented)
         }
@@ -802,10 +762,9 @@ impl PySet {
     }
 
     fn __iand__(zelf: PyRef<Self>, set: AnySet, vm: &VirtualMachine) -> PyResult<PyRef<Self>> {
-        if !set.is(zelf.as_object()) {
-            zelf.inner
-                .intersection_update(core::iter::once(set.into_iterable(vm)?), vm)?;
-        }
+        // coe: `s &= s` too, as CPython: a copy swapped in, which drops dummies.
+        zelf.inner
+            .intersection_update(core::iter::once(set.into_iterable(vm)?), vm)?;
         Ok(zelf)
     }
 
@@ -879,7 +838,9 @@ impl Py<PySet> {
         others: PosArgs<ArgIterable, NameOthers>,
         vm: &VirtualMachine,
     ) -> PyResult<PySet> {
-        self.fold_op(others.into_iter(), PySetInner::union, vm)
+        Ok(PySet {
+            inner: self.inner.union_multi(others.into_iter(), vm)?,
+        })
     }
 
     #[pymethod]
@@ -1260,11 +1221,12 @@ impl PyFrozenSet {
 
     fn __or__(&self, other: PyObjectRef, vm: &VirtualMachine) -> PyResult<PyArithmeticValue<Self>> {
         if let Ok(set) = AnySet::try_from_object(vm, other) {
-            Ok(PyArithmeticValue::Implemented(self.op(
-                set,
-                PySetInner::union,
-                vm,
-            )?))
+            Ok(PyArithmeticValue::Implemented(Self {
+                inner: self
+                    .inner
+                    .union_multi(core::iter::once(set.into_iterable(vm)?), vm)?,
+                ..Default::default()
+            }))
         } else {
             Ok(PyArithmeticValue::NotImplemented)
         }
@@ -1377,7 +1339,10 @@ impl Py<PyFrozenSet> {
         others: PosArgs<ArgIterable, NameOthers>,
         vm: &VirtualMachine,
     ) -> PyResult<PyFrozenSet> {
-        self.fold_op(others.into_iter(), PySetInner::union, vm)
+        Ok(PyFrozenSet {
+            inner: self.inner.union_multi(others.into_iter(), vm)?,
+            ..Default::default()
+        })
     }
 
     #[pymethod]
