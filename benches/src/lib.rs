@@ -61,6 +61,29 @@ pub fn passed_outcomes(check_stdout: &str) -> usize {
         .count()
 }
 
+/// Runs each of `runners` `rounds` times, the order rotated each round so no runner always goes
+/// first, and returns each runner's median measure (`measure(runner)` returns one, e.g. seconds).
+pub fn rotated_medians(
+    rounds: usize,
+    runners: usize,
+    mut measure: impl FnMut(usize) -> Result<f64>,
+) -> Result<Vec<f64>> {
+    let mut measures = vec![Vec::with_capacity(rounds); runners];
+    for round in 0..rounds {
+        for turn in 0..runners {
+            let runner = (turn + round) % runners;
+            measures[runner].push(measure(runner)?);
+        }
+    }
+    Ok(measures
+        .iter_mut()
+        .map(|values| {
+            values.sort_by(f64::total_cmp);
+            percentile(values, 50.0)
+        })
+        .collect())
+}
+
 /// The p-th percentile (0-100) of sorted `values`, by nearest rank.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

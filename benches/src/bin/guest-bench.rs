@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use coe_benches::{cpython, mbpp, passed_outcomes, write_task_file};
+use coe_benches::{cpython, mbpp, passed_outcomes, rotated_medians, write_task_file};
 use coe_tool_state::Task;
 
 /// A `coe` binary under test and the name its column gets.
@@ -81,11 +81,6 @@ fn sandbox_stdout(json: &str) -> Result<String> {
     Ok(outcome["stdout"].as_str().unwrap_or_default().to_owned())
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// One row of the table: a median wall time per runner, CPython first.
 struct Row {
     name: String,
@@ -120,44 +115,36 @@ fn programs(args: &Args, python: &Path) -> Result<Vec<Row>> {
         .collect::<Result<_, _>>()?;
     files.retain(|path| path.extension().is_some_and(|ext| ext == "py"));
     files.sort();
-    let runners = args.coes.len() + 1;
     let mut rows = Vec::new();
     for file in &files {
-        let mut seconds = vec![Vec::new(); runners];
-        for round in 0..args.rounds {
-            let mut expected = None;
-            for turn in 0..runners {
-                let runner = (turn + round) % runners;
-                if runner == 0 {
-                    let (stdout, elapsed) =
-                        timed(Command::new(python).args(["-I", "-S"]).arg(file))?;
-                    expected = Some(stdout);
-                    seconds[0].push(elapsed.as_secs_f64());
-                } else {
-                    let coe = &args.coes[runner - 1];
-                    let timeout = PROGRAM_TIMEOUT.as_millis().to_string();
-                    let (json, elapsed) = timed(
-                        Command::new(&coe.path)
-                            .args(["run", "--json", "--timeout-ms", &timeout])
-                            .arg(file),
-                    )?;
-                    let stdout = sandbox_stdout(&json)?;
-                    if let Some(expected) = &expected {
-                        ensure!(
-                            &stdout == expected,
-                            "{} printed {stdout:?} for {}, CPython {expected:?}",
-                            coe.label,
-                            file.display()
-                        );
-                    }
-                    seconds[runner].push(elapsed.as_secs_f64());
-                }
+        // CPython's output once, so every sandbox run is checked against it.
+        let expected = timed(Command::new(python).args(["-I", "-S"]).arg(file))?.0;
+        let timeout = PROGRAM_TIMEOUT.as_millis().to_string();
+        let seconds = rotated_medians(args.rounds, args.coes.len() + 1, |runner| {
+            if runner == 0 {
+                return Ok(timed(Command::new(python).args(["-I", "-S"]).arg(file))?
+                    .1
+                    .as_secs_f64());
             }
-        }
+            let coe = &args.coes[runner - 1];
+            let (json, elapsed) = timed(
+                Command::new(&coe.path)
+                    .args(["run", "--json", "--timeout-ms", &timeout])
+                    .arg(file),
+            )?;
+            let stdout = sandbox_stdout(&json)?;
+            ensure!(
+                stdout == expected,
+                "{} printed {stdout:?} for {}, CPython {expected:?}",
+                coe.label,
+                file.display()
+            );
+            Ok(elapsed.as_secs_f64())
+        })?;
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         rows.push(Row {
             name: format!("`{name}`"),
-            seconds: seconds.iter_mut().map(|s| median(s)).collect(),
+            seconds,
         });
     }
     Ok(rows)
@@ -166,50 +153,44 @@ fn programs(args: &Args, python: &Path) -> Result<Vec<Row>> {
 /// `coe check --jobs 1` over `tasks` (one process) against one CPython subprocess per task.
 fn check(args: &Args, python: &PathBuf, tasks: &[Task]) -> Result<Row> {
     let file = write_task_file(tasks, "coe-guest-bench")?;
-    let runners = args.coes.len() + 1;
-    let mut seconds = vec![Vec::new(); runners];
-    for round in 0..args.rounds {
-        for turn in 0..runners {
-            let runner = (turn + round) % runners;
-            if runner == 0 {
-                let mut total = Duration::ZERO;
-                for task in tasks {
-                    let (result, elapsed) = cpython::run(
-                        python,
-                        task.setup(),
-                        &task.code,
-                        &task.tests,
-                        PROGRAM_TIMEOUT,
-                    )?;
-                    ensure!(result.is_some(), "CPython timed out on {}", task.task_id);
-                    total += elapsed;
-                }
-                seconds[0].push(total.as_secs_f64());
-            } else {
-                let coe = &args.coes[runner - 1];
-                let (stdout, elapsed) = timed(
-                    Command::new(&coe.path)
-                        .args(["check", "--jobs", "1"])
-                        .arg(&file),
+    let seconds = rotated_medians(args.rounds, args.coes.len() + 1, |runner| {
+        if runner == 0 {
+            let mut total = Duration::ZERO;
+            for task in tasks {
+                let (result, elapsed) = cpython::run(
+                    python,
+                    task.setup(),
+                    &task.code,
+                    &task.tests,
+                    PROGRAM_TIMEOUT,
                 )?;
-                let passed = passed_outcomes(&stdout);
-                ensure!(
-                    passed == tasks.len(),
-                    "{}: {passed} of {} tasks passed",
-                    coe.label,
-                    tasks.len()
-                );
-                seconds[runner].push(elapsed.as_secs_f64());
+                ensure!(result.is_some(), "CPython timed out on {}", task.task_id);
+                total += elapsed;
             }
+            return Ok(total.as_secs_f64());
         }
-    }
+        let coe = &args.coes[runner - 1];
+        let (stdout, elapsed) = timed(
+            Command::new(&coe.path)
+                .args(["check", "--jobs", "1"])
+                .arg(&file),
+        )?;
+        let passed = passed_outcomes(&stdout);
+        ensure!(
+            passed == tasks.len(),
+            "{}: {passed} of {} tasks passed",
+            coe.label,
+            tasks.len()
+        );
+        Ok(elapsed.as_secs_f64())
+    })?;
     let _ = std::fs::remove_file(&file);
     Ok(Row {
         name: format!(
             "`coe check --jobs 1`, first {} MBPP references",
             tasks.len()
         ),
-        seconds: seconds.iter_mut().map(|s| median(s)).collect(),
+        seconds,
     })
 }
 

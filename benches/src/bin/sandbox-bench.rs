@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use coe_benches::{cpython, mbpp, passed_outcomes, percentile, resident_kib, write_task_file};
+use coe_benches::{
+    cpython, mbpp, passed_outcomes, percentile, resident_kib, rotated_medians, write_task_file,
+};
 use coe_exec::{ExecRequest, Limits, Status};
 use coe_sandbox::{Sandbox, SandboxConfig, Timings};
 use coe_tool_state::Task;
@@ -130,14 +132,10 @@ fn workers_table(coe: &Path, tasks: &[Task], rounds: usize, cores: usize) -> Res
     let runs: Vec<Task> = (0..rounds).flat_map(|_| tasks.iter().cloned()).collect();
     let file = write_task_file(&runs, "coe-sandbox-bench")?;
     let settings = [(1, "processes"), (cores, "threads"), (cores, "processes")];
-    let mut rates = vec![Vec::new(); settings.len()];
-    for round in 0..3 {
-        for turn in 0..settings.len() {
-            let which = (turn + round) % settings.len();
-            let (jobs, parallel) = settings[which];
-            rates[which].push(check_rate(coe, &file, runs.len(), jobs, parallel)?);
-        }
-    }
+    let medians = rotated_medians(3, settings.len(), |which| {
+        let (jobs, parallel) = settings[which];
+        check_rate(coe, &file, runs.len(), jobs, parallel)
+    })?;
     let _ = std::fs::remove_file(&file);
     println!(
         "\nWorkers: `coe check` over {} runs of the passing tasks, whole process, median of 3 (order rotated):\n",
@@ -145,11 +143,6 @@ fn workers_table(coe: &Path, tasks: &[Task], rounds: usize, cores: usize) -> Res
     );
     println!("| workers | runs/s | vs 1 worker |");
     println!("|---|---:|---:|");
-    let mut medians = Vec::new();
-    for rates in &mut rates {
-        rates.sort_by(f64::total_cmp);
-        medians.push(rates[rates.len() / 2]);
-    }
     for ((jobs, parallel), median) in settings.iter().zip(&medians) {
         println!(
             "| `--jobs {jobs} --parallel {parallel}` | {median:.0} | {:.2}x |",
