@@ -657,7 +657,14 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         let (report, part_stats) = if parts.is_empty() {
             (trainer.skip_step(), Vec::new())
         } else {
-            trainer.step_sum(&parts, |model, (g, chunk)| {
+            let work = |(g, chunk): &(usize, Vec<usize>)| {
+                let episodes = &kept[*g].0;
+                chunk
+                    .iter()
+                    .map(|&i| episodes[i].0.tokens.len() as u64)
+                    .sum()
+            };
+            trainer.step_sum(&parts, work, |model, (g, chunk)| {
                 let (episodes, tokens) = &kept[*g];
                 let update: Vec<UpdateEpisode<'_>> = chunk
                     .iter()

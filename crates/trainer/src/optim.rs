@@ -217,15 +217,17 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// One optimiser step over `micro_batches` (gradients of each micro-batch's loss, divided
-    /// by their number, are summed). `loss_fn` computes a micro-batch's loss. A loss that is not
-    /// finite stops with an error and leaves the model as it was.
+    /// by their number, are summed). `loss_fn` computes a micro-batch's loss; `work` estimates
+    /// its cost (see [`Trainer::step_sum`]). A loss that is not finite stops with an error and
+    /// leaves the model as it was.
     pub fn step_with<T: Sync>(
         &mut self,
         micro_batches: &[T],
+        work: impl Fn(&T) -> u64,
         loss_fn: impl Fn(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError> + Sync,
     ) -> Result<StepReport, TrainerError> {
         let scale = 1.0 / micro_batches.len().max(1) as f64;
-        let (report, _) = self.step_sum(micro_batches, |model, batch| {
+        let (report, _) = self.step_sum(micro_batches, work, |model, batch| {
             Ok((loss_fn(model, batch)?.mul_scalar(scale), ()))
         })?;
         Ok(report)
@@ -234,13 +236,17 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// One optimiser step whose loss is the sum of `loss_fn` over `parts` (each part already
     /// weighted by the caller: GRPO divides by the tokens of the part's group). `loss_fn` also
     /// returns what the caller wants to keep of each part, handed back in the order of `parts`.
-    /// The gradients of up to [`OptimConfig::parallel_parts`] parts are taken at once, on
-    /// copies of the model whose adapters are fresh leaves of the autodiff graph (the same
-    /// parameter ids, so each copy's gradients are the model's), then summed in the order of
-    /// `parts`: the result does not depend on how many ran at once.
+    ///
+    /// Up to [`Trainer::parts_at_once`] threads take the parts from one queue, costliest first
+    /// by `work` (a thread that finishes a short part takes the next one instead of waiting for
+    /// its partner, as fixed pairs would), each on a copy of the model whose adapters are fresh
+    /// leaves of the autodiff graph (the same parameter ids, so each copy's gradients are the
+    /// model's). The gradients are then summed in the order of `parts`, so the step does not
+    /// depend on how many ran at once or in which order they finished.
     pub fn step_sum<T: Sync, X: Send>(
         &mut self,
         parts: &[T],
+        work: impl Fn(&T) -> u64,
         loss_fn: impl Fn(&Llama<B>, &T) -> Result<(Tensor<B, 1>, X), TrainerError> + Sync,
     ) -> Result<(StepReport, Vec<X>), TrainerError> {
         if parts.is_empty() {
@@ -248,52 +254,95 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let device = self.model.embed.val().device();
         B::seed(&device, self.seed.wrapping_add(self.step as u64));
-        let at_once = self.parts_at_once();
+        let threads = self.parts_at_once().min(parts.len());
+        let step = self.step;
         let gradients =
             |model: &Llama<B>, part: &T| -> Result<(f64, GradientsParams, X), TrainerError> {
                 let (loss, kept) = loss_fn(model, part)?;
                 let value = f64::from(loss.clone().into_scalar().elem::<f32>());
                 if !value.is_finite() {
                     return Err(TrainerError::Diverged {
-                        step: self.step + 1,
+                        step: step + 1,
                         loss: value,
                     });
                 }
                 let grads = loss.backward();
                 Ok((value, GradientsParams::from_grads(grads, model), kept))
             };
+        let results: Vec<Result<(f64, GradientsParams, X), TrainerError>> = if threads <= 1 {
+            parts
+                .iter()
+                .map(|part| gradients(&self.model, part))
+                .collect()
+        } else {
+            let mut queue: Vec<usize> = (0..parts.len()).collect();
+            // Stable: equal costs keep the order of `parts`.
+            queue.sort_by_key(|&i| std::cmp::Reverse(work(&parts[i])));
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let model = &self.model;
+            type Taken<X> = Vec<(usize, Result<(f64, GradientsParams, X), TrainerError>)>;
+            let taken: Vec<Result<Taken<X>, TrainerError>> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let (queue, next, gradients) = (&queue, &next, &gradients);
+                        let device = device.clone();
+                        scope.spawn(move || {
+                            let mut done = Vec::new();
+                            loop {
+                                let slot = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(&index) = queue.get(slot) else { break };
+                                let copy = model.clone().fork(&device);
+                                let result = gradients(&copy, &parts[index]);
+                                let failed = result.is_err();
+                                done.push((index, result));
+                                if failed {
+                                    break;
+                                }
+                            }
+                            done
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|worker| {
+                        worker
+                            .join()
+                            .map_err(|_| TrainerError::Data("a gradient thread panicked".into()))
+                    })
+                    .collect()
+            });
+            let mut ordered: Vec<Option<Result<_, _>>> = (0..parts.len()).map(|_| None).collect();
+            for worker in taken {
+                for (index, result) in worker? {
+                    ordered[index] = Some(result);
+                }
+            }
+            // After a failure the other threads stop taking parts: report the failure of the
+            // earliest part, as running them one after another would.
+            if let Some(position) = ordered.iter().position(|r| matches!(r, Some(Err(_)))) {
+                return match ordered.swap_remove(position) {
+                    Some(Err(error)) => Err(error),
+                    _ => Err(TrainerError::Data("a part's gradients went missing".into())),
+                };
+            }
+            ordered
+                .into_iter()
+                .map(|result| {
+                    result.unwrap_or_else(|| {
+                        Err(TrainerError::Data("a part's gradients went missing".into()))
+                    })
+                })
+                .collect()
+        };
         let mut accumulator = GradientsAccumulator::new();
         let mut total = 0.0;
         let mut kept = Vec::with_capacity(parts.len());
-        for wave in parts.chunks(at_once) {
-            let results: Vec<Result<(f64, GradientsParams, X), TrainerError>> = if wave.len() == 1 {
-                vec![gradients(&self.model, &wave[0])]
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = wave
-                        .iter()
-                        .map(|part| {
-                            let copy = self.model.clone().fork(&device);
-                            let gradients = &gradients;
-                            scope.spawn(move || gradients(&copy, part))
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|handle| {
-                            handle.join().unwrap_or_else(|_| {
-                                Err(TrainerError::Data("a gradient thread panicked".into()))
-                            })
-                        })
-                        .collect()
-                })
-            };
-            for result in results {
-                let (value, grads, part_kept) = result?;
-                total += value;
-                accumulator.accumulate(&self.model, grads);
-                kept.push(part_kept);
-            }
+        for result in results {
+            let (value, grads, part_kept) = result?;
+            total += value;
+            accumulator.accumulate(&self.model, grads);
+            kept.push(part_kept);
         }
         let lr = self.config.lr_at(self.step);
         let model = self.model.clone();

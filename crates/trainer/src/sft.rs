@@ -61,7 +61,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         &mut self,
         micro_batches: &[Vec<&Encoded>],
     ) -> Result<StepReport, TrainerError> {
-        self.step_with(micro_batches, |model, batch| sft_loss(model, batch))
+        // A micro-batch costs about its token count (attention's square term is a third of
+        // the work at most at these contexts).
+        let work = |batch: &Vec<&Encoded>| batch.iter().map(|e| e.tokens.len() as u64).sum();
+        self.step_with(micro_batches, work, |model, batch| sft_loss(model, batch))
     }
 }
 

@@ -316,12 +316,16 @@ fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
     ];
     let group_tokens = good.turns[0].len + bad.turns[0].len;
     trainer
-        .step_sum(&episodes, |model, (rollout, a)| {
-            Ok((
-                episode_loss(model, rollout, a, group_tokens, &config).loss,
-                (),
-            ))
-        })
+        .step_sum(
+            &episodes,
+            |_| 1,
+            |model, (rollout, a)| {
+                Ok((
+                    episode_loss(model, rollout, a, group_tokens, &config).loss,
+                    (),
+                ))
+            },
+        )
         .unwrap();
     let valid = trainer.model.valid();
     let after = (
@@ -592,8 +596,13 @@ fn resume_reproduces_the_next_step() {
 #[test]
 fn parts_taken_at_once_give_the_step_taken_one_by_one() {
     let _rng = backend_rng();
-    let demos = encoded_demos(&["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3"]);
-    // Three micro-batches: one wave of two at once, then one alone.
+    let demos = encoded_demos(&[
+        "REPL 1 x = 2",
+        "DELL 1",
+        "ADDL 1 y = [value * 3 for value in range(10) if value % 2 == 0]",
+    ]);
+    // Three micro-batches of unequal length: threads take the longest (the last) first and
+    // finish out of order; the step must still be the one taken one by one.
     let batches: Vec<Vec<&Encoded>> = demos.iter().map(|d| vec![d]).collect();
     let adapters_after = |parallel_parts: usize| {
         let config = OptimConfig {
@@ -622,17 +631,22 @@ fn parts_taken_at_once_give_the_step_taken_one_by_one() {
         (losses, weights)
     };
     let (one_by_one_losses, one_by_one) = adapters_after(1);
-    let (at_once_losses, at_once) = adapters_after(2);
-    for (a, b) in one_by_one_losses.iter().zip(&at_once_losses) {
+    for threads in [2, 3] {
+        let (losses, adapters) = adapters_after(threads);
+        for (a, b) in one_by_one_losses.iter().zip(&losses) {
+            assert!(
+                (a - b).abs() < 1e-6,
+                "{threads} threads: losses {one_by_one_losses:?} vs {losses:?}"
+            );
+        }
+        let gap = max_gap(&one_by_one, &adapters);
         assert!(
-            (a - b).abs() < 1e-6,
-            "losses {one_by_one_losses:?} vs {at_once_losses:?}"
+            gap < 1e-6,
+            "{threads} threads: adapters differ by {gap} after 3 steps"
         );
     }
-    let gap = max_gap(&one_by_one, &at_once);
-    assert!(gap < 1e-6, "adapters differ by {gap} after 3 steps");
     // The steps moved the adapters (B starts at zero), so the comparison compared something.
-    assert!(at_once.iter().any(|&w| w != 0.0) && one_by_one_losses[2] < one_by_one_losses[0]);
+    assert!(one_by_one.iter().any(|&w| w != 0.0) && one_by_one_losses[2] < one_by_one_losses[0]);
 }
 
 /// `lora_model` with every adapter's `B` made non-zero, so that the adapters (and their
