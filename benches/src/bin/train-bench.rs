@@ -1,0 +1,253 @@
+//! Training speed: coe's SFT step against transformers + PEFT on the same demonstrations, and
+//! the machine's matrix-product rate, in one run. `cargo xtask bench train` runs it.
+//!
+//! The first `--count` demonstrations of the SFT file (those that fit `--context`, in file
+//! order) are encoded once by coe and written out, so both engines train on the same token ids
+//! and loss masks. A step is one demonstration per micro-batch, every micro-batch's mean
+//! next-token loss over its assistant tokens, averaged, then AdamW: coe's `Trainer::sft_step`
+//! with `--parallel-parts` threads, and `benches/python/train_peer.py step` for the peer. Each
+//! engine starts from fresh adapters (B = 0), so the first step's loss is the base model's and
+//! must agree between the two (printed side by side). Repeats alternate coe and the peer; each
+//! peer process takes an untimed warm-up step, as coe does once. Then a GEMM probe
+//! (`train_peer.py gemm`: torch's float32 product at a training step's common shape) gives the
+//! machine's rate, and the useful FLOPs of a step (counted below) give each engine's share.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use coe_policy::{CpuTrainBackend, LlamaConfig, LoraConfig, Policy};
+use coe_trainer::chat::Encoded;
+use coe_trainer::optim::{OptimConfig, Trainer};
+use coe_trainer::sft::load_demonstrations;
+
+struct Args {
+    model: PathBuf,
+    demos: PathBuf,
+    count: usize,
+    context: usize,
+    repeats: usize,
+    parallel_parts: usize,
+    threads: usize,
+    python: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        model: coe_policy::default_model_path(),
+        demos: coe_cache::cache_dir().join("data/sft-train.jsonl"),
+        count: 8,
+        context: 1024,
+        repeats: 3,
+        parallel_parts: 2,
+        threads: 2,
+        python: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => args.model = value()?.into(),
+            "--demos" => args.demos = value()?.into(),
+            "--count" => args.count = value()?.parse()?,
+            "--context" => args.context = value()?.parse()?,
+            "--repeats" => args.repeats = value()?.parse()?,
+            "--parallel-parts" => args.parallel_parts = value()?.parse()?,
+            "--threads" => args.threads = value()?.parse()?,
+            "--python" => args.python = Some(value()?.into()),
+            other => bail!(
+                "unknown argument {other}; usage: train-bench [--model PATH] [--demos FILE] \
+                 [--count 8] [--context 1024] [--repeats 3] [--parallel-parts 2] [--threads 2] \
+                 [--python PATH (the peer's interpreter; none: coe alone)]"
+            ),
+        }
+    }
+    if args.count == 0 || args.repeats == 0 || args.threads == 0 {
+        bail!("--count, --repeats and --threads need at least one");
+    }
+    Ok(args)
+}
+
+/// Useful floating-point operations of one training step over sequences of `lengths` tokens
+/// with LoRA on a frozen base: each projection and the output head forward (2 per weight per
+/// token) and backward to its input (2 more; frozen weights need no weight gradient), and the
+/// causal half of attention's two products (4 d per earlier position per layer forward, twice
+/// that backward). Adapters, norms and element-wise work are left out (a few percent).
+fn step_flops(config: &LlamaConfig, lengths: &[usize]) -> f64 {
+    let d = config.hidden_size as f64;
+    let kv = d * config.num_key_value_heads as f64 / config.num_attention_heads as f64;
+    let per_layer = d * d * 2.0 + d * kv * 2.0 + 3.0 * d * config.intermediate_size as f64;
+    let layers = config.num_hidden_layers as f64;
+    let per_token = 4.0 * per_layer * layers + 4.0 * config.vocab_size as f64 * d;
+    lengths
+        .iter()
+        .map(|&n| {
+            let n = n as f64;
+            n * per_token + 12.0 * d * layers * n * (n + 1.0) / 2.0
+        })
+        .sum()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    coe_benches::percentile(&values, 50.0)
+}
+
+/// Runs the peer script and returns its JSON line.
+fn peer(python: &PathBuf, args: &[&str]) -> Result<serde_json::Value> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/train_peer.py");
+    let output = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {} {}", python.display(), script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "train_peer.py {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .last()
+        .context("train_peer.py printed nothing")?;
+    serde_json::from_str(line).with_context(|| format!("reading {line}"))
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let device = Default::default();
+    let policy = Policy::<CpuTrainBackend>::load(&args.model, &device)
+        .with_context(|| format!("loading {}", args.model.display()))?;
+    let (mut demos, _) = load_demonstrations(&policy.tokenizer, &args.demos, args.context, &[])
+        .with_context(|| format!("reading {}", args.demos.display()))?;
+    if demos.len() < args.count {
+        bail!(
+            "{} holds {} demonstrations that fit, fewer than --count {}",
+            args.demos.display(),
+            demos.len(),
+            args.count
+        );
+    }
+    demos.truncate(args.count);
+    let lengths: Vec<usize> = demos.iter().map(|e| e.tokens.len()).collect();
+    let tokens: usize = lengths.iter().sum();
+    let flops = step_flops(policy.model.config(), &lengths);
+    let sequences =
+        std::env::temp_dir().join(format!("coe-train-bench-{}.json", std::process::id()));
+    let rows: Vec<serde_json::Value> = demos
+        .iter()
+        .map(|e| serde_json::json!({"ids": e.tokens, "targets": e.targets}))
+        .collect();
+    std::fs::write(&sequences, serde_json::to_vec(&rows)?)?;
+    eprintln!(
+        "train-bench: {} demonstrations, {tokens} tokens per step ({:.1} GFLOP), {} repeats",
+        args.count,
+        flops / 1e9,
+        args.repeats
+    );
+
+    let lora = LoraConfig {
+        rank: 16,
+        alpha: 32.0,
+        dropout: 0.0,
+    };
+    let optim = OptimConfig {
+        lr: 3e-4,
+        warmup_steps: 0,
+        steps: args.repeats + 1,
+        grad_accum: args.count,
+        parallel_parts: args.parallel_parts,
+        weight_decay: 0.0,
+        ..OptimConfig::default()
+    };
+    let mut trainer = Trainer::new(policy.model.attach_lora(&lora, 0, &device), optim);
+    let batches: Vec<Vec<&Encoded>> = demos.iter().map(|e| vec![e]).collect();
+    // The warm-up step (allocations, thread pools); its loss is the base model's.
+    let coe_first_loss = trainer.sft_step(&batches)?.loss;
+    let (mut coe_s, mut peer_s) = (Vec::new(), Vec::new());
+    let mut peer_first_loss = None;
+    let mut peer_engine = String::new();
+    let python = args.python.clone();
+    let (threads, sequences_arg) = (args.threads.to_string(), sequences.to_string_lossy());
+    let model_arg = args.model.to_string_lossy();
+    for repeat in 0..args.repeats {
+        let start = Instant::now();
+        trainer.sft_step(&batches)?;
+        coe_s.push(start.elapsed().as_secs_f64());
+        eprintln!("train-bench: repeat {repeat}: coe {:.1} s", coe_s[repeat]);
+        if let Some(python) = &python {
+            let row = peer(
+                python,
+                &[
+                    "step",
+                    &model_arg,
+                    &sequences_arg,
+                    "--threads",
+                    &threads,
+                    "--repeats",
+                    "1",
+                ],
+            )?;
+            let seconds = row["step_s"][0].as_f64().context("peer step_s")?;
+            peer_first_loss = row["first_loss"].as_f64();
+            peer_engine = row["engine"].as_str().unwrap_or("peer").to_string();
+            peer_s.push(seconds);
+            eprintln!("train-bench: repeat {repeat}: peer {seconds:.1} s");
+        }
+    }
+    let gemm = match &python {
+        Some(python) => {
+            let row = peer(python, &["gemm", "--threads", &threads, "--repeats", "5"])?;
+            row["gflops"].as_f64()
+        }
+        None => None,
+    };
+    std::fs::remove_file(&sequences).ok();
+
+    let mut table = vec![(
+        format!("coe (burn flex, {} parts at once)", args.parallel_parts),
+        median(coe_s.clone()),
+        coe_first_loss,
+    )];
+    if !peer_s.is_empty() {
+        table.push((
+            peer_engine,
+            median(peer_s.clone()),
+            peer_first_loss.unwrap_or(f64::NAN),
+        ));
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "demonstrations": args.count, "tokens_per_step": tokens, "gflop_per_step": flops / 1e9,
+            "coe_step_s": coe_s, "peer_step_s": peer_s, "coe_first_loss": coe_first_loss,
+            "peer_first_loss": peer_first_loss, "gemm_gflops": gemm,
+        })
+    );
+    let peer_rate = peer_s
+        .first()
+        .map(|_| tokens as f64 / median(peer_s.clone()));
+    println!(
+        "\n| engine | step s (median of {}) | tokens/s | GFLOP/s | share of the GEMM probe | vs peer | first-step loss |",
+        args.repeats
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (engine, seconds, loss) in &table {
+        let rate = tokens as f64 / seconds;
+        let gflops = flops / seconds / 1e9;
+        println!(
+            "| {engine} | {seconds:.1} | {rate:.1} | {gflops:.1} | {} | {} | {loss:.4} |",
+            gemm.map_or("-".into(), |g| format!("{:.0}%", 100.0 * gflops / g)),
+            peer_rate.map_or("-".into(), |p| format!("{:.2}x", rate / p)),
+        );
+    }
+    if let Some(g) = gemm {
+        println!(
+            "\nGEMM probe (torch float32 [1024, 576] x [576, 1536], {threads} threads): {g:.1} GFLOP/s"
+        );
+    }
+    Ok(())
+}
