@@ -75,13 +75,14 @@ pub fn rotated_medians(
             measures[runner].push(measure(runner)?);
         }
     }
-    Ok(measures
-        .iter_mut()
-        .map(|values| {
-            values.sort_by(f64::total_cmp);
-            percentile(values, 50.0)
-        })
-        .collect())
+    Ok(measures.iter().map(|values| median(values)).collect())
+}
+
+/// The median of `values` (nearest rank, as [`percentile`]); NaN when empty.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    percentile(&sorted, 50.0)
 }
 
 /// The p-th percentile (0-100) of sorted `values`, by nearest rank.

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use coe_benches::median;
 use coe_policy::generate::rng;
 use coe_policy::{CpuBackend, Policy, SamplingConfig};
 use coe_tool_state::EpisodeConfig;
@@ -70,11 +71,6 @@ fn parse_args() -> Result<Args> {
 
 fn list(text: &str) -> Result<Vec<usize>> {
     Ok(text.split(',').map(str::parse).collect::<Result<_, _>>()?)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    coe_benches::percentile(&values, 50.0)
 }
 
 fn main() -> Result<()> {
@@ -148,10 +144,10 @@ fn main() -> Result<()> {
         "| batch | sandbox workers | mean rows | episodes/s | env steps/s | generated tok/s | prefill share | decode share | sandbox share | wall s | speed-up vs first |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let wall = |stats: &[PlayStats]| median(stats.iter().map(|s| s.wall_s).collect());
+    let wall = |stats: &[PlayStats]| median(&stats.iter().map(|s| s.wall_s).collect::<Vec<_>>());
     let baseline = wall(&runs[0]);
     for (&(batch, workers), stats) in settings.iter().zip(&runs) {
-        let rate = |f: &dyn Fn(&PlayStats) -> f64| median(stats.iter().map(f).collect());
+        let rate = |f: &dyn Fn(&PlayStats) -> f64| median(&stats.iter().map(f).collect::<Vec<_>>());
         println!(
             "| {batch} | {workers} | {:.1} | {:.3} | {:.2} | {:.1} | {:.1}% | {:.1}% | {:.1}% | {:.1} | {:.2}x |",
             rate(&|s| s.decode_rows as f64 / s.decode_batches.max(1) as f64),

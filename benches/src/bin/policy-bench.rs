@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
+use coe_benches::median;
 use coe_policy::generate::{decode_batch, prefill_batch, rng};
 use coe_policy::{Adapters, Policy, SamplingConfig, Session};
 
@@ -40,11 +41,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(args)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    coe_benches::percentile(&values, 50.0)
 }
 
 fn measure<B: Backend>(args: &Args) -> Result<()> {
@@ -95,8 +91,8 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
             "weights": "float32 (from Q4_1)",
             "prompt_tokens": ids.len(),
             "generated_tokens": generated,
-            "prefill_tok_s": median(prefill),
-            "decode_tok_s": median(decode),
+            "prefill_tok_s": median(&prefill),
+            "decode_tok_s": median(&decode),
             "batch_decode_tok_s": batch_decode,
             "observation_prefill_tok_s": observation_prefill,
             "peak_rss_mib": peak_rss_mib,
@@ -138,7 +134,7 @@ fn batched<B: Backend>(
                 .sum();
             rates.push(steps as f64 / secs);
         }
-        decode.insert(batch.to_string(), median(rates).into());
+        decode.insert(batch.to_string(), median(&rates).into());
     }
     let observation: Vec<u32> = ids.iter().copied().cycle().take(160).collect();
     let (mut alone, mut packed) = (Vec::new(), Vec::new());
@@ -160,7 +156,7 @@ fn batched<B: Backend>(
     }
     Ok((
         decode.into(),
-        serde_json::json!({"one_by_one": median(alone), "packed": median(packed)}),
+        serde_json::json!({"one_by_one": median(&alone), "packed": median(&packed)}),
     ))
 }
 

@@ -17,6 +17,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use coe_benches::median;
 use coe_policy::{CpuTrainBackend, LlamaConfig, LoraConfig, Policy};
 use coe_trainer::chat::Encoded;
 use coe_trainer::optim::{OptimConfig, Trainer};
@@ -87,11 +88,6 @@ fn step_flops(config: &LlamaConfig, lengths: &[usize]) -> f64 {
             n * per_token + 12.0 * d * layers * n * (n + 1.0) / 2.0
         })
         .sum()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    coe_benches::percentile(&values, 50.0)
 }
 
 /// Runs the peer script and returns its JSON line.
@@ -170,7 +166,6 @@ fn main() -> Result<()> {
     let (mut coe_s, mut peer_s) = (Vec::new(), Vec::new());
     let mut peer_first_loss = None;
     let mut peer_engine = String::new();
-    let python = args.python.clone();
     let (threads, sequences_arg) = (args.threads.to_string(), sequences.to_string_lossy());
     let model_arg = args.model.to_string_lossy();
     for repeat in 0..args.repeats {
@@ -178,7 +173,7 @@ fn main() -> Result<()> {
         trainer.sft_step(&batches)?;
         coe_s.push(start.elapsed().as_secs_f64());
         eprintln!("train-bench: repeat {repeat}: coe {:.1} s", coe_s[repeat]);
-        if let Some(python) = &python {
+        if let Some(python) = &args.python {
             let row = peer(
                 python,
                 &[
@@ -198,7 +193,7 @@ fn main() -> Result<()> {
             eprintln!("train-bench: repeat {repeat}: peer {seconds:.1} s");
         }
     }
-    let gemm = match &python {
+    let gemm = match &args.python {
         Some(python) => {
             let row = peer(python, &["gemm", "--threads", &threads, "--repeats", "5"])?;
             row["gflops"].as_f64()
@@ -207,18 +202,18 @@ fn main() -> Result<()> {
     };
     std::fs::remove_file(&sequences).ok();
 
-    let mut table = vec![(
+    let coe_row = (
         format!("coe (burn flex, {} parts at once)", args.parallel_parts),
-        median(coe_s.clone()),
+        median(&coe_s),
         coe_first_loss,
-    )];
-    if !peer_s.is_empty() {
-        table.push((
+    );
+    let peer_row = (!peer_s.is_empty()).then(|| {
+        (
             peer_engine,
-            median(peer_s.clone()),
+            median(&peer_s),
             peer_first_loss.unwrap_or(f64::NAN),
-        ));
-    }
+        )
+    });
     println!(
         "{}",
         serde_json::json!({
@@ -227,15 +222,15 @@ fn main() -> Result<()> {
             "peer_first_loss": peer_first_loss, "gemm_gflops": gemm,
         })
     );
-    let peer_rate = peer_s
-        .first()
-        .map(|_| tokens as f64 / median(peer_s.clone()));
+    let peer_rate = peer_row
+        .as_ref()
+        .map(|(_, seconds, _)| tokens as f64 / seconds);
     println!(
         "\n| engine | step s (median of {}) | tokens/s | GFLOP/s | share of the GEMM probe | vs peer | first-step loss |",
         args.repeats
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
-    for (engine, seconds, loss) in &table {
+    for (engine, seconds, loss) in std::iter::once(&coe_row).chain(&peer_row) {
         let rate = tokens as f64 / seconds;
         let gflops = flops / seconds / 1e9;
         println!(

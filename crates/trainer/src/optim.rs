@@ -292,12 +292,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                                 let slot = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let Some(&index) = queue.get(slot) else { break };
                                 let copy = model.clone().fork(&device);
-                                let result = gradients(&copy, &parts[index]);
-                                let failed = result.is_err();
-                                done.push((index, result));
-                                if failed {
-                                    break;
-                                }
+                                done.push((index, gradients(&copy, &parts[index])));
                             }
                             done
                         })
@@ -318,14 +313,6 @@ impl<B: AutodiffBackend> Trainer<B> {
                     ordered[index] = Some(result);
                 }
             }
-            // After a failure the other threads stop taking parts: report the failure of the
-            // earliest part, as running them one after another would.
-            if let Some(position) = ordered.iter().position(|r| matches!(r, Some(Err(_)))) {
-                return match ordered.swap_remove(position) {
-                    Some(Err(error)) => Err(error),
-                    _ => Err(TrainerError::Data("a part's gradients went missing".into())),
-                };
-            }
             ordered
                 .into_iter()
                 .map(|result| {
@@ -338,6 +325,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut accumulator = GradientsAccumulator::new();
         let mut total = 0.0;
         let mut kept = Vec::with_capacity(parts.len());
+        // In the order of `parts`: the failure reported is the earliest part's, as one by one.
         for result in results {
             let (value, grads, part_kept) = result?;
             total += value;
