@@ -130,23 +130,7 @@ enum Commands {
     ///
     /// Settings come from a TOML file (see fixtures/configs); outputs (metrics.jsonl,
     /// checkpoint/, adapter.safetensors, config.toml) go to its out_dir.
-    Train {
-        /// Which phase.
-        #[arg(value_enum)]
-        phase: cmd::train::Phase,
-        /// The run's TOML configuration.
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// Continue from out_dir/checkpoint.
-        #[arg(long)]
-        resume: bool,
-        /// Override the number of optimiser steps.
-        #[arg(long, value_name = "N")]
-        steps: Option<usize>,
-        /// Override the output folder.
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-    },
+    Train(cmd::train::TrainArgs),
     /// Draw a training run's curves (DIR/metrics.jsonl to DIR/plots/*.svg).
     ///
     /// One SVG per metric the run logged: loss, reward, solve rate, KL, malformed rate,
@@ -266,13 +250,7 @@ fn main() -> ExitCode {
             json,
         } => cmd::replay::replay(&task, &edits, max_turns, limits.limits(), json),
         Commands::Generate(args) => cmd::generate::generate(args),
-        Commands::Train {
-            phase,
-            config,
-            resume,
-            steps,
-            out,
-        } => cmd::train::train(phase, &config, resume, steps, out),
+        Commands::Train(args) => cmd::train::train(args),
         Commands::Plot { dir } => cmd::plot::plot(&dir),
         Commands::Repair(args) => cmd::repair::repair(args),
         Commands::Eval(args) => cmd::eval::eval(args),

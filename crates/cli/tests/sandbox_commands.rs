@@ -330,6 +330,17 @@ fn model_commands_refuse_bad_input_with_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("I/N"));
     let out = coe(&["train", "sft", "--config", "/nonexistent/sft.toml"]);
     assert_eq!(out.status.code(), Some(2));
+    let config = fixture("configs/rl-short.toml");
+    let out = coe(&[
+        "train",
+        "rl",
+        "--config",
+        &config,
+        "--init-adapter",
+        "/nonexistent/adapter.safetensors",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no adapter file"));
 }
 
 #[test]

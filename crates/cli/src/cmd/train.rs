@@ -1,6 +1,6 @@
 //! `coe train sft|rl`: a training run from a TOML configuration.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::sandbox;
 use crate::Failure;
@@ -15,20 +15,46 @@ pub(crate) enum Phase {
     Rl,
 }
 
-pub(crate) fn train(
+/// `coe train`'s arguments: a configuration file and the overrides a run in the cache needs.
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// Which phase.
+    #[arg(value_enum)]
     phase: Phase,
-    config_path: &Path,
+    /// The run's TOML configuration.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Continue from out_dir/checkpoint.
+    #[arg(long)]
     resume: bool,
+    /// Override the number of optimiser steps.
+    #[arg(long, value_name = "N")]
     steps: Option<usize>,
+    /// Override the output folder.
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-) -> Result<(), Failure> {
-    let mut config = coe_trainer::config::RunConfig::load(config_path)
+    /// Override the adapters to start from (for RL: the SFT snapshot chosen on validation).
+    #[arg(long, value_name = "FILE")]
+    init_adapter: Option<PathBuf>,
+}
+
+pub(crate) fn train(args: TrainArgs) -> Result<(), Failure> {
+    let mut config = coe_trainer::config::RunConfig::load(&args.config)
         .map_err(|e| Failure::Input(e.to_string()))?;
-    if let Some(steps) = steps {
+    if let Some(steps) = args.steps {
         config.optim.steps = steps;
     }
-    if let Some(out) = out {
+    if let Some(out) = args.out {
         config.out_dir = out;
+    }
+    if let Some(adapter) = args.init_adapter {
+        if !adapter.is_file() {
+            return Err(Failure::Input(format!(
+                "no adapter file at {}",
+                adapter.display()
+            )));
+        }
+        config.init_adapter = Some(adapter);
     }
     // Data made by `cargo xtask data` lives in the cache.
     let data = coe_cache::cache_dir().join("data");
@@ -45,7 +71,8 @@ pub(crate) fn train(
         )));
     }
     let failed = |e: coe_trainer::TrainerError| Failure::Internal(e.to_string());
-    let adapter = match phase {
+    let resume = args.resume;
+    let adapter = match args.phase {
         Phase::Sft => coe_trainer::sft::run_sft::<coe_policy::CpuTrainBackend>(&config, resume)
             .map_err(failed)?,
         Phase::Rl => {
