@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use coe_benches::{cpython, mbpp, passed_outcomes, write_task_file};
-use coe_exec::{ExecRequest, Limits};
+use coe_exec::{ExecRequest, Executor, Limits};
+use coe_exec_pool::ProcessPool;
 use coe_sandbox::Sandbox;
 use coe_tool_state::Task;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -58,7 +59,9 @@ fn sandbox_vs_cpython(c: &mut Criterion) {
 }
 
 /// Runs every task on a pool of `workers` threads sharing `sandbox`.
-fn run_on_threads(sandbox: &Sandbox, tasks: &[Task], workers: usize) {
+/// Runs every task on `workers` threads calling `executor` (the sandbox itself, or a pool of
+/// worker processes that the threads hand their runs to).
+fn run_on_threads(executor: &(impl Executor + Sync), tasks: &[Task], workers: usize) {
     use rayon::prelude::*;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(workers)
@@ -66,8 +69,8 @@ fn run_on_threads(sandbox: &Sandbox, tasks: &[Task], workers: usize) {
         .expect("a thread pool");
     pool.install(|| {
         tasks.par_iter().for_each(|task| {
-            sandbox
-                .run(&task.request(&task.code, Limits::default()))
+            executor
+                .execute(&task.request(&task.code, Limits::default()))
                 .expect("runs");
         });
     });
@@ -112,6 +115,20 @@ fn workers(c: &mut Criterion) {
     // The process pool is `coe check`'s; it needs the binary (`COE_BIN`), which a criterion
     // bench of this crate cannot build.
     if let Some(coe) = std::env::var_os("COE_BIN") {
+        // The `Executor` pool of `coe serve`, rollouts and the data generator: long-lived
+        // `coe exec-worker` processes, started once.
+        for workers in [1, 2] {
+            let coe = coe.clone();
+            let pool = ProcessPool::new(workers, move || {
+                let mut command = Command::new(&coe);
+                command.arg("exec-worker");
+                command
+            })
+            .expect("the worker processes start");
+            group.bench_function(format!("executor_pool_{workers}"), |b| {
+                b.iter(|| run_on_threads(&pool, &tasks, workers));
+            });
+        }
         let file = write_task_file(&tasks, "coe-criterion-workers").expect("a task file");
         for workers in [1, 2] {
             group.bench_function(format!("processes_{workers}"), |b| {

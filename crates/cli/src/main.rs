@@ -84,8 +84,8 @@ enum Commands {
         #[arg(long, value_name = "N")]
         jobs: Option<usize>,
         /// Run the jobs as worker processes (scales with cores) or as threads of this process.
-        #[arg(long, value_enum, default_value_t = cmd::check::Parallelism::Processes)]
-        parallel: cmd::check::Parallelism,
+        #[arg(long, value_enum, default_value_t = cmd::Parallelism::Processes)]
+        parallel: cmd::Parallelism,
         /// Internal: run as worker I of N, taking every N-th task from I.
         #[arg(long, value_name = "I/N", hide = true)]
         worker: Option<cmd::check::Shard>,
@@ -98,6 +98,10 @@ enum Commands {
     /// take coe's own requests and reply as `coe run --json`; GET /health, GET /metrics
     /// (Prometheus). Stops on SIGTERM or Ctrl-C after the requests in flight are answered.
     Serve(cmd::serve::ServeArgs),
+    /// Internal: serve sandbox runs on standard input and output, one JSON line each way (a
+    /// worker process of the commands that run the sandbox in parallel).
+    #[command(hide = true)]
+    ExecWorker,
     /// Prepare the sandbox: snapshot and compile the Python guest into the cache.
     ///
     /// Done automatically on first use; this does it ahead of time and says how long it took.
@@ -242,6 +246,7 @@ fn main() -> ExitCode {
         } => cmd::check::check(&tasks, field, jobs, parallel, worker, limits.limits()),
         Commands::Prepare => cmd::prepare::prepare(),
         Commands::Serve(args) => cmd::serve::serve(args),
+        Commands::ExecWorker => cmd::exec_worker::exec_worker(),
         Commands::Replay {
             task,
             edits,

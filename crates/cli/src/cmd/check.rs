@@ -6,20 +6,10 @@ use coe_exec::Limits;
 use coe_sandbox::Sandbox;
 use coe_tool_state::Task;
 
-use super::{read_text, sandbox};
+use super::{Parallelism, read_text, sandbox};
 use crate::output::{json_line, print};
 use crate::{Failure, Field};
 use coe_exec::OutcomeJson;
-
-/// How `coe check` spreads its runs over cores.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Parallelism {
-    /// One process per job (the default): a run's copy-on-write faults then flush no other
-    /// job's TLB, which one shared address space does on every fault (see the crate README).
-    Processes,
-    /// Threads of this process, sharing one sandbox.
-    Threads,
-}
 
 /// One line a worker process writes per task: the outcome line, or why the task did not run.
 #[derive(serde::Serialize, serde::Deserialize)]

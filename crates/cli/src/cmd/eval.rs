@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use coe_policy::SamplingConfig;
 
-use super::{CONTEXT_TOKENS, PolicyArgs, chosen_adapter, load_policy, sandbox};
+use super::{CONTEXT_TOKENS, Parallelism, PolicyArgs, chosen_adapter, executor, load_policy};
 use crate::Failure;
 use crate::output::{json_line, print};
 
@@ -83,7 +83,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
     }
     let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref())?;
     let policy = load_policy(p.model.as_deref(), adapter.as_deref())?;
-    let sandbox = std::sync::Arc::new(sandbox()?);
+    let sandbox = executor(p.workers, Parallelism::Processes)?;
     let config = coe_trainer::rollout::PlayConfig {
         episode: coe_tool_state::EpisodeConfig {
             max_turns: p.max_turns,

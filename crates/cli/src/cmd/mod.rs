@@ -3,6 +3,7 @@
 pub(crate) mod apply;
 pub(crate) mod check;
 pub(crate) mod eval;
+pub(crate) mod exec_worker;
 pub(crate) mod generate;
 pub(crate) mod plot;
 pub(crate) mod prepare;
@@ -133,6 +134,40 @@ pub(crate) fn load_policy(
 
 pub(crate) fn sandbox() -> Result<Sandbox, Failure> {
     Sandbox::new(&Default::default()).map_err(|e| Failure::Internal(format!("coe: {e}")))
+}
+
+/// How a command spreads its sandbox runs over cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Parallelism {
+    /// Worker processes of this binary (the default): a run's copy-on-write faults then flush
+    /// no other worker's TLB, which one shared address space does on every fault (see the
+    /// coe-exec-pool README).
+    Processes,
+    /// Threads of this process, sharing one sandbox.
+    Threads,
+}
+
+/// The executor of `workers` parallel sandbox runs: a pool of `coe exec-worker` processes, or
+/// one in-process sandbox for threads (and for `workers == 0`, runs on the caller's thread).
+pub(crate) fn executor(
+    workers: usize,
+    parallelism: Parallelism,
+) -> Result<std::sync::Arc<dyn coe_exec::Executor + Send + Sync>, Failure> {
+    // Compiles (and caches) the guest once, before any worker process loads it.
+    let sandbox = sandbox()?;
+    if workers == 0 || parallelism == Parallelism::Threads {
+        return Ok(std::sync::Arc::new(sandbox));
+    }
+    drop(sandbox);
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::Internal(format!("coe: cannot find this binary: {e}")))?;
+    let pool = coe_exec_pool::ProcessPool::new(workers, move || {
+        let mut command = std::process::Command::new(&exe);
+        command.arg("exec-worker");
+        command
+    })
+    .map_err(|e| Failure::Internal(format!("coe: {e}")))?;
+    Ok(std::sync::Arc::new(pool))
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String, Failure> {

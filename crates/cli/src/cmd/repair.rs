@@ -6,7 +6,9 @@ use coe_policy::SamplingConfig;
 use coe_policy::generate::rng;
 use serde::Serialize;
 
-use super::{CONTEXT_TOKENS, PolicyArgs, chosen_adapter, load_policy, read_text, sandbox};
+use super::{
+    CONTEXT_TOKENS, Parallelism, PolicyArgs, chosen_adapter, executor, load_policy, read_text,
+};
 use crate::Failure;
 use crate::output::{json_line, print};
 
@@ -67,7 +69,7 @@ pub(crate) fn repair(args: RepairArgs) -> Result<(), Failure> {
         setup: None,
         tests: args.tests.clone(),
     };
-    let sandbox = std::sync::Arc::new(sandbox()?);
+    let sandbox = executor(p.workers, Parallelism::Processes)?;
     let episode = coe_tool_state::EpisodeConfig {
         max_turns: p.max_turns,
         ..Default::default()

@@ -2,13 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use coe_exec::Limits;
 use coe_serve::ServeConfig;
 
-use super::{read_text, sandbox};
+use super::{Parallelism, executor, read_text};
 use crate::Failure;
 
 /// Options of `coe serve`.
@@ -20,6 +19,9 @@ pub(crate) struct ServeArgs {
     /// Programs running at once (default: the number of cores).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+    /// Run programs in worker processes (scales with cores) or in threads of this process.
+    #[arg(long, value_enum, default_value_t = Parallelism::Processes)]
+    parallel: Parallelism,
     /// Runs that may wait for a worker; more are answered 503 with Retry-After.
     #[arg(long, value_name = "N", default_value_t = ServeConfig::default().max_queue)]
     max_queue: usize,
@@ -70,7 +72,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_queue_wait: std::time::Duration::from_millis(args.max_queue_wait_ms),
         ..defaults
     };
-    let sandbox = sandbox()?;
+    let sandbox = executor(config.workers, args.parallel)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,7 +95,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<(), Failure> {
         if !address.ip().is_loopback() && config.token.is_none() {
             tracing::warn!("coe serve: listening beyond loopback without --token-file");
         }
-        let router = coe_serve::router(Arc::new(sandbox), config);
+        let router = coe_serve::router(sandbox, config);
         coe_serve::serve(listener, router, coe_serve::shutdown_signal())
             .await
             .map_err(|e| Failure::Internal(format!("coe: the server stopped: {e}")))?;

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::sandbox;
+use super::{Parallelism, executor};
 use crate::Failure;
 use crate::output::print;
 
@@ -76,7 +76,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Failure> {
         Phase::Sft => coe_trainer::sft::run_sft::<coe_policy::CpuTrainBackend>(&config, resume)
             .map_err(failed)?,
         Phase::Rl => {
-            let sandbox = std::sync::Arc::new(sandbox()?);
+            let sandbox = executor(config.workers, Parallelism::Processes)?;
             coe_trainer::grpo::run_rl::<coe_policy::CpuTrainBackend, _>(&config, &sandbox, resume)
                 .map_err(failed)?
         }

@@ -16,7 +16,7 @@ use coe_data::sources::read_tasks;
 use coe_data::split::Split;
 use coe_data::stats::{FailureKind, Item, SetStats, edit_distance};
 use coe_data::{GENERATOR_VERSION, Task};
-use coe_exec::{Limits, Status};
+use coe_exec::{Executor, Limits, Status};
 use coe_sandbox::Sandbox;
 use coe_tool_state::{Episode, EpisodeConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,6 +51,10 @@ enum Commands {
         #[arg(long)]
         eval_only: bool,
     },
+    /// Internal: serve sandbox runs on standard input and output (a worker process of
+    /// `generate`, see `coe_exec_pool`).
+    #[command(hide = true)]
+    ExecWorker,
     /// Print the statistics of generated data.
     Stats {
         /// Where the demonstrations are (default: $COE_CACHE_DIR/data).
@@ -79,6 +83,15 @@ fn main() -> Result<()> {
             &eval_dir,
             jobs,
         ),
+        Commands::ExecWorker => {
+            let sandbox = Sandbox::new(&Default::default())?;
+            let output = std::io::BufWriter::new(std::io::stdout().lock());
+            Ok(coe_exec_pool::serve(
+                &sandbox,
+                std::io::stdin().lock(),
+                output,
+            )?)
+        }
         Commands::Stats { out, eval_dir } => {
             let sandbox = Sandbox::new(&Default::default())?;
             let (_, text) = stats(&sandbox, &out.unwrap_or_else(default_out), &eval_dir)?;
@@ -86,6 +99,27 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What runs the programs: the sandbox, behind `dyn` so one code path serves both kinds.
+type Exec = dyn Executor + Send + Sync;
+
+/// `workers` sandbox processes (this binary's `exec-worker`), or the sandbox in this process
+/// for one: threads sharing one address space slow each other down (coe-exec-pool's README).
+fn executor(workers: usize) -> Result<Box<Exec>> {
+    // Compiles (and caches) the guest once, before any worker loads it.
+    let sandbox = Sandbox::new(&Default::default())?;
+    if workers <= 1 {
+        return Ok(Box::new(sandbox));
+    }
+    drop(sandbox);
+    let exe = std::env::current_exe()?;
+    let pool = coe_exec_pool::ProcessPool::new(workers, move || {
+        let mut command = std::process::Command::new(&exe);
+        command.arg("exec-worker");
+        command
+    })?;
+    Ok(Box::new(pool))
 }
 
 /// Writes a whole file atomically; the error names it.
@@ -142,7 +176,8 @@ fn generate(
             .num_threads(jobs)
             .build_global()?;
     }
-    let sandbox = Sandbox::new(&Default::default())?;
+    let sandbox = executor(rayon::current_num_threads())?;
+    let sandbox = &*sandbox;
     let config = EpisodeConfig::default();
 
     let mbpp = read_tasks(&fixtures().join("mbpp/mbpp.jsonl"))?.strict()?;
@@ -150,7 +185,7 @@ fn generate(
 
     // Only references that pass in the sandbox can be corrupted and repaired.
     let bar = progress(mbpp.len(), "references");
-    let passing = parallel(&mbpp, &bar, |task| passes(&sandbox, task));
+    let passing = parallel(&mbpp, &bar, |task| passes(sandbox, task));
     bar.finish();
     let before = mbpp.len();
     // Corpora (lines of other solutions) come from every task of a split, passing or not, so
@@ -195,7 +230,7 @@ fn generate(
         let corpus = corpus_of(split);
         let bar = progress(tasks.len(), name);
         let items = parallel(&tasks, &bar, |task| {
-            eval_items(&sandbox, task, &corpus, range, seed, per_task)
+            eval_items(sandbox, task, &corpus, range, seed, per_task)
         });
         bar.finish();
         let mut items: Vec<EvalTask> = items.into_iter().flatten().collect();
@@ -206,7 +241,7 @@ fn generate(
                 item.task.task_id = format!("{}#{}", item.task.task_id, item.sample);
             }
         }
-        write_eval(&sandbox, eval_dir, name, &items, config)?;
+        write_eval(sandbox, eval_dir, name, &items, config)?;
     }
     let hef: Vec<EvalTask> = humanevalfix
         .iter()
@@ -218,7 +253,7 @@ fn generate(
             edits: Vec::new(),
         })
         .collect();
-    write_eval(&sandbox, eval_dir, "humanevalfix", &hef, config)?;
+    write_eval(sandbox, eval_dir, "humanevalfix", &hef, config)?;
 
     // Demonstrations for train (SFT) and validation (held-out loss); none with --eval-only.
     let demo_splits = if demos_per_task == 0 {
@@ -240,7 +275,7 @@ fn generate(
                     EditRange::DEFAULT,
                     seed,
                     sample,
-                    &sandbox,
+                    sandbox,
                     config,
                 )? {
                     demos.push(demo);
@@ -272,7 +307,7 @@ fn generate(
             tasks.len()
         );
     }
-    let (all, text) = stats(&sandbox, out, eval_dir)?;
+    let (all, text) = stats(sandbox, out, eval_dir)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     write_atomically(&out.join("stats.md"), text.as_bytes())?;
     write_atomically(
@@ -289,15 +324,15 @@ fn generate(
     Ok(())
 }
 
-fn passes(sandbox: &Sandbox, task: &Task) -> bool {
+fn passes(sandbox: &Exec, task: &Task) -> bool {
     sandbox
-        .run(&task.request(&task.code, Limits::default()))
-        .is_ok_and(|report| report.outcome.status == Status::Passed)
+        .execute(&task.request(&task.code, Limits::default()))
+        .is_ok_and(|outcome| outcome.status == Status::Passed)
 }
 
 /// The first `count` samples of `task` whose corruption fails a test (up to 20 draws each).
 fn eval_items(
-    sandbox: &Sandbox,
+    sandbox: &Exec,
     task: &Task,
     corpus: &Corpus,
     range: EditRange,
@@ -330,7 +365,7 @@ fn eval_items(
 }
 
 fn write_eval(
-    sandbox: &Sandbox,
+    sandbox: &Exec,
     dir: &Path,
     name: &str,
     items: &[EvalTask],
@@ -354,7 +389,7 @@ fn write_eval(
     Ok(())
 }
 
-fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats>, String)> {
+fn stats(sandbox: &Exec, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats>, String)> {
     let mut sets = Vec::new();
     for split in ["train", "validation"] {
         let path = out.join(format!("demos-{split}.jsonl"));
@@ -417,11 +452,11 @@ fn stats(sandbox: &Sandbox, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats
 }
 
 /// How a broken program fails in the sandbox, and whether it runs and fails a test.
-fn failure_of(sandbox: &Sandbox, task: &Task) -> (FailureKind, bool) {
-    match sandbox.run(&task.request(&task.code, Limits::default())) {
-        Ok(report) => (
-            FailureKind::of(report.outcome.status, report.outcome.error.as_ref()),
-            report.outcome.status == Status::Failed,
+fn failure_of(sandbox: &Exec, task: &Task) -> (FailureKind, bool) {
+    match sandbox.execute(&task.request(&task.code, Limits::default())) {
+        Ok(outcome) => (
+            FailureKind::of(outcome.status, outcome.error.as_ref()),
+            outcome.status == Status::Failed,
         ),
         Err(_) => (FailureKind::Other, false),
     }
