@@ -12,9 +12,12 @@ use coe_exec_pool::{ProcessPool, serve};
 
 const WORKER: &str = "COE_POOL_TEST_WORKER";
 
-/// Programs containing this make the fake worker sleep, or exit, before answering.
+/// Programs containing these make the fake worker sleep or exit before answering, fail as an
+/// executor, or exit a moment after answering (so it dies while idle).
 const SLEEP: &str = "# sleep";
 const EXIT: &str = "# exit";
+const BROKEN: &str = "# broken";
+const EXIT_LATER: &str = "# die-while-idle";
 
 /// The fake worker: the fake executor behind [`serve`], plus the two misbehaviours above.
 struct Misbehaving(FakeExecutor);
@@ -29,6 +32,15 @@ impl Executor for Misbehaving {
         }
         if request.program.contains(EXIT) {
             std::process::exit(3);
+        }
+        if request.program.contains(BROKEN) {
+            return Err(coe_exec::ExecutorError::new("the fake is broken"));
+        }
+        if request.program.contains(EXIT_LATER) {
+            std::thread::spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                std::process::exit(4);
+            });
         }
         self.0.execute(request)
     }
@@ -133,19 +145,97 @@ fn a_bad_request_line_gets_an_error_reply_and_the_worker_goes_on() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
-    assert!(lines[0]["err"].as_str().unwrap().contains("not a request"));
-    assert_eq!(lines[1]["ok"]["status"], "passed");
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["ready"], coe_exec_pool::PROTOCOL);
+    assert!(lines[1]["err"].as_str().unwrap().contains("not a request"));
+    assert_eq!(lines[2]["ok"]["status"], "passed");
+}
+
+fn a_line_that_is_not_utf8_gets_an_error_reply() {
+    let fake = FakeExecutor::passing_when("return 1");
+    let mut output = Vec::new();
+    serve(&fake, &b"\xff\xfe\n"[..], &mut output).unwrap();
+    let text = String::from_utf8(output).unwrap();
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().nth(1).unwrap().contains("not a request"),
+        "{text}"
+    );
+}
+
+fn an_executor_error_is_an_error_and_the_worker_stays() {
+    let pool = ProcessPool::new(1, worker_command("serve")).unwrap();
+    let tests = vec!["assert f() == 1".to_owned()];
+    let error = pool.execute(&request(BROKEN, &tests, 1_000)).unwrap_err();
+    assert!(error.to_string().contains("the fake is broken"), "{error}");
+    let outcome = pool.execute(&request("return 1", &tests, 1_000)).unwrap();
+    assert_eq!(outcome.status, Status::Passed);
+}
+
+fn a_worker_that_dies_while_idle_costs_no_request() {
+    let pool = ProcessPool::new(1, worker_command("serve")).unwrap();
+    let tests = vec!["assert f() == 1".to_owned()];
+    let outcome = pool.execute(&request(EXIT_LATER, &tests, 1_000)).unwrap();
+    assert_eq!(outcome.status, Status::Failed);
+    std::thread::sleep(Duration::from_millis(500));
+    let outcome = pool.execute(&request("return 1", &tests, 1_000)).unwrap();
+    assert_eq!(outcome.status, Status::Passed);
+}
+
+fn a_request_larger_than_a_pipe_buffer_goes_through() {
+    let pool = ProcessPool::new(1, worker_command("serve")).unwrap();
+    let tests = vec!["assert f() == 1".to_owned(); 100];
+    let program = format!("{}\nreturn 1\n", "x = 1\n".repeat(100_000));
+    let outcome = pool.execute(&request(&program, &tests, 1_000)).unwrap();
+    assert_eq!(outcome.status, Status::Passed);
+    assert_eq!(outcome.tests.len(), 100);
+}
+
+fn a_worker_that_dies_before_it_is_ready_fails_the_pool() {
+    let error = ProcessPool::new(2, worker_command("die")).unwrap_err();
+    assert!(error.to_string().contains("did not start"), "{error}");
+}
+
+/// This process's children, zombies included (they stay children until reaped).
+#[cfg(target_os = "linux")]
+fn children() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .map(|task| {
+            let path = task.unwrap().path().join("children");
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .split_whitespace()
+                .count()
+        })
+        .sum()
+}
+
+fn dropping_the_pool_reaps_its_workers() {
+    #[cfg(target_os = "linux")]
+    {
+        let before = children();
+        let pool = ProcessPool::new(2, worker_command("serve")).unwrap();
+        assert_eq!(children(), before + 2);
+        // One worker replaced after it died: the dead one must be reaped as well.
+        let tests = vec!["assert f() == 1".to_owned()];
+        let _ = pool.execute(&request(EXIT, &tests, 1_000));
+        drop(pool);
+        assert_eq!(children(), before);
+    }
 }
 
 fn main() {
+    if std::env::var_os(WORKER).is_some_and(|mode| mode == "die") {
+        std::process::exit(5);
+    }
     if std::env::var_os(WORKER).is_some() {
         let executor = Misbehaving(FakeExecutor::passing_when("return 1"));
         let stdin = std::io::stdin().lock();
         serve(&executor, stdin, std::io::stdout().lock()).unwrap();
         return;
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 12] = [
         (
             "outcomes_equal_the_executors_own",
             outcomes_equal_the_executors_own,
@@ -169,6 +259,30 @@ fn main() {
         (
             "a_bad_request_line_gets_an_error_reply_and_the_worker_goes_on",
             a_bad_request_line_gets_an_error_reply_and_the_worker_goes_on,
+        ),
+        (
+            "a_line_that_is_not_utf8_gets_an_error_reply",
+            a_line_that_is_not_utf8_gets_an_error_reply,
+        ),
+        (
+            "an_executor_error_is_an_error_and_the_worker_stays",
+            an_executor_error_is_an_error_and_the_worker_stays,
+        ),
+        (
+            "a_worker_that_dies_while_idle_costs_no_request",
+            a_worker_that_dies_while_idle_costs_no_request,
+        ),
+        (
+            "a_request_larger_than_a_pipe_buffer_goes_through",
+            a_request_larger_than_a_pipe_buffer_goes_through,
+        ),
+        (
+            "a_worker_that_dies_before_it_is_ready_fails_the_pool",
+            a_worker_that_dies_before_it_is_ready_fails_the_pool,
+        ),
+        (
+            "dropping_the_pool_reaps_its_workers",
+            dropping_the_pool_reaps_its_workers,
         ),
     ];
     for (name, test) in tests {

@@ -147,8 +147,10 @@ pub(crate) enum Parallelism {
     Threads,
 }
 
-/// The executor of `workers` parallel sandbox runs: a pool of `coe exec-worker` processes, or
-/// one in-process sandbox for threads (and for `workers == 0`, runs on the caller's thread).
+/// The executor of `workers` sandbox runs that overlap other work of this process (each other,
+/// or the model's threads during rollouts): a pool of `coe exec-worker` processes, so no run's
+/// page faults interrupt the other threads; or one in-process sandbox for `Threads` and for
+/// `workers == 0` (runs on the caller's thread, overlapping nothing).
 pub(crate) fn executor(
     workers: usize,
     parallelism: Parallelism,
@@ -159,14 +161,8 @@ pub(crate) fn executor(
         return Ok(std::sync::Arc::new(sandbox));
     }
     drop(sandbox);
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::Internal(format!("coe: cannot find this binary: {e}")))?;
-    let pool = coe_exec_pool::ProcessPool::new(workers, move || {
-        let mut command = std::process::Command::new(&exe);
-        command.arg("exec-worker");
-        command
-    })
-    .map_err(|e| Failure::Internal(format!("coe: {e}")))?;
+    let pool = coe_exec_pool::ProcessPool::of_current_exe(workers, &["exec-worker"])
+        .map_err(|e| Failure::Internal(format!("coe: {e}")))?;
     Ok(std::sync::Arc::new(pool))
 }
 

@@ -85,12 +85,7 @@ fn main() -> Result<()> {
         ),
         Commands::ExecWorker => {
             let sandbox = Sandbox::new(&Default::default())?;
-            let output = std::io::BufWriter::new(std::io::stdout().lock());
-            Ok(coe_exec_pool::serve(
-                &sandbox,
-                std::io::stdin().lock(),
-                output,
-            )?)
+            Ok(coe_exec_pool::serve_stdio(&sandbox)?)
         }
         Commands::Stats { out, eval_dir } => {
             let sandbox = Sandbox::new(&Default::default())?;
@@ -104,8 +99,9 @@ fn main() -> Result<()> {
 /// What runs the programs: the sandbox, behind `dyn` so one code path serves both kinds.
 type Exec = dyn Executor + Send + Sync;
 
-/// `workers` sandbox processes (this binary's `exec-worker`), or the sandbox in this process
-/// for one: threads sharing one address space slow each other down (coe-exec-pool's README).
+/// `workers` sandbox processes (this binary's `exec-worker`) when runs overlap, or the sandbox
+/// in this process for one at a time: threads sharing one address space slow each other down
+/// (coe-exec-pool's README).
 fn executor(workers: usize) -> Result<Box<Exec>> {
     // Compiles (and caches) the guest once, before any worker loads it.
     let sandbox = Sandbox::new(&Default::default())?;
@@ -113,13 +109,10 @@ fn executor(workers: usize) -> Result<Box<Exec>> {
         return Ok(Box::new(sandbox));
     }
     drop(sandbox);
-    let exe = std::env::current_exe()?;
-    let pool = coe_exec_pool::ProcessPool::new(workers, move || {
-        let mut command = std::process::Command::new(&exe);
-        command.arg("exec-worker");
-        command
-    })?;
-    Ok(Box::new(pool))
+    Ok(Box::new(coe_exec_pool::ProcessPool::of_current_exe(
+        workers,
+        &["exec-worker"],
+    )?))
 }
 
 /// Writes a whole file atomically; the error names it.
@@ -185,7 +178,9 @@ fn generate(
 
     // Only references that pass in the sandbox can be corrupted and repaired.
     let bar = progress(mbpp.len(), "references");
-    let passing = parallel(&mbpp, &bar, |task| passes(sandbox, task));
+    let passing = parallel(&mbpp, &bar, |task| passes(sandbox, task))
+        .into_iter()
+        .collect::<Result<Vec<bool>>>()?;
     bar.finish();
     let before = mbpp.len();
     // Corpora (lines of other solutions) come from every task of a split, passing or not, so
@@ -233,7 +228,12 @@ fn generate(
             eval_items(sandbox, task, &corpus, range, seed, per_task)
         });
         bar.finish();
-        let mut items: Vec<EvalTask> = items.into_iter().flatten().collect();
+        let mut items: Vec<EvalTask> = items
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
         if per_task > 1 {
             // Several items of one task: `<task>#<sample>`, so every line has its own id (the
             // direct-answer prompts are matched by it).
@@ -324,10 +324,13 @@ fn generate(
     Ok(())
 }
 
-fn passes(sandbox: &Exec, task: &Task) -> bool {
-    sandbox
+/// Whether `task`'s program passes its tests. A failure of the sandbox itself (a worker that
+/// died) is an error, not "fails": it would change the generated sets unnoticed.
+fn passes(sandbox: &Exec, task: &Task) -> Result<bool> {
+    let outcome = sandbox
         .execute(&task.request(&task.code, Limits::default()))
-        .is_ok_and(|outcome| outcome.status == Status::Passed)
+        .with_context(|| format!("running {}", task.task_id))?;
+    Ok(outcome.status == Status::Passed)
 }
 
 /// The first `count` samples of `task` whose corruption fails a test (up to 20 draws each).
@@ -338,7 +341,7 @@ fn eval_items(
     range: EditRange,
     seed: u64,
     count: usize,
-) -> Vec<EvalTask> {
+) -> Result<Vec<EvalTask>> {
     let mut items = Vec::with_capacity(count);
     for sample in 0..20 * count as u32 {
         if items.len() == count {
@@ -351,7 +354,7 @@ fn eval_items(
             code: corruption.broken.clone(),
             ..task.clone()
         };
-        if !passes(sandbox, &broken) {
+        if !passes(sandbox, &broken)? {
             items.push(EvalTask {
                 task: broken,
                 seed,
@@ -361,7 +364,7 @@ fn eval_items(
             });
         }
     }
-    items
+    Ok(items)
 }
 
 fn write_eval(
@@ -431,8 +434,8 @@ fn stats(sandbox: &Exec, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats>, 
         let items: Vec<Item> = tasks
             .iter()
             .map(|t| {
-                let failure = failure_of(sandbox, &t.task);
-                Item {
+                let failure = failure_of(sandbox, &t.task)?;
+                Ok(Item {
                     task_id: t.task.task_id.clone(),
                     turns: None,
                     chars: t.task.code.len(),
@@ -442,9 +445,9 @@ fn stats(sandbox: &Exec, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats>, 
                     ),
                     failure: failure.0,
                     fails_tests: failure.1,
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         sets.push(SetStats::new(name, &items));
     }
     let text = SetStats::table(&sets);
@@ -452,12 +455,12 @@ fn stats(sandbox: &Exec, out: &Path, eval_dir: &Path) -> Result<(Vec<SetStats>, 
 }
 
 /// How a broken program fails in the sandbox, and whether it runs and fails a test.
-fn failure_of(sandbox: &Exec, task: &Task) -> (FailureKind, bool) {
-    match sandbox.execute(&task.request(&task.code, Limits::default())) {
-        Ok(outcome) => (
-            FailureKind::of(outcome.status, outcome.error.as_ref()),
-            outcome.status == Status::Failed,
-        ),
-        Err(_) => (FailureKind::Other, false),
-    }
+fn failure_of(sandbox: &Exec, task: &Task) -> Result<(FailureKind, bool)> {
+    let outcome = sandbox
+        .execute(&task.request(&task.code, Limits::default()))
+        .with_context(|| format!("running {}", task.task_id))?;
+    Ok((
+        FailureKind::of(outcome.status, outcome.error.as_ref()),
+        outcome.status == Status::Failed,
+    ))
 }
