@@ -6,5 +6,6 @@ use crate::Failure;
 
 pub(crate) fn exec_worker() -> Result<(), Failure> {
     let sandbox = sandbox()?;
-    coe_exec_pool::serve_stdio(&sandbox).map_err(|e| Failure::Internal(format!("coe exec-worker: {e}")))
+    coe_exec_pool::serve_stdio(&sandbox)
+        .map_err(|e| Failure::Internal(format!("coe exec-worker: {e}")))
 }
