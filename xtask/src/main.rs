@@ -90,6 +90,9 @@ enum Task {
     /// episodes (or, with --direct, the direct-answer baseline), then `coe report OUT`. Each
     /// set's summary.json, traces and page go to OUT/NAME/<set>/. Extra arguments go to each
     /// `coe eval` (e.g. `-- --adapter runs/policy-rl-more/adapter.safetensors --samples 4 --limit 8`).
+    /// With --shards N each set runs as N shards (summary-I.json, traces-I.jsonl, shard-I/), and
+    /// a shard whose summary exists is skipped: a run stopped midway resumes by running the same
+    /// command again, losing only the shard in progress.
     Eval {
         /// The evaluation folder (one subfolder per policy).
         #[arg(long, default_value = "runs/eval")]
@@ -100,6 +103,12 @@ enum Task {
         /// Ask for the whole fixed program in one answer instead of playing episodes.
         #[arg(long)]
         direct: bool,
+        /// The sets of fixtures/eval to run, in order.
+        #[arg(long, value_delimiter = ',', default_values_t = TEST_SETS.map(String::from))]
+        sets: Vec<String>,
+        /// Run each set as this many shards (`coe eval --shard I/N`), skipping finished ones.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        shards: u32,
         /// Extra arguments for `coe eval`, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -137,10 +146,22 @@ fn main() -> Result<()> {
             out,
             name,
             direct,
+            sets,
+            shards,
             args,
         } => {
             let name = name.unwrap_or_else(|| if direct { "direct" } else { "policy" }.into());
-            eval(&out, &name, direct, &args)
+            let run = EvalRun {
+                out: &out,
+                name: &name,
+                direct,
+                shards,
+                extra: &args,
+            };
+            // A misspelt set fails now, not after hours of the sets before it.
+            sets.iter().try_for_each(|set| eval_set_file(set).map(drop))?;
+            sets.iter().try_for_each(|set| run.set(set))?;
+            run.report()
         }
         Task::Guest => guest(),
         Task::Bench { which, args } => bench(which, &args),
@@ -192,47 +213,94 @@ fn guest() -> Result<()> {
     coe(&["prepare"])
 }
 
-/// Each evaluation set with episodes (or direct answers): OUT/NAME/<set>/ gets summary.json
-/// (`coe eval --json`), the traces, and the episodes' page; then `coe report OUT` gathers every
-/// policy's results into OUT/report.md and OUT/pass_at_k.svg.
-fn eval(out: &Path, name: &str, direct: bool, extra: &[String]) -> Result<()> {
-    model()?;
-    let coe = build_release("coe-cli", "coe", &[])?;
-    for set in [
-        "mbpp-synthetic-test",
-        "mbpp-synthetic-test-hard",
-        "humanevalfix",
-    ] {
-        let dir = out.join(name).join(set);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut command = Command::new(&coe);
-        command.args(["eval", &format!("fixtures/eval/{set}.jsonl"), "--json"]);
-        if direct {
-            command
-                .args(["--direct", &format!("fixtures/eval/{set}.direct.jsonl")])
-                .arg("--traces")
-                .arg(dir.join("direct.jsonl"));
-        } else {
-            command
-                .arg("--traces")
-                .arg(dir.join("traces.jsonl"))
-                .arg("--html")
-                .arg(&dir);
-        }
-        command.args(extra);
-        println!("== {set}: {name}");
-        let output = command
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .context("running coe eval")?;
-        if !output.status.success() {
-            bail!("coe eval on {set} failed ({})", output.status);
-        }
-        coe_cache::write_atomically(&dir.join("summary.json"), &output.stdout)
-            .with_context(|| format!("writing {}", dir.display()))?;
-        print!("{}", String::from_utf8_lossy(&output.stdout));
+/// The sets `cargo xtask eval` runs unless `--sets` names others: the final report's.
+const TEST_SETS: [&str; 3] = [
+    "mbpp-synthetic-test",
+    "mbpp-synthetic-test-hard",
+    "humanevalfix",
+];
+
+/// fixtures/eval/SET.jsonl, or an error naming it when there is no such set.
+fn eval_set_file(set: &str) -> Result<String> {
+    let tasks = format!("fixtures/eval/{set}.jsonl");
+    if !Path::new(&tasks).exists() {
+        bail!("no evaluation set {tasks}");
     }
-    run(Command::new(&coe).arg("report").arg(out))
+    Ok(tasks)
+}
+
+/// One policy's evaluation: each set with episodes (or direct answers) goes to OUT/NAME/<set>/
+/// as summary.json (`coe eval --json`), the traces and the episodes' page, or per shard as
+/// summary-I.json, traces-I.jsonl (direct-I.jsonl) and shard-I/index.html; `coe report OUT`
+/// then gathers every policy's results (merging shards) into OUT/report.md and pass_at_k.svg.
+struct EvalRun<'a> {
+    out: &'a Path,
+    name: &'a str,
+    direct: bool,
+    shards: u32,
+    extra: &'a [String],
+}
+
+impl EvalRun<'_> {
+    fn set(&self, set: &str) -> Result<()> {
+        let tasks = eval_set_file(set)?;
+        model()?;
+        let coe = build_release("coe-cli", "coe", &[])?;
+        let dir = self.out.join(self.name).join(set);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for index in 0..self.shards {
+            // One shard keeps the unsharded names, which `coe report` reads as they are.
+            let (suffix, page_dir) = if self.shards == 1 {
+                (String::new(), dir.clone())
+            } else {
+                (format!("-{index}"), dir.join(format!("shard-{index}")))
+            };
+            let summary = dir.join(format!("summary{suffix}.json"));
+            if self.shards > 1 && summary.exists() {
+                println!(
+                    "== {set}: {} shard {index}/{}: done",
+                    self.name, self.shards
+                );
+                continue;
+            }
+            let mut command = Command::new(&coe);
+            command.args(["eval", &tasks, "--json"]);
+            if self.shards > 1 {
+                command.args(["--shard", &format!("{index}/{}", self.shards)]);
+            }
+            if self.direct {
+                command
+                    .args(["--direct", &format!("fixtures/eval/{set}.direct.jsonl")])
+                    .arg("--traces")
+                    .arg(dir.join(format!("direct{suffix}.jsonl")));
+            } else {
+                command
+                    .arg("--traces")
+                    .arg(dir.join(format!("traces{suffix}.jsonl")))
+                    .arg("--html")
+                    .arg(&page_dir);
+            }
+            command.args(self.extra);
+            println!("== {set}: {} shard {index}/{}", self.name, self.shards);
+            let output = command
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .context("running coe eval")?;
+            if !output.status.success() {
+                bail!("coe eval on {set} failed ({})", output.status);
+            }
+            // Written only once the shard is complete, so its presence means done.
+            coe_cache::write_atomically(&summary, &output.stdout)
+                .with_context(|| format!("writing {}", summary.display()))?;
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+        }
+        Ok(())
+    }
+
+    fn report(&self) -> Result<()> {
+        let coe = build_release("coe-cli", "coe", &[])?;
+        run(Command::new(&coe).arg("report").arg(self.out))
+    }
 }
 
 /// Runs a training phase through `coe train`, after fetching the model and making the data.
