@@ -109,6 +109,10 @@ enum Task {
         /// Run each set as this many shards (`coe eval --shard I/N`), skipping finished ones.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         shards: u32,
+        /// Run this `coe` binary instead of building one: an evaluation that spans sessions
+        /// keeps the binary it started with while the checkout changes.
+        #[arg(long)]
+        coe: Option<PathBuf>,
         /// Extra arguments for `coe eval`, after `--`.
         #[arg(last = true)]
         args: Vec<String>,
@@ -148,18 +152,26 @@ fn main() -> Result<()> {
             direct,
             sets,
             shards,
+            coe,
             args,
         } => {
             let name = name.unwrap_or_else(|| if direct { "direct" } else { "policy" }.into());
+            // A misspelt set fails now, not after hours of the sets before it.
+            sets.iter()
+                .try_for_each(|set| eval_set_file(set).map(drop))?;
+            model()?;
+            let coe = match coe {
+                Some(coe) => coe,
+                None => build_release("coe-cli", "coe", &[])?,
+            };
             let run = EvalRun {
+                coe: &coe,
                 out: &out,
                 name: &name,
                 direct,
                 shards,
                 extra: &args,
             };
-            // A misspelt set fails now, not after hours of the sets before it.
-            sets.iter().try_for_each(|set| eval_set_file(set).map(drop))?;
             sets.iter().try_for_each(|set| run.set(set))?;
             run.report()
         }
@@ -234,6 +246,7 @@ fn eval_set_file(set: &str) -> Result<String> {
 /// summary-I.json, traces-I.jsonl (direct-I.jsonl) and shard-I/index.html; `coe report OUT`
 /// then gathers every policy's results (merging shards) into OUT/report.md and pass_at_k.svg.
 struct EvalRun<'a> {
+    coe: &'a Path,
     out: &'a Path,
     name: &'a str,
     direct: bool,
@@ -244,8 +257,6 @@ struct EvalRun<'a> {
 impl EvalRun<'_> {
     fn set(&self, set: &str) -> Result<()> {
         let tasks = eval_set_file(set)?;
-        model()?;
-        let coe = build_release("coe-cli", "coe", &[])?;
         let dir = self.out.join(self.name).join(set);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for index in 0..self.shards {
@@ -263,7 +274,7 @@ impl EvalRun<'_> {
                 );
                 continue;
             }
-            let mut command = Command::new(&coe);
+            let mut command = Command::new(self.coe);
             command.args(["eval", &tasks, "--json"]);
             if self.shards > 1 {
                 command.args(["--shard", &format!("{index}/{}", self.shards)]);
@@ -298,8 +309,7 @@ impl EvalRun<'_> {
     }
 
     fn report(&self) -> Result<()> {
-        let coe = build_release("coe-cli", "coe", &[])?;
-        run(Command::new(&coe).arg("report").arg(self.out))
+        run(Command::new(self.coe).arg("report").arg(self.out))
     }
 }
 
