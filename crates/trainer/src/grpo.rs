@@ -26,10 +26,15 @@
 //!   update's ratio is 1 on every token (logged as `max_log_ratio`). GRPO samples at
 //!   temperature 1 with no nucleus cut, so the recorded log-probs are the policy's own.
 //!
-//! Tasks are drawn each step with weights `p (1 - p) + 0.05`, `p = (solves + 1) / (episodes +
-//! 2)` per task so far: tasks the policy sometimes solves are favoured, since only they give
-//! a group with a signal; the counts are saved in checkpoints, so a resumed run draws the
-//! same tasks.
+//! Tasks: only a group whose episodes differ gives a signal, so each step replays tasks the
+//! policy has solved sometimes. A share `replay_share` of the step's tasks is drawn among the
+//! tasks played before, with weights `p (1 - p) + 0.01` where `p = (solves + 2 m) / (episodes +
+//! 2)` shrinks a task's solve rate toward the run's `m` (a task played once, 4 episodes, 2
+//! solved, weighs 8x one with none solved when `m` is 6%); the rest are tasks not played yet,
+//! uniformly. Weights over the whole pool would not do it: with tens of thousands of unplayed
+//! tasks each as likely as a half-solved one, a run of 1,000 episodes replays almost none (the
+//! campaign's first 64 steps replayed 1 task of 259). The counts are saved in checkpoints, so
+//! a resumed run draws the same tasks.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -57,8 +62,8 @@ use crate::run::{finish, keep_snapshot, load_tasks, read_strict, start};
 
 /// A deviation of returns below this is rounding, not a preference.
 const MIN_STD: f32 = 1e-4;
-/// Every task keeps at least this selection weight.
-const SELECTION_FLOOR: f64 = 0.05;
+/// Every played task keeps at least this selection weight.
+const SELECTION_FLOOR: f64 = 0.01;
 /// The checkpoint file of the task sampler's counts.
 const SAMPLER_FILE: &str = "task_sampler.json";
 
@@ -72,6 +77,8 @@ pub struct GrpoConfig {
     pub epsilon: f32,
     /// Weight of the KL penalty to the reference policy (0: no penalty, no reference pass).
     pub beta: f32,
+    /// Share of a step's tasks replayed from the tasks played before (see the module docs).
+    pub replay_share: f64,
 }
 
 impl Default for GrpoConfig {
@@ -80,6 +87,7 @@ impl Default for GrpoConfig {
             group_size: 4,
             epsilon: 0.2,
             beta: 0.01,
+            replay_share: 0.5,
         }
     }
 }
@@ -431,21 +439,39 @@ impl TaskSampler {
         }
     }
 
-    /// Task `i`'s selection weight: highest for tasks solved about half the time (see the
-    /// module docs).
-    pub fn weight(&self, i: usize) -> f64 {
-        let p = (f64::from(self.solves[i]) + 1.0) / (f64::from(self.episodes[i]) + 2.0);
+    /// The run's solve rate so far, `(solves + 1) / (episodes + 2)`.
+    fn mean_solve_rate(&self) -> f64 {
+        let sum = |counts: &[u32]| counts.iter().map(|&c| f64::from(c)).sum::<f64>();
+        (sum(&self.solves) + 1.0) / (sum(&self.episodes) + 2.0)
+    }
+
+    /// Task `i`'s weight among the played tasks: highest for tasks solved about half the
+    /// time, its rate shrunk toward the run's `mean` (see the module docs).
+    fn weight(&self, i: usize, mean: f64) -> f64 {
+        let p = (f64::from(self.solves[i]) + 2.0 * mean) / (f64::from(self.episodes[i]) + 2.0);
         p * (1.0 - p) + SELECTION_FLOOR
     }
 
-    /// `count` different tasks (all of them when there are fewer), drawn with the weights
-    /// without replacement (Efraimidis and Spirakis: the largest `u^(1/w)` keys).
-    pub fn choose(&self, count: usize, rng: &mut StdRng) -> Vec<usize> {
-        let mut keyed: Vec<(f64, usize)> = (0..self.episodes.len())
-            .map(|i| (rng.random::<f64>().powf(1.0 / self.weight(i)), i))
+    /// `count` different tasks (all of them when there are fewer): `replay_share` of them
+    /// (rounded) drawn among the played tasks by weight, the rest among the unplayed ones
+    /// uniformly; either kind fills in when the other runs out.
+    pub fn choose(&self, count: usize, replay_share: f64, rng: &mut StdRng) -> Vec<usize> {
+        let (played, mut fresh): (Vec<usize>, Vec<usize>) =
+            (0..self.episodes.len()).partition(|&i| self.episodes[i] > 0);
+        let count = count.min(self.episodes.len());
+        let wanted = (count as f64 * replay_share.clamp(0.0, 1.0)).round() as usize;
+        let replays = wanted.max(count.saturating_sub(fresh.len())).min(played.len());
+        // Weighted draw without replacement (Efraimidis and Spirakis: the largest u^(1/w)).
+        let mean = self.mean_solve_rate();
+        let mut keyed: Vec<(f64, usize)> = played
+            .into_iter()
+            .map(|i| (rng.random::<f64>().powf(1.0 / self.weight(i, mean)), i))
             .collect();
         keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
-        keyed.into_iter().take(count).map(|(_, i)| i).collect()
+        let mut chosen: Vec<usize> = keyed.into_iter().take(replays).map(|(_, i)| i).collect();
+        let (new, _) = fresh.partial_shuffle(rng, count - replays);
+        chosen.extend_from_slice(new);
+        chosen
     }
 
     /// Books `episodes` episodes of task `i`, `solved` of them solved.
@@ -566,7 +592,8 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             model: sampling_model(&trainer.model),
             tokenizer: tokenizer.clone(),
         };
-        let chosen = sampler_state.choose(config.tasks_per_step, &mut rng);
+        let chosen =
+            sampler_state.choose(config.tasks_per_step, config.grpo.replay_share, &mut rng);
         let batch: Vec<Task> = chosen.iter().map(|&i| tasks[i].clone()).collect();
         let (groups, stats) = play_tasks(
             &sampler,
@@ -784,29 +811,49 @@ mod tests {
     }
 
     #[test]
-    fn the_sampler_favours_tasks_solved_sometimes_and_resumes_exactly() {
-        let mut sampler = TaskSampler::new(3);
-        sampler.record(0, 8, 4);
-        sampler.record(1, 8, 0);
-        sampler.record(2, 8, 8);
-        assert!(sampler.weight(0) > sampler.weight(1));
-        assert!(sampler.weight(0) > sampler.weight(2));
-        let mut counts = [0; 3];
+    fn the_sampler_replays_tasks_solved_sometimes_and_resumes_exactly() {
+        // A large pool, as in the campaign: 22 played tasks among 10,000, one half solved,
+        // twenty never solved, one always solved.
+        let mut sampler = TaskSampler::new(10_000);
+        sampler.record(0, 4, 2);
+        (1..=20).for_each(|i| sampler.record(i, 4, 0));
+        sampler.record(21, 4, 4);
+        let mean = sampler.mean_solve_rate();
+        assert!(sampler.weight(0, mean) > 5.0 * sampler.weight(1, mean));
+        assert!(sampler.weight(0, mean) > sampler.weight(21, mean));
+        let mut counts = [0; 22];
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..2000 {
-            counts[sampler.choose(1, &mut rng)[0]] += 1;
+            let chosen = sampler.choose(4, 0.5, &mut rng);
+            // Two replays and two unplayed tasks, all different.
+            assert_eq!(chosen.iter().filter(|&&i| i < 22).count(), 2, "{chosen:?}");
+            let mut distinct = chosen.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 4);
+            for i in chosen.into_iter().filter(|&i| i < 22) {
+                counts[i] += 1;
+            }
         }
-        assert!(counts[0] > counts[1] && counts[0] > counts[2], "{counts:?}");
-        // Different tasks in a step, all of them when asked for more.
-        let mut all = sampler.choose(5, &mut rng);
+        // Expected about 770 against at most about 145 (a simulation of the same draw).
+        let most_failed = counts[1..=20].iter().max().copied().unwrap_or(0);
+        assert!(counts[0] > 3 * most_failed, "{counts:?}");
+        // Nothing played yet, or no replay share: only unplayed tasks.
+        let fresh = TaskSampler::new(10).choose(4, 0.5, &mut rng);
+        assert_eq!(fresh.len(), 4);
+        assert!(sampler.choose(4, 0.0, &mut rng).iter().all(|&i| i >= 22));
+        // Every task when asked for more, played ones filling in for missing fresh ones.
+        let mut small = TaskSampler::new(3);
+        small.record(1, 4, 1);
+        let mut all = small.choose(5, 0.0, &mut rng);
         all.sort_unstable();
         assert_eq!(all, [0, 1, 2]);
         // Saved and restored counts draw the same tasks from the same seed.
         let restored: TaskSampler =
             serde_json::from_str(&serde_json::to_string(&sampler).unwrap()).unwrap();
         assert_eq!(
-            sampler.choose(2, &mut StdRng::seed_from_u64(9)),
-            restored.choose(2, &mut StdRng::seed_from_u64(9))
+            sampler.choose(4, 0.5, &mut StdRng::seed_from_u64(9)),
+            restored.choose(4, 0.5, &mut StdRng::seed_from_u64(9))
         );
     }
 
