@@ -460,7 +460,9 @@ impl TaskSampler {
             (0..self.episodes.len()).partition(|&i| self.episodes[i] > 0);
         let count = count.min(self.episodes.len());
         let wanted = (count as f64 * replay_share.clamp(0.0, 1.0)).round() as usize;
-        let replays = wanted.max(count.saturating_sub(fresh.len())).min(played.len());
+        let replays = wanted
+            .max(count.saturating_sub(fresh.len()))
+            .min(played.len());
         // Weighted draw without replacement (Efraimidis and Spirakis: the largest u^(1/w)).
         let mean = self.mean_solve_rate();
         let mut keyed: Vec<(f64, usize)> = played
@@ -606,6 +608,8 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         )?;
         let (mut reward_sum, mut solved, mut malformed, mut turns, mut count) =
             (0.0f64, 0, 0, 0, 0usize);
+        // Episodes the context cut before an end: they score like the turn limit.
+        let mut context_cut = 0usize;
         // Per kept group: its episodes with their advantages, and its generated tokens.
         let mut kept: Vec<KeptGroup> = Vec::new();
         let mut skipped_groups = 0;
@@ -614,6 +618,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             sampler_state.record(task, group.len(), group_solved);
             for rollout in &group {
                 count += 1;
+                context_cut += usize::from(rollout.context_full);
                 reward_sum += f64::from(rollout.trace.total_reward);
                 turns += rollout.trace.turns.len();
                 malformed += rollout
@@ -716,6 +721,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             "kl": kl, "mean_turns": turns as f64 / count,
             "malformed_rate": malformed as f64 / turns.max(1) as f64,
             "skipped_groups": skipped_groups, "max_log_ratio": update_stats.max_log_ratio,
+            "context_cut_rate": context_cut as f64 / count,
             "episodes": stats.episodes, "env_steps": stats.env_steps,
             "generated_tokens": stats.generated_tokens,
             "rollout_s": stats.wall_s, "model_s": stats.model_s(), "env_s": stats.env_s,
