@@ -6,9 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::{ErrorInfo, ExecRequest, Executor, ExecutorError, Outcome, Status, TestResult};
 
+/// A program containing this text (and not the pass marker) fails every test in the fake.
+pub const FAILS_EVERY_TEST: &str = "# fake: fails every test";
+
 /// Passes a program when it contains a marker text; otherwise its first test fails with an
-/// `AssertionError` and the others pass. It counts its runs and can be told to fail as an
-/// executor. Clones share the count and the switch.
+/// `AssertionError` and the others pass, or every test fails when the program contains
+/// [`FAILS_EVERY_TEST`]. It counts its runs and can be told to fail as an executor. Clones
+/// share the count and the switch.
 #[derive(Debug, Clone)]
 pub struct FakeExecutor {
     marker: Arc<str>,
@@ -44,10 +48,11 @@ impl Executor for FakeExecutor {
         }
         self.runs.fetch_add(1, Ordering::Relaxed);
         let passed = request.program.contains(&*self.marker);
+        let fails_all = !passed && request.program.contains(FAILS_EVERY_TEST);
         let tests: Vec<TestResult> = (0..request.tests.len())
             .map(|i| TestResult {
-                passed: passed || i > 0,
-                error: (!passed && i == 0).then(|| ErrorInfo {
+                passed: passed || (i > 0 && !fails_all),
+                error: (!passed && (i == 0 || fails_all)).then(|| ErrorInfo {
                     type_name: "AssertionError".into(),
                     message: String::new(),
                     line: None,
@@ -90,9 +95,14 @@ mod tests {
         );
         let failed = fake.execute(&request("return 2")).unwrap();
         assert_eq!((failed.status, failed.tests_passed()), (Status::Failed, 1));
+        let all_failed = fake.execute(&request(FAILS_EVERY_TEST)).unwrap();
+        assert_eq!(
+            (all_failed.status, all_failed.tests_passed()),
+            (Status::Failed, 0)
+        );
         let clone = fake.clone();
         clone.set_broken(true);
         assert!(fake.execute(&request("return 1")).is_err());
-        assert_eq!(fake.runs(), 2);
+        assert_eq!(fake.runs(), 3);
     }
 }

@@ -17,11 +17,18 @@ use crate::{Program, Task, render_feedback, render_invalid_command, render_obser
 /// | the command cannot be applied | `rejected` (-0.5) |
 /// | turn `T` ends without `EXIT`, or the context fills before `EXIT` | `no_exit` (-0.5), plus `turn` for each turn not taken |
 /// | `EXIT` while the tests fail | the same: `no_exit` plus `turn` for each turn not taken |
+/// | an end (any of the three above) with failing tests | `progress` x the share of tests passing beyond the start's, if more pass (0 by default) |
 ///
 /// So the return is `solved` exactly when the episode ends with passing tests (passes and
 /// breaks cancel), the best return of any task is a repair on turn 1 and `EXIT` on turn 2, an
 /// earlier finish always scores higher, and giving up scores exactly like trying with valid
 /// commands until the limit, never better.
+///
+/// `progress` (off in DESIGN.md's table) gives an episode that fails at the end a signal
+/// beyond its turn count: with it off, every episode of a group that fails with valid commands
+/// has the same return, so GRPO learns nothing from the group. Kept below `solved`, it leaves
+/// a repair the best return; it credits the final program (what an evaluation scores), never
+/// less than nothing, so giving up at the start still never beats trying.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Rewards {
@@ -40,6 +47,9 @@ pub struct Rewards {
     /// When the episode ends without `EXIT` (turn limit or full context), or with `EXIT` while
     /// the tests fail; each turn not taken adds `turn` as well.
     pub no_exit: f32,
+    /// At an end with failing tests: times the share of the tests that pass at the end beyond
+    /// the share that passed at the start (nothing when fewer pass). Below `solved`.
+    pub progress: f32,
 }
 
 impl Default for Rewards {
@@ -51,6 +61,7 @@ impl Default for Rewards {
             rejected: -0.5,
             turn: -0.01,
             no_exit: -0.5,
+            progress: 0.0,
         }
     }
 }
@@ -60,6 +71,12 @@ impl Rewards {
     /// not taken, so ending early scores like playing valid commands up to the limit.
     pub fn unfinished(&self, taken: usize, max_turns: usize) -> f32 {
         self.no_exit + self.turn * max_turns.saturating_sub(taken) as f32
+    }
+
+    /// The credit of an end with failing tests: `progress` times the gain in the share of
+    /// passing tests from `start` to `end` (shares in 0..=1), never negative.
+    pub fn progress_credit(&self, start: f32, end: f32) -> f32 {
+        self.progress * (end - start).max(0.0)
     }
 }
 
@@ -196,6 +213,10 @@ pub struct Episode<E> {
     config: EpisodeConfig,
     program: Program,
     passing: bool,
+    /// The share of the tests the program passes now, and did at the start (0 when it does not
+    /// run).
+    passing_share: f32,
+    initial_passing_share: f32,
     initial_status: Status,
     initial_error: Option<ErrorInfo>,
     initial_observation: String,
@@ -212,12 +233,15 @@ impl<E: Executor> Episode<E> {
         let feedback = render_feedback(&outcome, &task.tests, &config.limits);
         let observation = render_observation(&program, &feedback);
         let passing = outcome.is_passed();
+        let share = passing_share(&outcome);
         Ok(Self {
             task,
             executor,
             config,
             program,
             passing,
+            passing_share: share,
+            initial_passing_share: share,
             initial_status: outcome.status,
             initial_error: outcome.error,
             initial_observation: observation.clone(),
@@ -253,11 +277,11 @@ impl<E: Executor> Episode<E> {
             self.end = Some(EndReason::Exit);
             if !self.passing {
                 // Giving up scores like trying until the limit.
-                reward += rewards.unfinished(taken, self.config.max_turns);
+                reward += rewards.unfinished(taken, self.config.max_turns) + self.credit();
             }
         } else if taken >= self.config.max_turns {
             self.end = Some(EndReason::TurnLimit);
-            reward += rewards.no_exit;
+            reward += rewards.no_exit + self.credit();
         }
         let index = self.turns.len();
         self.turns.push(Turn {
@@ -283,7 +307,8 @@ impl<E: Executor> Episode<E> {
         let penalty = self
             .config
             .rewards
-            .unfinished(self.turns.len(), self.config.max_turns);
+            .unfinished(self.turns.len(), self.config.max_turns)
+            + self.credit();
         if let Some(last) = self.turns.last_mut() {
             last.reward += penalty;
         }
@@ -301,6 +326,7 @@ impl<E: Executor> Episode<E> {
         self.program = edited;
         let was_passing = self.passing;
         self.passing = outcome.is_passed();
+        self.passing_share = passing_share(&outcome);
         let reward = match (was_passing, self.passing) {
             (false, true) => self.config.rewards.solved,
             (true, false) => self.config.rewards.broken,
@@ -319,6 +345,25 @@ impl<E: Executor> Episode<E> {
     fn show_feedback(&mut self, feedback: &str) {
         self.observation = render_observation(&self.program, feedback);
     }
+
+    /// The progress credit of ending now (nothing when the tests pass: `solved` paid for it).
+    fn credit(&self) -> f32 {
+        if self.passing {
+            return 0.0;
+        }
+        self.config
+            .rewards
+            .progress_credit(self.initial_passing_share, self.passing_share)
+    }
+}
+
+/// The share of the tests an outcome passed: 0 when none ran (the program did not compile or
+/// failed before its tests).
+fn passing_share(outcome: &Outcome) -> f32 {
+    if outcome.tests.is_empty() {
+        return 0.0;
+    }
+    outcome.tests_passed() as f32 / outcome.tests.len() as f32
 }
 
 impl<E> Episode<E> {

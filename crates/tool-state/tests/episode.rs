@@ -1,6 +1,6 @@
 //! Episodes against a fake executor: turns, rewards, endings and traces.
 
-use coe_exec::testing::FakeExecutor;
+use coe_exec::testing::{FAILS_EVERY_TEST, FakeExecutor};
 use coe_tool_state::{Effect, EndReason, Episode, EpisodeConfig, Rewards, Status, StepError, Task};
 use proptest::prelude::*;
 
@@ -204,6 +204,72 @@ fn a_context_cut_scores_like_the_turn_limit() {
     assert_eq!(limit.end(), Some(EndReason::TurnLimit));
     assert_close(total, limit.total_reward());
     assert_close(total, 2.0 * TURN + Rewards::default().unfinished(2, 5));
+}
+
+/// Settings with a progress credit of 0.3 and `max_turns` turns.
+fn with_progress(max_turns: usize) -> EpisodeConfig {
+    EpisodeConfig {
+        max_turns,
+        rewards: Rewards {
+            progress: 0.3,
+            ..Rewards::default()
+        },
+        ..EpisodeConfig::default()
+    }
+}
+
+/// The broken task failing both of its tests (the fake's marker on line 3).
+fn failing_all() -> Task {
+    task(&format!("{BROKEN}{FAILS_EVERY_TEST}\n"))
+}
+
+#[test]
+fn progress_credits_tests_passing_beyond_the_start_at_every_failing_end() {
+    let unfinished = |taken| Rewards::default().unfinished(taken, 3);
+    // 0 of 2 tests at the start, 1 of 2 once line 3 goes: 0.3 x 1/2 at the end.
+    let mut limit = Episode::start(failing_all(), fake(), with_progress(3)).unwrap();
+    limit.step("DELL 3").unwrap();
+    limit.step("REPW 2 >>>- >>>*").unwrap();
+    let last = limit.step("REPW 2 >>>* >>>-").unwrap();
+    assert_close(last.reward, TURN - 0.5 + 0.15);
+    assert_eq!(limit.end(), Some(EndReason::TurnLimit));
+
+    let mut exit = Episode::start(failing_all(), fake(), with_progress(3)).unwrap();
+    exit.step("DELL 3").unwrap();
+    assert_close(
+        exit.step("EXIT").unwrap().reward,
+        TURN + unfinished(2) + 0.15,
+    );
+    assert_close(exit.total_reward(), limit.total_reward());
+
+    let mut cut = Episode::start(failing_all(), fake(), with_progress(3)).unwrap();
+    cut.step("DELL 3").unwrap();
+    cut.cut();
+    assert_close(cut.total_reward(), TURN + unfinished(1) + 0.15);
+}
+
+#[test]
+fn progress_never_pays_for_fewer_passing_tests_nor_beats_a_repair() {
+    // 1 of 2 tests at the start, 0 of 2 after adding the fake's marker: no credit, no cost.
+    let mut worse = Episode::start(task(BROKEN), fake(), with_progress(2)).unwrap();
+    worse
+        .step(&format!("ADDL 3 >>>{FAILS_EVERY_TEST}"))
+        .unwrap();
+    let last = worse.step("REPW 2 >>>- >>>*").unwrap();
+    assert_close(last.reward, TURN - 0.5);
+    // Giving up at the start gets no credit, so it never beats trying.
+    let mut quitter = Episode::start(failing_all(), fake(), with_progress(2)).unwrap();
+    assert_close(
+        quitter.step("EXIT").unwrap().reward,
+        TURN + Rewards::default().unfinished(1, 2),
+    );
+    // A repair is still the best return: the solve, not a credit.
+    let mut repair = Episode::start(failing_all(), fake(), with_progress(2)).unwrap();
+    repair.step("REPW 2 >>>- >>>+").unwrap();
+    assert_close(repair.step("EXIT").unwrap().reward, TURN);
+    assert_close(repair.total_reward(), 1.0 + 2.0 * TURN);
+    // Off by default: DESIGN.md's table.
+    assert_eq!(Rewards::default().progress, 0.0);
 }
 
 #[test]

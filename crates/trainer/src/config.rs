@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use coe_policy::{LoraConfig, SamplingConfig};
-use coe_tool_state::EpisodeConfig;
+use coe_tool_state::{EpisodeConfig, Rewards};
 use serde::{Deserialize, Serialize};
 
 use crate::TrainerError;
@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub tasks_per_step: usize,
     /// RL: the GRPO settings.
     pub grpo: GrpoConfig,
+    /// RL: the reward table (DESIGN.md section 7 by default; `progress` adds a credit for
+    /// tests passing at a failing end).
+    pub rewards: Rewards,
     /// RL and evaluation: turns per episode.
     pub max_turns: usize,
     /// RL and evaluation: how commands are sampled.
@@ -84,6 +87,7 @@ impl Default for RunConfig {
             mbpp: PathBuf::from("fixtures/mbpp/mbpp.jsonl"),
             tasks_per_step: 8,
             grpo: GrpoConfig::default(),
+            rewards: Rewards::default(),
             max_turns: 10,
             sampling: SamplingConfig {
                 temperature: 1.0,
@@ -122,6 +126,7 @@ impl RunConfig {
         PlayConfig {
             episode: EpisodeConfig {
                 max_turns: self.max_turns,
+                rewards: self.rewards,
                 ..EpisodeConfig::default()
             },
             sampling: self.sampling,
@@ -129,5 +134,26 @@ impl RunConfig {
             workers: self.workers,
             batch: self.batch,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_committed_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/configs");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                RunConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 8, "{loaded} configs in {}", dir.display());
+        let v2 = RunConfig::load(&dir.join("campaign-rl-v2.toml")).unwrap();
+        assert!(v2.rewards.progress > 0.0 && v2.rewards.progress < v2.rewards.solved);
     }
 }

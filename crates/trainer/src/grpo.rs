@@ -7,10 +7,11 @@
 //! - advantage, normalised per turn index across the group: with `S_t` the episodes of the
 //!   group that have a turn `t`, `A_{i,t} = (R_{i,t} - mean_{j in S_t} R_{j,t}) /
 //!   std_{j in S_t} R_{j,t}`, and `A_{i,t} = 0` when that deviation is below `1e-4` (rewards
-//!   are multiples of 0.01: anything smaller is rounding). Turn 1 compares whole-episode
-//!   returns, as GRPO does; a later turn is compared only with the same turn of the episodes
-//!   that got that far, so an early turn is not blamed for a later turn's mistake, identical
-//!   episodes get 0 at every turn, and no group's numbers touch another's;
+//!   are multiples of 0.01 or a progress credit on shares of tests: anything smaller is
+//!   rounding). Turn 1 compares whole-episode returns, as GRPO does; a later turn is compared
+//!   only with the same turn of the episodes that got that far, so an early turn is not blamed
+//!   for a later turn's mistake, identical episodes get 0 at every turn, and no group's numbers
+//!   touch another's;
 //! - every token `k` the model generated in turn `t` gets `A_{i,t}`; with
 //!   `rho = exp(log pi(k) - log pi_old(k))` (`pi_old`: the sampling policy, log-probs recorded
 //!   at rollout) the objective is `min(rho A, clip(rho, 1 - eps, 1 + eps) A)`;
