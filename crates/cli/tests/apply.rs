@@ -16,10 +16,9 @@ fn write(dir: &Path, name: &str, contents: &[u8]) -> PathBuf {
     path
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("coe-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory, removed when the test ends.
+fn temp_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
 }
 
 fn text(bytes: &[u8]) -> &str {
@@ -40,7 +39,8 @@ fn repairs_the_example() {
 
 #[test]
 fn keeps_crlf_and_stops_at_exit() {
-    let dir = temp_dir("crlf");
+    let temp = temp_dir();
+    let dir = temp.path();
     let program = write(&dir, "p.py", b"a = 1\r\nb = 2\r\n");
     let edits = write(&dir, "e.dsl", b"ADDL 3 >>>c = 3\r\n\r\nEXIT\r\nDELL 1\r\n");
     let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
@@ -50,7 +50,8 @@ fn keeps_crlf_and_stops_at_exit() {
 
 #[test]
 fn bad_commands_exit_2_with_the_edits_line() {
-    let dir = temp_dir("bad");
+    let temp = temp_dir();
+    let dir = temp.path();
     let program = write(&dir, "p.py", b"a = 1\n");
     let cases: [(&str, &[u8]); 3] = [
         ("parse", b"REPL 1 >>>a = 2\n\nREPL one >>>x\n"),
@@ -70,7 +71,8 @@ fn bad_commands_exit_2_with_the_edits_line() {
 
 #[test]
 fn unreadable_input_exits_2() {
-    let dir = temp_dir("unreadable");
+    let temp = temp_dir();
+    let dir = temp.path();
     let program = write(&dir, "p.py", b"\xff\xfe");
     let edits = write(&dir, "e.dsl", b"EXIT\n");
     let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
@@ -96,7 +98,8 @@ fn usage_errors_exit_2_and_help_describes_the_tool() {
 
 #[test]
 fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
-    let dir = temp_dir("report");
+    let temp = temp_dir();
+    let dir = temp.path();
     let summary = |p1: f64, pk: f64| {
         format!(
             "{{\"tasks\":8,\"samples\":4,\"pass_at_1\":{p1},\"pass_at_k\":{pk},\"mean_turns\":3.5,\"malformed_rate\":25.0,\"solved_then_broken_rate\":0.0}}\n"
@@ -161,7 +164,8 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     let out = coe(&["report", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not an eval summary"));
-    let empty = temp_dir("report-empty");
+    let empty = temp_dir();
+    let empty = empty.path();
     let out = coe(&["report", empty.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("summary.json"));

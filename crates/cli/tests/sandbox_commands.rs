@@ -18,10 +18,9 @@ fn fixture(path: &str) -> String {
         .into_owned()
 }
 
-fn temp_file(name: &str, contents: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("coe-cli-sandbox-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// Writes `name` in `dir` (a test's own directory, removed when the test ends).
+fn temp_file(dir: &tempfile::TempDir, name: &str, contents: &str) -> PathBuf {
+    let path = dir.path().join(name);
     std::fs::write(&path, contents).unwrap();
     path
 }
@@ -73,7 +72,8 @@ fn run_prints_the_json_outcome() {
 
 #[test]
 fn run_exits_0_whatever_the_program_did() {
-    let program = temp_file("loop.py", "while True:\n    pass\n");
+    let temp = tempfile::tempdir().unwrap();
+    let program = temp_file(&temp, "loop.py", "while True:\n    pass\n");
     let out = coe(&[
         "run",
         program.to_str().unwrap(),
@@ -89,8 +89,9 @@ fn run_exits_0_whatever_the_program_did() {
 
 #[test]
 fn run_with_setup_and_usage_errors() {
-    let setup = temp_file("setup.py", "K = 10\n");
-    let program = temp_file("uses_setup.py", "def f():\n    return K\n");
+    let temp = tempfile::tempdir().unwrap();
+    let setup = temp_file(&temp, "setup.py", "K = 10\n");
+    let program = temp_file(&temp, "uses_setup.py", "def f():\n    return K\n");
     let out = coe(&[
         "run",
         program.to_str().unwrap(),
@@ -113,7 +114,9 @@ fn run_with_setup_and_usage_errors() {
 
 #[test]
 fn check_runs_every_task_in_order() {
+    let temp = tempfile::tempdir().unwrap();
     let tasks = temp_file(
+        &temp,
         "tasks.jsonl",
         concat!(
             r#"{"task_id": "a", "text": "", "code": "x = 1", "reference": "x = 2", "tests": ["assert x == 2"]}"#,
@@ -150,7 +153,9 @@ fn check_runs_every_task_in_order() {
 /// messages and the same exit code, whatever the tasks hold.
 #[test]
 fn check_with_worker_processes_equals_threads() {
+    let temp = tempfile::tempdir().unwrap();
     let tasks = temp_file(
+        &temp,
         "spread.jsonl",
         concat!(
             r#"{"task_id": "a", "code": "x = 1", "reference": "x = 2", "tests": ["assert x == 2"]}"#,
@@ -211,7 +216,9 @@ fn check_with_worker_processes_equals_threads() {
 
 #[test]
 fn check_reports_malformed_lines_and_goes_on() {
+    let temp = tempfile::tempdir().unwrap();
     let tasks = temp_file(
+        &temp,
         "mixed.jsonl",
         "{\"task_id\": \"ok\", \"code\": \"\", \"tests\": []}\nnot json\n{\"task_id\": \"ok2\", \"code\": \"\", \"tests\": []}\n",
     );
@@ -223,6 +230,7 @@ fn check_reports_malformed_lines_and_goes_on() {
 
 #[test]
 fn check_reads_mbpp_rows() {
+    let temp = tempfile::tempdir().unwrap();
     let rows: String = std::fs::read_to_string(fixture("mbpp/mbpp.jsonl"))
         .unwrap()
         .lines()
@@ -231,7 +239,7 @@ fn check_reads_mbpp_rows() {
         .take(5)
         .map(|l| format!("{l}\n"))
         .collect();
-    let tasks = temp_file("mbpp5.jsonl", &rows);
+    let tasks = temp_file(&temp, "mbpp5.jsonl", &rows);
     // A generous limit: the default one is wall-clock time, which a loaded machine (tests run
     // in parallel) can push these real programs over.
     let out = coe(&["check", tasks.to_str().unwrap(), "--timeout-ms", "30000"]);
@@ -272,8 +280,9 @@ fn replay_plays_the_example() {
 
 #[test]
 fn replay_rejects_a_bad_task() {
-    let task = temp_file("bad-task.json", "{\"code\": 1}");
-    let edits = temp_file("edits.dsl", "EXIT\n");
+    let temp = tempfile::tempdir().unwrap();
+    let task = temp_file(&temp, "bad-task.json", "{\"code\": 1}");
+    let edits = temp_file(&temp, "edits.dsl", "EXIT\n");
     let out = coe(&["replay", task.to_str().unwrap(), edits.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a task"));
@@ -281,7 +290,8 @@ fn replay_rejects_a_bad_task() {
 
 #[test]
 fn model_commands_refuse_bad_input_with_exit_2() {
-    let prompt = temp_file("prompt.txt", "hello");
+    let temp = tempfile::tempdir().unwrap();
+    let prompt = temp_file(&temp, "prompt.txt", "hello");
     let missing = coe(&[
         "generate",
         "--prompt-file",
@@ -292,7 +302,7 @@ fn model_commands_refuse_bad_input_with_exit_2() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no model at"));
 
-    let corrupt = temp_file("corrupt.gguf", "GGUF\u{3}\0\0\0 not really");
+    let corrupt = temp_file(&temp, "corrupt.gguf", "GGUF\u{3}\0\0\0 not really");
     let out = coe(&[
         "generate",
         "--prompt-file",
@@ -308,7 +318,7 @@ fn model_commands_refuse_bad_input_with_exit_2() {
     );
 
     // Tests that already pass: nothing to repair (decided before any model is loaded).
-    let fine = temp_file("fine.py", "def f():\n    return 1\n");
+    let fine = temp_file(&temp, "fine.py", "def f():\n    return 1\n");
     let out = coe(&[
         "repair",
         fine.to_str().unwrap(),
