@@ -41,8 +41,8 @@ fn repairs_the_example() {
 fn keeps_crlf_and_stops_at_exit() {
     let temp = temp_dir();
     let dir = temp.path();
-    let program = write(&dir, "p.py", b"a = 1\r\nb = 2\r\n");
-    let edits = write(&dir, "e.dsl", b"ADDL 3 >>>c = 3\r\n\r\nEXIT\r\nDELL 1\r\n");
+    let program = write(dir, "p.py", b"a = 1\r\nb = 2\r\n");
+    let edits = write(dir, "e.dsl", b"ADDL 3 >>>c = 3\r\n\r\nEXIT\r\nDELL 1\r\n");
     let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(text(&out.stdout), "a = 1\r\nb = 2\r\nc = 3\r\n");
@@ -52,7 +52,7 @@ fn keeps_crlf_and_stops_at_exit() {
 fn bad_commands_exit_2_with_the_edits_line() {
     let temp = temp_dir();
     let dir = temp.path();
-    let program = write(&dir, "p.py", b"a = 1\n");
+    let program = write(dir, "p.py", b"a = 1\n");
     let cases: [(&str, &[u8]); 3] = [
         ("parse", b"REPL 1 >>>a = 2\n\nREPL one >>>x\n"),
         ("range", b"DELL 1\nDELL 1\n"),
@@ -60,7 +60,7 @@ fn bad_commands_exit_2_with_the_edits_line() {
     ];
     let mut report = String::new();
     for (name, script) in cases {
-        let edits = write(&dir, &format!("{name}.dsl"), script);
+        let edits = write(dir, &format!("{name}.dsl"), script);
         let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(2), "{name}");
         assert!(out.stdout.is_empty(), "{name}: nothing on stdout");
@@ -73,8 +73,8 @@ fn bad_commands_exit_2_with_the_edits_line() {
 fn unreadable_input_exits_2() {
     let temp = temp_dir();
     let dir = temp.path();
-    let program = write(&dir, "p.py", b"\xff\xfe");
-    let edits = write(&dir, "e.dsl", b"EXIT\n");
+    let program = write(dir, "p.py", b"\xff\xfe");
+    let edits = write(dir, "e.dsl", b"EXIT\n");
     let out = coe(&["apply", program.to_str().unwrap(), edits.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("is not UTF-8 text"));
