@@ -86,13 +86,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Evaluate a policy on mbpp-synthetic-test, -hard and HumanEvalFix with Chain-of-Edits
-    /// episodes (or, with --direct, the direct-answer baseline), then `coe report OUT`. Each
-    /// set's summary.json, traces and page go to OUT/NAME/<set>/. Extra arguments go to each
-    /// `coe eval` (e.g. `-- --adapter runs/policy-rl-more/adapter.safetensors --samples 4 --limit 8`).
-    /// With --shards N each set runs as N shards (summary-I.json, traces-I.jsonl, shard-I/), and
-    /// a shard whose summary exists is skipped: a run stopped midway resumes by running the same
-    /// command again, losing only the shard in progress.
+    /// Evaluate a policy on evaluation sets (default: mbpp-synthetic-test, -hard and
+    /// HumanEvalFix) with Chain-of-Edits episodes (or, with --direct, the direct-answer
+    /// baseline), then `coe report OUT`. Each set's summary.json, traces and page go to
+    /// OUT/NAME/<set>/. Extra arguments go to each `coe eval` (e.g. `-- --adapter
+    /// runs/policy-rl-more/adapter.safetensors --samples 4 --limit 8`). With --shards N each set
+    /// runs as N shards (summary-I-of-N.json, traces-I-of-N.jsonl, shard-I-of-N/). A finished
+    /// set or shard (its summary exists) is skipped, so a run stopped midway resumes by running
+    /// the same command again, losing only the shard in progress; OUT/NAME/<set>/run.json keeps
+    /// the settings, and a run with other settings is refused there.
     Eval {
         /// The evaluation folder (one subfolder per policy).
         #[arg(long, default_value = "runs/eval")]
@@ -137,6 +139,8 @@ enum Task {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root()?;
+    // Paths given on the command line are read from where xtask was started.
+    let invoked_from = std::env::current_dir().context("reading the current directory")?;
     std::env::set_current_dir(&root).context("entering the workspace root")?;
     match cli.task {
         Task::Demo => demo(),
@@ -157,11 +161,21 @@ fn main() -> Result<()> {
         } => {
             let name = name.unwrap_or_else(|| if direct { "direct" } else { "policy" }.into());
             // A misspelt set fails now, not after hours of the sets before it.
-            sets.iter()
-                .try_for_each(|set| eval_set_file(set).map(drop))?;
+            for set in &sets {
+                eval_set_file(set)?;
+                if direct {
+                    direct_set_file(set)?;
+                }
+            }
             model()?;
             let coe = match coe {
-                Some(coe) => coe,
+                Some(coe) => {
+                    let coe = invoked_from.join(coe);
+                    if !coe.is_file() {
+                        bail!("--coe {}: no such file", coe.display());
+                    }
+                    coe
+                }
                 None => build_release("coe-cli", "coe", &[])?,
             };
             let run = EvalRun {
@@ -234,11 +248,32 @@ const TEST_SETS: [&str; 3] = [
 
 /// fixtures/eval/SET.jsonl, or an error naming it when there is no such set.
 fn eval_set_file(set: &str) -> Result<String> {
-    let tasks = format!("fixtures/eval/{set}.jsonl");
-    if !Path::new(&tasks).exists() {
-        bail!("no evaluation set {tasks}");
+    existing(format!("fixtures/eval/{set}.jsonl"), "evaluation set")
+}
+
+/// fixtures/eval/SET.direct.jsonl, the direct-answer prompts of a set.
+fn direct_set_file(set: &str) -> Result<String> {
+    existing(
+        format!("fixtures/eval/{set}.direct.jsonl"),
+        "direct-answer set",
+    )
+}
+
+fn existing(path: String, what: &str) -> Result<String> {
+    if !Path::new(&path).is_file() {
+        bail!("no {what} {path}");
     }
-    Ok(tasks)
+    Ok(path)
+}
+
+/// Whether DIR holds any `summary*.json`.
+fn dir_has_summaries(dir: &Path) -> Result<bool> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(entries.filter_map(Result::ok).any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("summary") && name.ends_with(".json")
+    }))
 }
 
 /// One policy's evaluation: each set with episodes (or direct answers) goes to OUT/NAME/<set>/
@@ -259,15 +294,17 @@ impl EvalRun<'_> {
         let tasks = eval_set_file(set)?;
         let dir = self.out.join(self.name).join(set);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.check_record(&dir)?;
         for index in 0..self.shards {
             // One shard keeps the unsharded names, which `coe report` reads as they are.
             let (suffix, page_dir) = if self.shards == 1 {
                 (String::new(), dir.clone())
             } else {
-                (format!("-{index}"), dir.join(format!("shard-{index}")))
+                let suffix = format!("-{index}-of-{}", self.shards);
+                (suffix.clone(), dir.join(format!("shard{suffix}")))
             };
             let summary = dir.join(format!("summary{suffix}.json"));
-            if self.shards > 1 && summary.exists() {
+            if summary.exists() {
                 println!(
                     "== {set}: {} shard {index}/{}: done",
                     self.name, self.shards
@@ -281,7 +318,7 @@ impl EvalRun<'_> {
             }
             if self.direct {
                 command
-                    .args(["--direct", &format!("fixtures/eval/{set}.direct.jsonl")])
+                    .args(["--direct", &direct_set_file(set)?])
                     .arg("--traces")
                     .arg(dir.join(format!("direct{suffix}.jsonl")));
             } else {
@@ -296,7 +333,7 @@ impl EvalRun<'_> {
             let output = command
                 .stderr(std::process::Stdio::inherit())
                 .output()
-                .context("running coe eval")?;
+                .with_context(|| format!("running {}", self.coe.display()))?;
             if !output.status.success() {
                 bail!("coe eval on {set} failed ({})", output.status);
             }
@@ -306,6 +343,39 @@ impl EvalRun<'_> {
             print!("{}", String::from_utf8_lossy(&output.stdout));
         }
         Ok(())
+    }
+
+    /// The run's settings, kept in DIR/run.json: finished shards are only reused by a run
+    /// with the same settings, since a folder mixing two runs' results would report neither.
+    fn check_record(&self, dir: &Path) -> Result<()> {
+        let record = serde_json::json!({
+            "shards": self.shards,
+            "direct": self.direct,
+            "coe": self.coe,
+            "args": self.extra,
+        });
+        let path = dir.join("run.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let earlier: serde_json::Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if earlier != record {
+                    bail!(
+                        "{} holds a run with other settings ({earlier}); this one is {record}: \
+                         choose another --name or --out, or delete the folder",
+                        dir.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(_) if dir_has_summaries(dir)? => bail!(
+                "{} holds results without a run.json (an earlier xtask): choose another \
+                 --name or --out, or delete the folder",
+                dir.display()
+            ),
+            Err(_) => coe_cache::write_atomically(&path, record.to_string().as_bytes())
+                .with_context(|| format!("writing {}", path.display())),
+        }
     }
 
     fn report(&self) -> Result<()> {

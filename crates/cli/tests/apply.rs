@@ -164,9 +164,18 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     let out = coe(&["report", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("not an eval summary"));
-    let empty = temp_dir();
-    let empty = empty.path();
-    let out = coe(&["report", empty.to_str().unwrap()]);
+    // A whole run's summary beside shard summaries would count tasks twice: refused.
+    std::fs::remove_dir_all(dir.join("sft").join("humanevalfix")).unwrap();
+    write(&shards, "summary.json", summary(10.0, 20.0).as_bytes());
+    let out = coe(&["report", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("keep one kind"),
+        "{}",
+        text(&out.stderr)
+    );
+    let empty_dir = temp_dir();
+    let out = coe(&["report", empty_dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("summary.json"));
 }

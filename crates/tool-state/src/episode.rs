@@ -17,7 +17,7 @@ use crate::{Program, Task, render_feedback, render_invalid_command, render_obser
 /// | the command cannot be applied | `rejected` (-0.5) |
 /// | turn `T` ends without `EXIT`, or the context fills before `EXIT` | `no_exit` (-0.5), plus `turn` for each turn not taken |
 /// | `EXIT` while the tests fail | the same: `no_exit` plus `turn` for each turn not taken |
-/// | an end (any of the three above) with failing tests | `progress` x the share of tests passing beyond the start's, if more pass (0 by default) |
+/// | an end with failing tests (turn limit, context cut or `EXIT`) | `progress` x the share of tests passing beyond the start's, if more pass (0 by default) |
 ///
 /// So the return is `solved` exactly when the episode ends with passing tests (passes and
 /// breaks cancel), the best return of any task is a repair on turn 1 and `EXIT` on turn 2, an
@@ -30,7 +30,7 @@ use crate::{Program, Task, render_feedback, render_invalid_command, render_obser
 /// a repair the best return; it credits the final program (what an evaluation scores), never
 /// less than nothing, so giving up at the start still never beats trying.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Rewards {
     /// On a turn whose command makes failing tests pass.
     pub solved: f32,
@@ -233,7 +233,7 @@ impl<E: Executor> Episode<E> {
         let feedback = render_feedback(&outcome, &task.tests, &config.limits);
         let observation = render_observation(&program, &feedback);
         let passing = outcome.is_passed();
-        let share = passing_share(&outcome);
+        let share = passing_share(&outcome, task.tests.len());
         Ok(Self {
             task,
             executor,
@@ -326,7 +326,7 @@ impl<E: Executor> Episode<E> {
         self.program = edited;
         let was_passing = self.passing;
         self.passing = outcome.is_passed();
-        self.passing_share = passing_share(&outcome);
+        self.passing_share = passing_share(&outcome, self.task.tests.len());
         let reward = match (was_passing, self.passing) {
             (false, true) => self.config.rewards.solved,
             (true, false) => self.config.rewards.broken,
@@ -357,13 +357,13 @@ impl<E: Executor> Episode<E> {
     }
 }
 
-/// The share of the tests an outcome passed: 0 when none ran (the program did not compile or
-/// failed before its tests).
-fn passing_share(outcome: &Outcome) -> f32 {
-    if outcome.tests.is_empty() {
+/// The share of the task's `total` tests an outcome passed: a test that did not run (the
+/// program did not compile, or stopped before it) counts as failed.
+fn passing_share(outcome: &Outcome, total: usize) -> f32 {
+    if total == 0 {
         return 0.0;
     }
-    outcome.tests_passed() as f32 / outcome.tests.len() as f32
+    outcome.tests_passed().min(total) as f32 / total as f32
 }
 
 impl<E> Episode<E> {

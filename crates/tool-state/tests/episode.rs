@@ -218,7 +218,7 @@ fn with_progress(max_turns: usize) -> EpisodeConfig {
     }
 }
 
-/// The broken task failing both of its tests (the fake's marker on line 3).
+/// The broken task failing both of its tests (`FAILS_EVERY_TEST` on line 3).
 fn failing_all() -> Task {
     task(&format!("{BROKEN}{FAILS_EVERY_TEST}\n"))
 }
@@ -233,6 +233,10 @@ fn progress_credits_tests_passing_beyond_the_start_at_every_failing_end() {
     let last = limit.step("REPW 2 >>>* >>>-").unwrap();
     assert_close(last.reward, TURN - 0.5 + 0.15);
     assert_eq!(limit.end(), Some(EndReason::TurnLimit));
+    // A cut after the end pays nothing more.
+    let total = limit.total_reward();
+    limit.cut();
+    assert_close(limit.total_reward(), total);
 
     let mut exit = Episode::start(failing_all(), fake(), with_progress(3)).unwrap();
     exit.step("DELL 3").unwrap();
@@ -268,6 +272,12 @@ fn progress_never_pays_for_fewer_passing_tests_nor_beats_a_repair() {
     repair.step("REPW 2 >>>- >>>+").unwrap();
     assert_close(repair.step("EXIT").unwrap().reward, TURN);
     assert_close(repair.total_reward(), 1.0 + 2.0 * TURN);
+    // Reaching the limit with passing tests: the missing EXIT costs, no credit is added.
+    let mut late = Episode::start(failing_all(), fake(), with_progress(1)).unwrap();
+    assert_close(
+        late.step("REPW 2 >>>- >>>+").unwrap().reward,
+        1.0 + TURN - 0.5,
+    );
     // Off by default: DESIGN.md's table.
     assert_eq!(Rewards::default().progress, 0.0);
 }

@@ -109,10 +109,28 @@ pub(crate) fn io_err(path: &Path, e: impl std::fmt::Display) -> TrainerError {
 }
 
 impl RunConfig {
-    /// Reads a TOML file.
+    /// Reads a TOML file and checks the settings that have a valid range.
     pub fn load(path: &Path) -> Result<Self, TrainerError> {
         let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
-        toml::from_str(&text).map_err(|e| io_err(path, e))
+        let config: Self = toml::from_str(&text).map_err(|e| io_err(path, e))?;
+        config.check().map_err(|e| io_err(path, e))?;
+        Ok(config)
+    }
+
+    /// Settings that parse but make no sense: a replay share outside 0..=1, a progress credit
+    /// that is negative or not below the solve reward (a repair must stay the best return).
+    fn check(&self) -> Result<(), String> {
+        let share = self.grpo.replay_share;
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!("grpo.replay_share must be in 0..=1, not {share}"));
+        }
+        let (progress, solved) = (self.rewards.progress, self.rewards.solved);
+        if !(progress >= 0.0 && progress < solved) {
+            return Err(format!(
+                "rewards.progress must be at least 0 and below rewards.solved ({solved}), not {progress}"
+            ));
+        }
+        Ok(())
     }
 
     /// The base model path.
@@ -155,5 +173,21 @@ mod tests {
         assert!(loaded >= 8, "{loaded} configs in {}", dir.display());
         let v2 = RunConfig::load(&dir.join("campaign-rl-v2.toml")).unwrap();
         assert!(v2.rewards.progress > 0.0 && v2.rewards.progress < v2.rewards.solved);
+    }
+
+    #[test]
+    fn out_of_range_settings_and_misspelt_rewards_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |text: &str, needle: &str| {
+            let path = dir.path().join("run.toml");
+            std::fs::write(&path, text).unwrap();
+            let error = RunConfig::load(&path).unwrap_err().to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        };
+        refused("[grpo]\nreplay_share = 1.5\n", "replay_share");
+        refused("[grpo]\nreplay_share = nan\n", "replay_share");
+        refused("[rewards]\nprogress = -0.1\n", "rewards.progress");
+        refused("[rewards]\nprogress = 1.0\n", "rewards.progress");
+        refused("[rewards]\nprogres = 0.3\n", "progres");
     }
 }

@@ -156,18 +156,25 @@ impl EvalSummary {
     }
 
     /// The summary of several shards of one set, exactly as if it had been evaluated at once
-    /// (tasks in shard order; the wall time is the shards' sum). `None` when a shard has no
-    /// per-task counts (written before they were kept).
-    pub fn merge(shards: &[EvalSummary]) -> Option<Self> {
+    /// (tasks in shard order; the wall time is the shards' sum). An error when a shard has no
+    /// per-task counts (written before they were kept) or two shards hold the same task (shards
+    /// of different runs or splits), which would count it twice.
+    pub fn merge(shards: &[EvalSummary]) -> Result<Self, String> {
         if shards.iter().any(|s| s.per_task.len() != s.tasks) {
-            return None;
+            return Err("a shard has no per-task counts (rerun it with this coe)".into());
         }
         let mut per_task: Vec<TaskResult> =
             shards.iter().flat_map(|s| s.per_task.clone()).collect();
         per_task.sort_by_key(|t| t.index);
+        if let Some(pair) = per_task.windows(2).find(|p| p[0].index == p[1].index) {
+            return Err(format!(
+                "task {} ({}) is in two shards: shards of different runs?",
+                pair[0].index, pair[0].task_id
+            ));
+        }
         let mut merged = Self::from_tasks(per_task);
         merged.wall_s = shards.iter().map(|s| s.wall_s).sum();
-        Some(merged)
+        Ok(merged)
     }
 }
 

@@ -34,7 +34,7 @@
 //! solved, weighs 8x one with none solved when `m` is 6%); the rest are tasks not played yet,
 //! uniformly. Weights over the whole pool would not do it: with tens of thousands of unplayed
 //! tasks each as likely as a half-solved one, a run of 1,000 episodes replays almost none (the
-//! campaign's first 64 steps replayed 1 task of 259). The counts are saved in checkpoints, so
+//! campaign's first 65 steps replayed 1 task of 259). The counts are saved in checkpoints, so
 //! a resumed run draws the same tasks.
 
 use std::path::{Path, PathBuf};
@@ -453,22 +453,34 @@ impl TaskSampler {
         p * (1.0 - p) + SELECTION_FLOOR
     }
 
-    /// `count` different tasks (all of them when there are fewer): `replay_share` of them
-    /// (rounded) drawn among the played tasks by weight, the rest among the unplayed ones
-    /// uniformly; either kind fills in when the other runs out.
+    /// `count` different tasks (all of them when there are fewer): on average `replay_share`
+    /// of them (rounded up or down at random, so one task a step is a replay half the time at
+    /// 0.5) drawn among the played tasks by weight, the rest among the unplayed ones
+    /// uniformly; either kind fills in when the other runs out. A share outside 0..=1 (or NaN)
+    /// counts as the nearest bound (NaN: 0); [`RunConfig::load`] refuses such configs.
+    ///
+    /// [`RunConfig::load`]: crate::config::RunConfig::load
     pub fn choose(&self, count: usize, replay_share: f64, rng: &mut StdRng) -> Vec<usize> {
         let (played, mut fresh): (Vec<usize>, Vec<usize>) =
             (0..self.episodes.len()).partition(|&i| self.episodes[i] > 0);
         let count = count.min(self.episodes.len());
-        let wanted = (count as f64 * replay_share.clamp(0.0, 1.0)).round() as usize;
+        let share = if replay_share.is_nan() {
+            0.0
+        } else {
+            replay_share.clamp(0.0, 1.0)
+        };
+        let expected = count as f64 * share;
+        let wanted =
+            expected.floor() as usize + usize::from(rng.random::<f64>() < expected.fract());
         let replays = wanted
             .max(count.saturating_sub(fresh.len()))
             .min(played.len());
-        // Weighted draw without replacement (Efraimidis and Spirakis: the largest u^(1/w)).
+        // Weighted draw without replacement (Efraimidis and Spirakis: the largest
+        // u^(1/w), compared as ln(u)/w, which does not underflow for small weights).
         let mean = self.mean_solve_rate();
         let mut keyed: Vec<(f64, usize)> = played
             .into_iter()
-            .map(|i| (rng.random::<f64>().powf(1.0 / self.weight(i, mean)), i))
+            .map(|i| (rng.random::<f64>().ln() / self.weight(i, mean), i))
             .collect();
         keyed.sort_by(|a, b| b.0.total_cmp(&a.0));
         let mut chosen: Vec<usize> = keyed.into_iter().take(replays).map(|(_, i)| i).collect();
@@ -845,6 +857,27 @@ mod tests {
         // Expected about 770 against at most about 145 (a simulation of the same draw).
         let most_failed = counts[1..=20].iter().max().copied().unwrap_or(0);
         assert!(counts[0] > 3 * most_failed, "{counts:?}");
+        // One task a step at share 0.5: a replay about half the time, so new tasks keep
+        // coming (rounding 0.5 up would replay the first task forever).
+        let replayed = (0..1000)
+            .filter(|_| sampler.choose(1, 0.5, &mut rng)[0] < 22)
+            .count();
+        assert!((400..600).contains(&replayed), "{replayed}");
+        assert!(sampler.choose(0, 0.5, &mut rng).is_empty());
+        assert!(
+            sampler
+                .choose(4, f64::NAN, &mut rng)
+                .iter()
+                .all(|&i| i >= 22)
+        );
+        assert_eq!(
+            sampler
+                .choose(4, 7.0, &mut rng)
+                .iter()
+                .filter(|&&i| i < 22)
+                .count(),
+            4
+        );
         // Nothing played yet, or no replay share: only unplayed tasks.
         let fresh = TaskSampler::new(10).choose(4, 0.5, &mut rng);
         assert_eq!(fresh.len(), 4);

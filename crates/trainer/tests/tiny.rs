@@ -944,6 +944,9 @@ fn evaluation_shards_merge_into_exactly_the_whole_run() {
     let shards = [run(&[0, 2, 4]), run(&[1, 3])];
     let merged = EvalSummary::merge(&shards).unwrap();
     assert_eq!(merged, whole);
+    // A shard given twice (or shards of two splits) would count tasks twice: refused.
+    let twice = EvalSummary::merge(&[shards[0].clone(), shards[1].clone(), shards[0].clone()]);
+    assert!(twice.unwrap_err().contains("in two shards"));
     assert_eq!(whole.per_task.len(), 5);
     let interval = whole.pass_at_1_interval.unwrap();
     assert!(interval.low <= whole.pass_at_1 && whole.pass_at_1 <= interval.high);

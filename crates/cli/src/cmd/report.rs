@@ -79,6 +79,15 @@ fn read_set(dir: &Path) -> Result<Option<EvalSummary>, Failure> {
         })
         .collect();
     paths.sort();
+    let whole = paths
+        .iter()
+        .any(|p| p.file_name().is_some_and(|n| n == "summary.json"));
+    if whole && paths.len() > 1 {
+        return Err(Failure::Input(format!(
+            "coe: {}: both summary.json and shard summaries (summary-*.json): keep one kind",
+            dir.display()
+        )));
+    }
     let mut shards = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(&path)
@@ -97,12 +106,9 @@ fn read_set(dir: &Path) -> Result<Option<EvalSummary>, Failure> {
     if shards.len() <= 1 {
         return Ok(shards.pop());
     }
-    EvalSummary::merge(&shards).map(Some).ok_or_else(|| {
-        Failure::Input(format!(
-            "coe: {}: shards without per-task counts cannot be merged (rerun them with this coe)",
-            dir.display()
-        ))
-    })
+    EvalSummary::merge(&shards)
+        .map(Some)
+        .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))
 }
 
 /// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints) or its shards, writes
