@@ -4,7 +4,8 @@
 //! GGUF file (dequantised at load) or a Hugging Face folder; its tokenizer and chat template
 //! ([`tokenizer`]); LoRA ([`lora`]: the adapters, the projection that carries them, their
 //! files); the key/value cache ([`cache`]); and sampling with that cache persisting across the
-//! turns of an episode ([`generate`]).
+//! turns of an episode ([`generate`]); the check against the reference outputs
+//! ([`reference`]).
 //!
 //! The crate knows nothing of Python or sandboxes: it turns token ids into token ids.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -17,6 +18,7 @@ pub mod generate;
 pub mod gguf;
 pub mod lora;
 pub mod model;
+pub mod reference;
 pub mod tokenizer;
 mod weights;
 
