@@ -29,6 +29,10 @@ pub struct OptimConfig {
     pub min_lr_ratio: f64,
     /// Micro-batches whose gradients are summed before one optimiser step.
     pub grad_accum: usize,
+    /// SFT: demonstrations in one micro-batch, padded to the longest and run as one batch (its
+    /// loss the mean over all their target tokens). 1 suits a CPU; a GPU wants several, since
+    /// one demonstration leaves it mostly idle.
+    pub micro_batch: usize,
     /// Each parameter tensor's gradient is scaled down to at most this L2 norm (burn clips per
     /// tensor, not over all parameters at once).
     pub clip_norm: f32,
@@ -50,6 +54,7 @@ impl Default for OptimConfig {
             steps: 1000,
             min_lr_ratio: 0.1,
             grad_accum: 8,
+            micro_batch: 1,
             clip_norm: 1.0,
             weight_decay: 0.0,
             parallel_parts: 2,

@@ -126,7 +126,8 @@ pub fn run_sft<B: AutodiffBackend>(
         );
     }
     let mut metrics = Metrics::open(&config.out_dir)?;
-    let per_step = config.optim.grad_accum.max(1);
+    let micro_batch = config.optim.micro_batch.max(1);
+    let per_step = config.optim.grad_accum.max(1) * micro_batch;
     let shuffled = |epoch: usize| {
         let mut order: Vec<usize> = (0..examples.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(
@@ -160,7 +161,7 @@ pub fn run_sft<B: AutodiffBackend>(
         let first = trainer.step * per_step;
         let chosen = step_examples(trainer.step);
         tokens_seen += tokens_of(&chosen);
-        let batches: Vec<Vec<&Encoded>> = chosen.into_iter().map(|e| vec![e]).collect();
+        let batches: Vec<Vec<&Encoded>> = chosen.chunks(micro_batch).map(<[_]>::to_vec).collect();
         let report = trainer.sft_step(&batches)?;
         if report.step % config.log_every.max(1) == 0 || report.step == config.optim.steps {
             let elapsed = started.elapsed().as_secs_f64();

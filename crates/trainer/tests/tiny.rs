@@ -200,6 +200,33 @@ fn masked_user_tokens_carry_no_loss() {
     assert_eq!(rows[0], encoded.tokens);
 }
 
+/// A micro-batch of demonstrations of different lengths (`OptimConfig::micro_batch`) is padded
+/// at the end: its loss must be the token-weighted mean of each one's own loss, so padding
+/// neither adds targets nor changes what an earlier position sees.
+#[test]
+fn a_padded_micro_batch_scores_each_demonstration_as_alone() {
+    let model = lora_model::<CpuBackend>(4);
+    let demos = encoded_demos(&["REPL 1 x = 2 + 3 + 4 + 5", "DELL 1", "ADDL 1 y = 3"]);
+    assert!(
+        demos[0].tokens.len() > demos[1].tokens.len(),
+        "lengths differ"
+    );
+    let scalar = |t: burn::tensor::Tensor<CpuBackend, 1>| t.into_scalar();
+    let targets = |e: &Encoded| e.targets.iter().skip(1).filter(|&&t| t).count() as f32;
+    let (mut weighted, mut count) = (0.0f32, 0.0f32);
+    for demo in &demos {
+        weighted += scalar(sft_loss(&model, &[demo]).unwrap()) * targets(demo);
+        count += targets(demo);
+    }
+    let batch: Vec<&Encoded> = demos.iter().collect();
+    let together = scalar(sft_loss(&model, &batch).unwrap());
+    assert!(
+        (together - weighted / count).abs() < 1e-5,
+        "batched {together} vs one by one {}",
+        weighted / count
+    );
+}
+
 #[test]
 fn sft_overfits_a_few_demos() {
     let _rng = backend_rng();
