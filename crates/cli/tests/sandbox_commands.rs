@@ -351,6 +351,18 @@ fn model_commands_refuse_bad_input_with_exit_2() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no adapter file"));
+
+    // A build without the `cuda` feature says how to get one, before loading any model.
+    if !cfg!(feature = "cuda") {
+        let tasks = fixture("eval/mbpp-synthetic-validation.jsonl");
+        let out = coe(&["eval", &tasks, "--device", "cuda", "--limit", "1"]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--features cuda"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]

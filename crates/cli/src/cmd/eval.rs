@@ -5,7 +5,11 @@ use std::time::Instant;
 
 use coe_policy::SamplingConfig;
 
-use super::{CONTEXT_TOKENS, Parallelism, PolicyArgs, chosen_adapter, executor, load_policy};
+use burn::prelude::Backend;
+
+use super::{
+    CONTEXT_TOKENS, Device, Parallelism, PolicyArgs, chosen_adapter, executor, load_policy_on,
+};
 use crate::Failure;
 use crate::output::{json_line, print};
 
@@ -37,6 +41,9 @@ pub(crate) struct EvalArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub(crate) device: Device,
 }
 
 /// `I/N`: the tasks at positions `I, I + N, I + 2N, ...` of the file.
@@ -82,7 +89,25 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
     let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref())?;
-    let policy = load_policy(p.model.as_deref(), adapter.as_deref())?;
+    match args.device {
+        Device::Cpu => eval_on::<coe_policy::CpuBackend>(&args, &tasks, adapter, started),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => eval_on::<coe_policy::CudaBackend>(&args, &tasks, adapter, started),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => Err(Device::cuda_missing()),
+    }
+}
+
+/// The evaluation itself, with the model on backend `B`'s default device.
+fn eval_on<B: Backend>(
+    args: &EvalArgs,
+    tasks: &[(usize, coe_tool_state::Task)],
+    adapter: Option<PathBuf>,
+    started: Instant,
+) -> Result<(), Failure> {
+    let p = &args.policy;
+    let samples = p.samples.unwrap_or(1);
+    let policy = load_policy_on::<B>(p.model.as_deref(), adapter.as_deref(), &Default::default())?;
     let sandbox = executor(p.workers, Parallelism::Processes)?;
     let config = coe_trainer::rollout::PlayConfig {
         episode: coe_tool_state::EpisodeConfig {
@@ -109,7 +134,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         };
         let (mut summary, groups) = coe_trainer::direct::evaluate_direct(
             &policy,
-            &tasks,
+            tasks,
             &prompts,
             &sandbox,
             samples,
@@ -127,7 +152,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
     }
     let (mut summary, groups) = coe_trainer::eval::evaluate(
         &policy,
-        &tasks,
+        tasks,
         &sandbox,
         samples,
         &config,

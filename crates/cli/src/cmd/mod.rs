@@ -23,10 +23,28 @@ use crate::Failure;
 
 /// The committed default policy (LoRA adapters for the default base model), built into the
 /// binary so that an installed or moved `coe` still has it.
+#[cfg(feature = "embedded-policy")]
 const DEFAULT_ADAPTER: &[u8] = include_bytes!("../../../../fixtures/policy/adapter.safetensors");
+
+/// Without the built-in copy (a binary carried where every byte counts, such as the GPU
+/// check's): the checkout's file.
+#[cfg(not(feature = "embedded-policy"))]
+fn default_adapter_file() -> Result<PathBuf, Failure> {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/policy/adapter.safetensors");
+    if path.is_file() {
+        return Ok(path);
+    }
+    Err(Failure::Input(format!(
+        "this coe was built without its default policy (feature embedded-policy) and {} is \
+         missing: pass --adapter",
+        path.display()
+    )))
+}
 
 /// The default policy as a file the loader can read: written once into the cache under its
 /// SHA-256 (a file already there is used only when its bytes hash to its name).
+#[cfg(feature = "embedded-policy")]
 fn default_adapter_file() -> Result<PathBuf, Failure> {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(DEFAULT_ADAPTER);
@@ -102,12 +120,43 @@ pub(crate) struct PolicyArgs {
     pub(crate) batch: usize,
 }
 
+/// Where a model command runs its model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Device {
+    /// The CPU (burn-flex).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (burn-cuda), in a `coe` built with `--features cuda`.
+    Cuda,
+}
+
+impl Device {
+    /// The error of `--device cuda` in a `coe` built without the `cuda` feature.
+    #[cfg_attr(feature = "cuda", allow(dead_code))]
+    pub(crate) fn cuda_missing() -> Failure {
+        Failure::Input(
+            "this coe was built without CUDA: build it with `cargo build --release -p coe-cli \
+             --features cuda`"
+                .into(),
+        )
+    }
+}
+
 /// Loads the base model (the default one unless `model` names a GGUF file or Hugging Face
-/// folder) and, when given, LoRA adapters.
+/// folder) and, when given, LoRA adapters, on the CPU.
 pub(crate) fn load_policy(
     model: Option<&Path>,
     adapter: Option<&Path>,
 ) -> Result<Policy<CpuBackend>, Failure> {
+    load_policy_on(model, adapter, &Default::default())
+}
+
+/// [`load_policy`] on any backend's device.
+pub(crate) fn load_policy_on<B: burn::prelude::Backend>(
+    model: Option<&Path>,
+    adapter: Option<&Path>,
+    device: &B::Device,
+) -> Result<Policy<B>, Failure> {
     let path: PathBuf = match model {
         Some(path) => path.to_path_buf(),
         None => coe_policy::default_model_path(),
@@ -122,7 +171,7 @@ pub(crate) fn load_policy(
             )
         }));
     }
-    let mut policy = Policy::<CpuBackend>::load(&path, &Default::default())
+    let mut policy = Policy::<B>::load(&path, device)
         .map_err(|e| Failure::Input(format!("loading {}: {e}", path.display())))?;
     if let Some(adapter) = adapter {
         let (model, _) = coe_policy::lora::load_adapters(policy.model, adapter)

@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use super::{Parallelism, executor};
+use burn::backend::Autodiff;
+use burn::tensor::backend::AutodiffBackend;
+
+use super::{Device, Parallelism, executor};
 use crate::Failure;
 use crate::output::print;
 
@@ -36,6 +39,9 @@ pub(crate) struct TrainArgs {
     /// Override the adapters to start from (for RL: the SFT snapshot chosen on validation).
     #[arg(long, value_name = "FILE")]
     init_adapter: Option<PathBuf>,
+    /// Where the model trains.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
 }
 
 pub(crate) fn train(args: TrainArgs) -> Result<(), Failure> {
@@ -70,16 +76,12 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Failure> {
             config.model_path().display()
         )));
     }
-    let failed = |e: coe_trainer::TrainerError| Failure::Internal(e.to_string());
-    let resume = args.resume;
-    let adapter = match args.phase {
-        Phase::Sft => coe_trainer::sft::run_sft::<coe_policy::CpuTrainBackend>(&config, resume)
-            .map_err(failed)?,
-        Phase::Rl => {
-            let sandbox = executor(config.workers, Parallelism::Processes)?;
-            coe_trainer::grpo::run_rl::<coe_policy::CpuTrainBackend, _>(&config, &sandbox, resume)
-                .map_err(failed)?
-        }
+    let adapter = match args.device {
+        Device::Cpu => run::<Autodiff<coe_policy::CpuBackend>>(args.phase, &config, args.resume)?,
+        #[cfg(feature = "cuda")]
+        Device::Cuda => run::<Autodiff<coe_policy::CudaBackend>>(args.phase, &config, args.resume)?,
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => return Err(Device::cuda_missing()),
     };
     print(&format!(
         "adapter: {}\nmetrics: {}\nplots: {}\n",
@@ -87,4 +89,20 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Failure> {
         config.out_dir.join("metrics.jsonl").display(),
         config.out_dir.join("plots").display()
     ))
+}
+
+/// Runs `phase` with the model on backend `B`'s default device; returns the final adapter.
+fn run<B: AutodiffBackend>(
+    phase: Phase,
+    config: &coe_trainer::config::RunConfig,
+    resume: bool,
+) -> Result<PathBuf, Failure> {
+    let failed = |e: coe_trainer::TrainerError| Failure::Internal(e.to_string());
+    match phase {
+        Phase::Sft => coe_trainer::sft::run_sft::<B>(config, resume).map_err(failed),
+        Phase::Rl => {
+            let sandbox = executor(config.workers, Parallelism::Processes)?;
+            coe_trainer::grpo::run_rl::<B, _>(config, &sandbox, resume).map_err(failed)
+        }
+    }
 }
