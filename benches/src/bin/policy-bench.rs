@@ -1,6 +1,7 @@
-//! Prefill and decode speed of the policy on CPU, one backend per process (so peak memory is the
+//! Prefill and decode speed of the policy on CPU or GPU, one backend per process (so peak memory is the
 //! backend's own): the reference prompt (478 tokens) prefilled from scratch, then 128 tokens
-//! decoded greedily with the KV cache. Prints one JSON line; `cargo xtask bench policy` runs it
+//! decoded greedily with the KV cache, and the reference check (`coe_policy::reference`) on the
+//! same backend. Prints one JSON line; `cargo xtask bench policy` runs it
 //! for each backend beside llama.cpp and transformers and prints the table.
 
 use std::path::PathBuf;
@@ -35,7 +36,7 @@ fn parse_args() -> Result<Args> {
             "--repeats" => args.repeats = value()?.parse()?,
             "--decode-tokens" => args.decode_tokens = value()?.parse()?,
             other => bail!(
-                "unknown argument {other}; usage: policy-bench [--backend flex|ndarray|candle] \
+                "unknown argument {other}; usage: policy-bench [--backend flex|ndarray|candle|cuda] \
                  [--model PATH] [--repeats N] [--decode-tokens N]"
             ),
         }
@@ -83,6 +84,11 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
         }
     }
     let (batch_decode, observation_prefill) = batched(&policy, &ids, args)?;
+    // The same comparison as the CPU test: a GPU backend must give the reference's outputs.
+    let reference = coe_policy::reference::check_reference(
+        &policy,
+        &coe_benches::fixtures_dir().join("smollm2-reference"),
+    )?;
     let peak_rss_mib = coe_benches::peak_resident_kib().map(|k| k as f64 / 1024.0);
     println!(
         "{}",
@@ -97,6 +103,8 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
             "observation_prefill_tok_s": observation_prefill,
             "peak_rss_mib": peak_rss_mib,
             "load_s": load_s,
+            "reference": reference,
+            "reference_passed": reference.passed(),
         })
     );
     Ok(())
@@ -170,6 +178,8 @@ fn main() -> Result<()> {
     }
     match args.backend.as_str() {
         "flex" => measure::<burn::backend::Flex>(&args),
+        #[cfg(feature = "cuda")]
+        "cuda" => measure::<coe_policy::CudaBackend>(&args),
         #[cfg(feature = "all-backends")]
         "ndarray" => measure::<burn::backend::NdArray>(&args),
         // Deprecated upstream in 0.21, still measured because it is one of the three choices.
@@ -177,7 +187,8 @@ fn main() -> Result<()> {
         #[allow(deprecated)]
         "candle" => measure::<burn::backend::Candle>(&args),
         other => bail!(
-            "backend {other} is not built in; build with --features all-backends for ndarray and candle"
+            "backend {other} is not built in; build with --features all-backends for ndarray and \
+             candle, --features cuda for cuda"
         ),
     }
 }

@@ -17,8 +17,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::backend::AutodiffBackend;
 use coe_benches::median;
-use coe_policy::{CpuTrainBackend, LlamaConfig, LoraConfig, Policy};
+use coe_policy::{CpuTrainBackend, Llama, LlamaConfig, LoraConfig, Policy};
 use coe_trainer::chat::Encoded;
 use coe_trainer::optim::{OptimConfig, Trainer};
 use coe_trainer::sft::load_demonstrations;
@@ -32,6 +33,8 @@ struct Args {
     parallel_parts: usize,
     threads: usize,
     python: Option<PathBuf>,
+    device: String,
+    random_1b: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -44,6 +47,8 @@ fn parse_args() -> Result<Args> {
         parallel_parts: 2,
         threads: 2,
         python: None,
+        device: "cpu".into(),
+        random_1b: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,10 +62,13 @@ fn parse_args() -> Result<Args> {
             "--parallel-parts" => args.parallel_parts = value()?.parse()?,
             "--threads" => args.threads = value()?.parse()?,
             "--python" => args.python = Some(value()?.into()),
+            "--device" => args.device = value()?,
+            "--random-1b" => args.random_1b = true,
             other => bail!(
                 "unknown argument {other}; usage: train-bench [--model PATH] [--demos FILE] \
                  [--count 8] [--context 1024] [--repeats 3] [--parallel-parts 2] [--threads 2] \
-                 [--python PATH (the peer's interpreter; none: coe alone)]"
+                 [--python PATH (the peer's interpreter; none: coe alone)] [--device cpu|cuda] \
+                 [--random-1b (a Llama-3.2-1B-shaped model with random weights)]"
             ),
         }
     }
@@ -114,9 +122,23 @@ fn peer(python: &PathBuf, args: &[&str]) -> Result<serde_json::Value> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let device = Default::default();
-    let policy = Policy::<CpuTrainBackend>::load(&args.model, &device)
+    match args.device.as_str() {
+        "cpu" => bench::<CpuTrainBackend>(&args),
+        #[cfg(feature = "cuda")]
+        "cuda" => bench::<burn::backend::Autodiff<coe_policy::CudaBackend>>(&args),
+        other => bail!("device {other} is not built in (cpu; cuda with --features cuda)"),
+    }
+}
+
+fn bench<B: AutodiffBackend>(args: &Args) -> Result<()> {
+    let device = B::Device::default();
+    let mut policy = Policy::<B>::load(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;
+    if args.random_1b {
+        // The demonstrations are still encoded by the default model's tokenizer: its ids are
+        // all below the larger vocabulary.
+        policy.model = Llama::random(LlamaConfig::llama_3_2_1b(), 0, &device);
+    }
     let (mut demos, _) = load_demonstrations(&policy.tokenizer, &args.demos, args.context, &[])
         .with_context(|| format!("reading {}", args.demos.display()))?;
     if demos.len() < args.count {
@@ -168,6 +190,10 @@ fn main() -> Result<()> {
     let mut peer_engine = String::new();
     let (threads, sequences_arg) = (args.threads.to_string(), sequences.to_string_lossy());
     let model_arg = args.model.to_string_lossy();
+    let mut peer_extra = vec!["--device", args.device.as_str()];
+    if args.random_1b {
+        peer_extra.push("--random-1b");
+    }
     for repeat in 0..args.repeats {
         let start = Instant::now();
         trainer.sft_step(&batches)?;
@@ -184,7 +210,11 @@ fn main() -> Result<()> {
                     &threads,
                     "--repeats",
                     "1",
-                ],
+                ]
+                .iter()
+                .chain(&peer_extra)
+                .copied()
+                .collect::<Vec<_>>(),
             )?;
             let seconds = row["step_s"][0].as_f64().context("peer step_s")?;
             peer_first_loss = row["first_loss"].as_f64();
@@ -193,17 +223,27 @@ fn main() -> Result<()> {
             eprintln!("train-bench: repeat {repeat}: peer {seconds:.1} s");
         }
     }
+    // The probe measures this CPU; a GPU's rate is not what it gives.
     let gemm = match &args.python {
-        Some(python) => {
+        Some(python) if args.device == "cpu" => {
             let row = peer(python, &["gemm", "--threads", &threads, "--repeats", "5"])?;
             row["gflops"].as_f64()
         }
-        None => None,
+        _ => None,
     };
     std::fs::remove_file(&sequences).ok();
 
     let coe_row = (
-        format!("coe (burn flex, {} parts at once)", args.parallel_parts),
+        format!(
+            "coe (burn {}, {} parts at once{})",
+            if args.device == "cpu" { "flex" } else { "cuda" },
+            args.parallel_parts,
+            if args.random_1b {
+                ", random Llama-3.2-1B shape"
+            } else {
+                ""
+            }
+        ),
         median(&coe_s),
         coe_first_loss,
     );
@@ -217,6 +257,7 @@ fn main() -> Result<()> {
     println!(
         "{}",
         serde_json::json!({
+            "device": args.device, "random_1b": args.random_1b,
             "demonstrations": args.count, "tokens_per_step": tokens, "gflop_per_step": flops / 1e9,
             "coe_step_s": coe_s, "peer_step_s": peer_s, "coe_first_loss": coe_first_loss,
             "peer_first_loss": peer_first_loss, "gemm_gflops": gemm,
