@@ -235,8 +235,8 @@ fn bench<B: AutodiffBackend>(args: &Args) -> Result<()> {
 
     let coe_row = (
         format!(
-            "coe (burn {}, {} parts at once{})",
-            if args.device == "cpu" { "flex" } else { "cuda" },
+            "coe ({}, {} parts at once{})",
+            B::name(&device),
             args.parallel_parts,
             if args.random_1b {
                 ", random Llama-3.2-1B shape"

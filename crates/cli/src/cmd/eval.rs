@@ -90,9 +90,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
     }
     let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref())?;
     match args.device {
-        Device::Cpu => eval_on::<coe_policy::CpuBackend>(&args, &tasks, adapter, started),
+        Device::Cpu => eval_on::<coe_policy::CpuBackend>(&args, &tasks, samples, adapter, started),
         #[cfg(feature = "cuda")]
-        Device::Cuda => eval_on::<coe_policy::CudaBackend>(&args, &tasks, adapter, started),
+        Device::Cuda => {
+            eval_on::<coe_policy::CudaBackend>(&args, &tasks, samples, adapter, started)
+        }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => Err(Device::cuda_missing()),
     }
@@ -102,11 +104,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
 fn eval_on<B: Backend>(
     args: &EvalArgs,
     tasks: &[(usize, coe_tool_state::Task)],
+    samples: usize,
     adapter: Option<PathBuf>,
     started: Instant,
 ) -> Result<(), Failure> {
     let p = &args.policy;
-    let samples = p.samples.unwrap_or(1);
     let policy = load_policy_on::<B>(p.model.as_deref(), adapter.as_deref(), &Default::default())?;
     let sandbox = executor(p.workers, Parallelism::Processes)?;
     let config = coe_trainer::rollout::PlayConfig {

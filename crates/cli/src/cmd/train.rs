@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::{Device, Parallelism, executor};
@@ -77,9 +76,13 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Failure> {
         )));
     }
     let adapter = match args.device {
-        Device::Cpu => run::<Autodiff<coe_policy::CpuBackend>>(args.phase, &config, args.resume)?,
+        Device::Cpu => run::<coe_policy::CpuTrainBackend>(args.phase, &config, args.resume)?,
         #[cfg(feature = "cuda")]
-        Device::Cuda => run::<Autodiff<coe_policy::CudaBackend>>(args.phase, &config, args.resume)?,
+        Device::Cuda => run::<burn::backend::Autodiff<coe_policy::CudaBackend>>(
+            args.phase,
+            &config,
+            args.resume,
+        )?,
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => return Err(Device::cuda_missing()),
     };
