@@ -52,6 +52,15 @@ pub fn write_task_file(tasks: &[Task], name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A command-line count that must be at least one (clap `value_parser`).
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// How many lines of `coe check`'s output report a passed task.
 pub fn passed_outcomes(check_stdout: &str) -> usize {
     check_stdout

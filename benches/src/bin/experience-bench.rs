@@ -7,74 +7,50 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use coe_benches::median;
+use anyhow::{Context, Result};
+use clap::Parser;
+use coe_benches::{at_least_one, median};
 use coe_policy::generate::rng;
 use coe_policy::{CpuBackend, Policy, SamplingConfig};
 use coe_tool_state::EpisodeConfig;
 use coe_trainer::rollout::{PlayConfig, PlayStats, play_tasks};
 
+/// RL experience throughput: episodes/s, steps/s and tokens/s, with the time split between
+/// prefill, decode and sandbox.
+#[derive(Parser)]
+#[command(version)]
 struct Args {
+    /// The base model (GGUF or a Hugging Face folder).
+    #[arg(long, default_value_os_t = coe_policy::default_model_path())]
     model: PathBuf,
+    /// LoRA adapter to play with; none: the base model.
+    #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Task file (JSON Lines).
+    #[arg(long, default_value_os_t = coe_benches::fixtures_dir().join("eval/mbpp-synthetic-test.jsonl"))]
     tasks: PathBuf,
+    /// Tasks played, from the file's start.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     limit: usize,
+    /// Episodes per task (the GRPO group).
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     group: usize,
+    /// Turns per episode at most.
+    #[arg(long, default_value_t = 10)]
     max_turns: usize,
+    /// Runs per setting.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     repeats: usize,
+    /// Sandbox worker counts to compare, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = at_least_one)]
     workers: Vec<usize>,
+    /// Episodes decoding together, comma-separated.
+    #[arg(long = "batch", value_delimiter = ',', default_value = "1,4,16", value_parser = at_least_one)]
     batches: Vec<usize>,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        model: coe_policy::default_model_path(),
-        adapter: None,
-        tasks: coe_benches::fixtures_dir().join("eval/mbpp-synthetic-test.jsonl"),
-        limit: 2,
-        group: 4,
-        max_turns: 10,
-        repeats: 3,
-        workers: vec![1],
-        batches: vec![1, 4, 16],
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => args.model = value()?.into(),
-            "--adapter" => args.adapter = Some(value()?.into()),
-            "--tasks" => args.tasks = value()?.into(),
-            "--limit" => args.limit = value()?.parse()?,
-            "--group" => args.group = value()?.parse()?,
-            "--max-turns" => args.max_turns = value()?.parse()?,
-            "--repeats" => args.repeats = value()?.parse()?,
-            "--workers" => args.workers = list(&value()?)?,
-            "--batch" => args.batches = list(&value()?)?,
-            other => bail!(
-                "unknown argument {other}; usage: experience-bench [--model PATH] [--adapter PATH] \
-                 [--tasks FILE] [--limit N] [--group G] [--max-turns N] [--repeats N] \
-                 [--workers 1] [--batch 1,4,16]"
-            ),
-        }
-    }
-    if args.workers.is_empty()
-        || args.batches.is_empty()
-        || args.repeats == 0
-        || args.limit == 0
-        || args.group == 0
-    {
-        bail!("--workers, --batch, --repeats, --limit and --group need at least one");
-    }
-    Ok(args)
-}
-
-fn list(text: &str) -> Result<Vec<usize>> {
-    Ok(text.split(',').map(str::parse).collect::<Result<_, _>>()?)
-}
-
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let device = Default::default();
     let mut policy = Policy::<CpuBackend>::load(&args.model, &device)
         .with_context(|| format!("loading {}", args.model.display()))?;

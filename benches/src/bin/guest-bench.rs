@@ -11,45 +11,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use coe_benches::{cpython, mbpp, passed_outcomes, rotated_medians, write_task_file};
+use anyhow::{Context, Result, ensure};
+use clap::Parser;
+use coe_benches::{at_least_one, cpython, mbpp, passed_outcomes, rotated_medians, write_task_file};
 use coe_tool_state::Task;
 
 /// A `coe` binary under test and the name its column gets.
+#[derive(Clone)]
 struct Coe {
     label: String,
     path: PathBuf,
 }
 
+/// The guest interpreter on CPU-bound programs, and `coe check`, against CPython.
+#[derive(Parser)]
+#[command(version)]
 struct Args {
+    /// A `coe` binary to measure, as `LABEL=PATH` or `PATH`; repeat to compare builds.
+    #[arg(long = "coe", required = true, value_parser = parse_coe)]
     coes: Vec<Coe>,
+    /// Rounds, alternating the engines.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     rounds: usize,
 }
 
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        coes: Vec::new(),
-        rounds: 3,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rounds" => args.rounds = value()?.parse()?,
-            "--coe" => {
-                let value = value()?;
-                let (label, path) = value.split_once('=').unwrap_or(("coe", &value));
-                args.coes.push(Coe {
-                    label: label.to_owned(),
-                    path: PathBuf::from(path),
-                });
-            }
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    ensure!(!args.coes.is_empty(), "give at least one --coe PATH");
-    ensure!(args.rounds > 0, "--rounds must be at least 1");
-    Ok(args)
+fn parse_coe(text: &str) -> Result<Coe, String> {
+    let (label, path) = text.split_once('=').unwrap_or(("coe", text));
+    Ok(Coe {
+        label: label.to_owned(),
+        path: PathBuf::from(path),
+    })
 }
 
 /// Generous: the slowest program takes about a second in either interpreter.
@@ -195,7 +186,7 @@ fn check(args: &Args, python: &PathBuf, tasks: &[Task]) -> Result<Row> {
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let python = cpython::interpreter()?;
     let version = timed(Command::new(&python).arg("--version"))?.0;
     println!("# Guest interpreter against CPython\n");

@@ -9,39 +9,28 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::prelude::Backend;
-use coe_benches::median;
+use clap::Parser;
+use coe_benches::{at_least_one, median};
 use coe_policy::generate::{decode_batch, prefill_batch, rng};
 use coe_policy::{Adapters, Policy, SamplingConfig, Session};
 
+/// Policy prefill and decode speed (single stream and batched) against llama.cpp and
+/// transformers, with the reference check.
+#[derive(Parser)]
+#[command(version)]
 struct Args {
+    /// The burn backend measured.
+    #[arg(long, default_value = "flex", value_parser = ["flex", "ndarray", "candle", "cuda"])]
     backend: String,
+    /// The base model (GGUF or a Hugging Face folder).
+    #[arg(long, default_value_os_t = coe_policy::default_model_path())]
     model: PathBuf,
+    /// Timed runs per measurement.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     repeats: usize,
+    /// Tokens decoded per run.
+    #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     decode_tokens: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        backend: "flex".into(),
-        model: coe_policy::default_model_path(),
-        repeats: 3,
-        decode_tokens: 128,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--backend" => args.backend = value()?,
-            "--model" => args.model = value()?.into(),
-            "--repeats" => args.repeats = value()?.parse()?,
-            "--decode-tokens" => args.decode_tokens = value()?.parse()?,
-            other => bail!(
-                "unknown argument {other}; usage: policy-bench [--backend flex|ndarray|candle|cuda] \
-                 [--model PATH] [--repeats N] [--decode-tokens N]"
-            ),
-        }
-    }
-    Ok(args)
 }
 
 fn measure<B: Backend>(args: &Args) -> Result<()> {
@@ -169,7 +158,7 @@ fn batched<B: Backend>(
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     if !args.model.exists() {
         bail!(
             "no model at {}: run `cargo xtask model`",

@@ -7,50 +7,53 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
+use clap::Parser;
 use coe_benches::{
-    cpython, mbpp, passed_outcomes, percentile, resident_kib, rotated_medians, write_task_file,
+    at_least_one, cpython, mbpp, passed_outcomes, percentile, resident_kib, rotated_medians,
+    write_task_file,
 };
 use coe_exec::{ExecRequest, Limits, Status};
 use coe_sandbox::{Sandbox, SandboxConfig, Timings};
 use coe_tool_state::Task;
 
+/// Sandbox throughput and latency against CPython, and memory over many runs.
+#[derive(Parser)]
+#[command(version)]
 struct Args {
+    /// Rounds, alternating the engines.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     rounds: usize,
+    /// Runs in the memory measurement.
+    #[arg(long, default_value_t = 100_000)]
     memory_runs: usize,
+    /// A `coe` binary, to measure `coe check` as a whole process too.
+    #[arg(long)]
     coe: Option<PathBuf>,
+    /// Pool instances (the default of SandboxConfig).
+    #[arg(long, overrides_with = "no_pooling")]
     pooling: bool,
+    /// Instantiate each run afresh.
+    #[arg(long, overrides_with = "pooling")]
+    no_pooling: bool,
 }
 
 impl Args {
+    /// Whether instances are pooled: the last of `--pooling`/`--no-pooling`, else the default.
+    fn pooling(&self) -> bool {
+        match (self.pooling, self.no_pooling) {
+            (true, _) => true,
+            (_, true) => false,
+            _ => SandboxConfig::default().pooling,
+        }
+    }
+
     fn config(&self, cache_dir: PathBuf) -> SandboxConfig {
         SandboxConfig {
             cache_dir: Some(cache_dir),
-            pooling: self.pooling,
+            pooling: self.pooling(),
         }
     }
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        rounds: 3,
-        memory_runs: 100_000,
-        coe: None,
-        pooling: SandboxConfig::default().pooling,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rounds" => args.rounds = value()?.parse()?,
-            "--memory-runs" => args.memory_runs = value()?.parse()?,
-            "--coe" => args.coe = Some(PathBuf::from(value()?)),
-            "--pooling" => args.pooling = true,
-            "--no-pooling" => args.pooling = false,
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    Ok(args)
 }
 
 fn request(task: &Task) -> ExecRequest<'_> {
@@ -153,14 +156,18 @@ fn workers_table(coe: &Path, tasks: &[Task], rounds: usize, cores: usize) -> Res
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let tasks = mbpp()?;
     let python = cpython::interpreter()?;
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     println!("# coe sandbox benchmark\n");
     println!(
         "Instance allocator: {}.\n",
-        if args.pooling { "pooling" } else { "on demand" }
+        if args.pooling() {
+            "pooling"
+        } else {
+            "on demand"
+        }
     );
     println!(
         "MBPP reference programs with their tests ({} tasks); CPython baseline: `{} -I -S -c` per run; {cores} cores.\n",

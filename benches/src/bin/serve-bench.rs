@@ -15,43 +15,31 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use coe_benches::{mbpp, percentile, process_resident_kib};
+use clap::Parser;
+use coe_benches::{at_least_one, mbpp, percentile, process_resident_kib};
 
+/// `coe serve` under concurrent clients against `coe check`, with the server's memory.
+#[derive(Parser)]
+#[command(version)]
 struct Args {
+    /// The `coe` binary (cargo xtask bench serve passes it).
+    #[arg(long)]
     coe: PathBuf,
+    /// The server's sandbox workers.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     workers: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     clients: usize,
+    /// Seconds of load per round.
+    #[arg(long, default_value_t = 30.0)]
     seconds: f64,
+    /// Requests per round at most.
+    #[arg(long, default_value_t = 100_000)]
     max_requests: usize,
+    /// Rounds.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     repeats: usize,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        coe: PathBuf::new(),
-        workers: 2,
-        clients: 8,
-        seconds: 30.0,
-        max_requests: 100_000,
-        repeats: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--coe" => args.coe = PathBuf::from(value()?),
-            "--workers" => args.workers = value()?.parse()?,
-            "--clients" => args.clients = value()?.parse()?,
-            "--seconds" => args.seconds = value()?.parse()?,
-            "--max-requests" => args.max_requests = value()?.parse()?,
-            "--repeats" => args.repeats = value()?.parse()?,
-            other => bail!("unknown argument {other}"),
-        }
-    }
-    if args.coe.as_os_str().is_empty() {
-        bail!("--coe PATH is required (cargo xtask bench serve passes it)");
-    }
-    Ok(args)
 }
 
 /// The service's side of one round.
@@ -197,7 +185,7 @@ fn check(args: &Args, tasks_file: &PathBuf, runs: usize) -> Result<f64> {
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     let tasks = mbpp()?;
     let bodies: Arc<Vec<String>> = Arc::new(
         tasks

@@ -18,64 +18,48 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use coe_benches::median;
+use clap::Parser;
+use coe_benches::{at_least_one, median};
 use coe_policy::{CpuTrainBackend, Llama, LlamaConfig, LoraConfig, Policy};
 use coe_trainer::chat::Encoded;
 use coe_trainer::optim::{OptimConfig, Trainer};
 use coe_trainer::sft::load_demonstrations;
 
+/// coe's SFT step against transformers + PEFT on the same demonstrations, and the machine's
+/// GEMM rate.
+#[derive(Parser)]
+#[command(version)]
 struct Args {
+    /// The base model (GGUF or a Hugging Face folder).
+    #[arg(long, default_value_os_t = coe_policy::default_model_path())]
     model: PathBuf,
+    /// SFT demonstrations (JSON Lines).
+    #[arg(long, default_value_os_t = coe_cache::cache_dir().join("data/sft-train.jsonl"))]
     demos: PathBuf,
+    /// Demonstrations per step: the first ones that fit `--context`.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     count: usize,
+    /// Longest demonstration in tokens.
+    #[arg(long, default_value_t = 1024)]
     context: usize,
+    /// Timed steps per engine.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     repeats: usize,
+    /// Micro-batches whose gradients coe takes at once.
+    #[arg(long, default_value_t = 2)]
     parallel_parts: usize,
+    /// Threads for both engines.
+    #[arg(long, default_value_t = 2, value_parser = at_least_one)]
     threads: usize,
+    /// The peer's Python interpreter; without it coe runs alone.
+    #[arg(long)]
     python: Option<PathBuf>,
+    /// Where both engines train.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
     device: String,
+    /// A Llama-3.2-1B-shaped model with random weights instead of `--model`.
+    #[arg(long)]
     random_1b: bool,
-}
-
-fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        model: coe_policy::default_model_path(),
-        demos: coe_cache::cache_dir().join("data/sft-train.jsonl"),
-        count: 8,
-        context: 1024,
-        repeats: 3,
-        parallel_parts: 2,
-        threads: 2,
-        python: None,
-        device: "cpu".into(),
-        random_1b: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--model" => args.model = value()?.into(),
-            "--demos" => args.demos = value()?.into(),
-            "--count" => args.count = value()?.parse()?,
-            "--context" => args.context = value()?.parse()?,
-            "--repeats" => args.repeats = value()?.parse()?,
-            "--parallel-parts" => args.parallel_parts = value()?.parse()?,
-            "--threads" => args.threads = value()?.parse()?,
-            "--python" => args.python = Some(value()?.into()),
-            "--device" => args.device = value()?,
-            "--random-1b" => args.random_1b = true,
-            other => bail!(
-                "unknown argument {other}; usage: train-bench [--model PATH] [--demos FILE] \
-                 [--count 8] [--context 1024] [--repeats 3] [--parallel-parts 2] [--threads 2] \
-                 [--python PATH (the peer's interpreter; none: coe alone)] [--device cpu|cuda] \
-                 [--random-1b (a Llama-3.2-1B-shaped model with random weights)]"
-            ),
-        }
-    }
-    if args.count == 0 || args.repeats == 0 || args.threads == 0 {
-        bail!("--count, --repeats and --threads need at least one");
-    }
-    Ok(args)
 }
 
 /// Useful floating-point operations of one training step over sequences of `lengths` tokens
@@ -121,7 +105,7 @@ fn peer(python: &PathBuf, args: &[&str]) -> Result<serde_json::Value> {
 }
 
 fn main() -> Result<()> {
-    let args = parse_args()?;
+    let args = Args::parse();
     match args.device.as_str() {
         "cpu" => bench::<CpuTrainBackend>(&args),
         #[cfg(feature = "cuda")]

@@ -126,7 +126,8 @@ mod tests {
 
     #[test]
     fn atomic_writes_replace_whole_files_and_leave_no_temporaries() {
-        let dir = std::env::temp_dir().join(format!("coe-cache-test-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let path = dir.join("nested/file.txt");
         write_atomically(&path, b"first").unwrap();
         write_atomically(&path, b"second").unwrap();
@@ -150,6 +151,5 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 4096);
         assert!(bytes.iter().all(|&b| b == bytes[0]));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

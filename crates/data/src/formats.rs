@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn lines_round_trip_and_bad_lines_are_named_and_skipped() {
-        let path = std::env::temp_dir().join(format!("coe-formats-{}.jsonl", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("transcripts.jsonl");
         let transcripts: Vec<Transcript> = (0..3)
             .map(|i| Transcript {
                 task_id: format!("mbpp/{i}"),
@@ -220,7 +221,6 @@ mod tests {
             read.errors[0]
         );
         assert!(read.strict().is_err());
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

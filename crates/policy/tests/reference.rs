@@ -42,8 +42,8 @@ fn smollm2_matches_the_reference() {
 #[test]
 fn tokenizer_json_and_gguf_paths_agree() {
     let Some(policy) = load() else { return };
-    let dir = std::env::temp_dir().join(format!("coe-tokenizer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let path = dir.join("tokenizer.json");
     policy.tokenizer.save(&path).unwrap();
     let reloaded = coe_policy::TextTokenizer::from_file(&path).unwrap();
@@ -61,5 +61,4 @@ fn tokenizer_json_and_gguf_paths_agree() {
     }
     // Digits are split one by one.
     assert_eq!(policy.tokenizer.encode("1234").unwrap().len(), 4);
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -227,7 +227,8 @@ fn adapters_off_is_the_base_and_merge_matches() {
 
 #[test]
 fn adapters_round_trip_through_safetensors() {
-    let dir = std::env::temp_dir().join(format!("coe-policy-adapter-{}", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let path = dir.join("adapter.safetensors");
     let config = LoraConfig {
         rank: 4,
@@ -254,7 +255,6 @@ fn adapters_round_trip_through_safetensors() {
     assert!(err.to_string().contains("expected F32"), "{err}");
     std::fs::write(&path, b"not safetensors").unwrap();
     assert!(coe_policy::lora::load_adapters(tiny::<B>(5), &path).is_err());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -375,8 +375,8 @@ fn loads_a_sharded_hugging_face_folder() {
     use safetensors::tensor::TensorView;
     let model = tiny::<B>(11);
     let config = model.config().clone();
-    let dir = std::env::temp_dir().join(format!("coe-hf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let bytes = |v: Vec<f32>| {
         v.into_iter()
             .flat_map(f32::to_le_bytes)
@@ -457,5 +457,4 @@ fn loads_a_sharded_hugging_face_folder() {
     std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
     let err = coe_policy::Policy::<B>::load(&dir, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("no tensor"), "{err}");
-    std::fs::remove_dir_all(&dir).ok();
 }

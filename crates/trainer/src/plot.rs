@@ -251,8 +251,8 @@ mod tests {
 
     #[test]
     fn writes_a_curve_per_metric_present_and_skips_bad_lines() {
-        let dir = std::env::temp_dir().join(format!("coe-plot-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let dir = scratch.path();
         let metrics = dir.join("metrics.jsonl");
         let mut text = String::new();
         for step in 1..=30 {
@@ -271,12 +271,12 @@ mod tests {
         assert_eq!(names, ["loss.svg", "kl.svg"]);
         let svg = std::fs::read_to_string(&written[0]).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("Loss") && svg.contains("<polyline"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn draws_a_bar_per_policy_and_set() {
-        let path = std::env::temp_dir().join(format!("coe-bars-{}.svg", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("bars.svg");
         let row = |set: &str, policy: &str, p1: f64| PassRates {
             set: set.into(),
             policy: policy.into(),
@@ -310,6 +310,5 @@ mod tests {
         let lines = |svg: &str| svg.matches("<polyline").count();
         assert_eq!(lines(&svg) - lines(&plain), 3 * 5);
         assert!(plot_pass_rates(&[], 4, &path).is_err());
-        std::fs::remove_file(&path).ok();
     }
 }

@@ -151,19 +151,19 @@ fn demonstrations_too_long_for_the_context_are_skipped_and_counted() {
     long[1] = Message::new(Role::User, &long_program);
     let long = serde_json::json!({ "messages": long });
     let context = encode(&tok, &demo("DELL 1"), 2048).unwrap().tokens.len() + 5;
-    let path = std::env::temp_dir().join(format!("coe-demos-{}.jsonl", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("demos.jsonl");
     std::fs::write(&path, format!("{short}\n{long}\n\n{short}\n")).unwrap();
     let (examples, skipped) = load_demonstrations(&tok, &path, context, &[]).unwrap();
     assert_eq!((examples.len(), skipped), (2, 1));
     // A task left out of training contributes nothing.
     let kept = serde_json::json!({ "task_id": "mbpp/1", "messages": demo("DELL 1") });
     let left_out = serde_json::json!({ "task_id": "mbpp/2", "messages": demo("DELL 1") });
-    let with_ids = std::env::temp_dir().join(format!("coe-demos-ids-{}.jsonl", std::process::id()));
+    let with_ids = scratch.path().join("demos-with-ids.jsonl");
     std::fs::write(&with_ids, format!("{kept}\n{left_out}\n{left_out}\n")).unwrap();
     let (examples, _) =
         load_demonstrations(&tok, &with_ids, context, &["mbpp/2".to_string()]).unwrap();
     assert_eq!(examples.len(), 1);
-    std::fs::remove_file(&with_ids).ok();
     // Nothing fits: an error that says so, not an empty run.
     let none = load_demonstrations(&tok, &path, 8, &[]).unwrap_err();
     assert!(
@@ -175,7 +175,6 @@ fn demonstrations_too_long_for_the_context_are_skipped_and_counted() {
     std::fs::write(&path, format!("{short}\n{{oops\n")).unwrap();
     let bad = load_demonstrations(&tok, &path, context, &[]).unwrap_err();
     assert!(bad.to_string().contains("line 2"), "{bad}");
-    std::fs::remove_file(&path).ok();
 }
 
 #[test]
@@ -609,7 +608,8 @@ fn resume_reproduces_the_next_step() {
     straight.seed = 5;
     straight.sft_step(&batches).unwrap();
     straight.sft_step(&batches).unwrap();
-    let dir = std::env::temp_dir().join(format!("coe-resume-{}", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     straight.save_checkpoint(&dir, &lora, &[]).unwrap();
     let expected = straight.sft_step(&batches).unwrap();
 
@@ -617,7 +617,6 @@ fn resume_reproduces_the_next_step() {
     assert_eq!((state.step, state.seed), (2, 5));
     let got = resumed.sft_step(&batches).unwrap();
     assert_eq!(got, expected, "the step after resuming differs");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -759,7 +758,8 @@ fn the_first_update_scores_every_token_with_the_sampling_policy() {
 #[test]
 fn the_kl_reference_is_the_policy_rl_starts_from() {
     let model = trained_lora_model::<CpuBackend>(12, 0.0);
-    let dir = std::env::temp_dir().join(format!("coe-reference-{}", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let path = dir.join("sft.safetensors");
     coe_policy::lora::save_adapters(&model, &TOY_LORA, &path).unwrap();
     let policy = Policy {
@@ -801,7 +801,6 @@ fn the_kl_reference_is_the_policy_rl_starts_from() {
         gap_to_base > 1e-2,
         "the base model is a different policy: {gap_to_base}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A group's loss with its prompt run once (one graph, one backward) has the value and the
