@@ -9,9 +9,12 @@
 //!   std_{j in S_t} R_{j,t}`, and `A_{i,t} = 0` when that deviation is below `1e-4` (rewards
 //!   are multiples of 0.01 or a progress credit on shares of tests: anything smaller is
 //!   rounding). Turn 1 compares whole-episode returns, as GRPO does; a later turn is compared
-//!   only with the same turn of the episodes that got that far, so an early turn is not blamed
-//!   for a later turn's mistake, identical episodes get 0 at every turn, and no group's numbers
-//!   touch another's;
+//!   only with the same turn of the episodes that got that far, so a turn after a mistake is
+//!   not blamed for it (the turns before it are: their reward-to-go includes it), identical
+//!   episodes get 0 at every turn, and no group's numbers touch another's. A turn that only one
+//!   episode of the group reached (the others ended earlier) is compared with the group's
+//!   whole-episode returns, so a repair made after every other episode had stopped still
+//!   counts;
 //! - every token `k` the model generated in turn `t` gets `A_{i,t}`; with
 //!   `rho = exp(log pi(k) - log pi_old(k))` (`pi_old`: the sampling policy, log-probs recorded
 //!   at rollout) the objective is `min(rho A, clip(rho, 1 - eps, 1 + eps) A)`;
@@ -117,14 +120,21 @@ fn returns(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
 pub fn group_advantages(rewards: &[Vec<f32>]) -> Vec<Vec<f32>> {
     let returns = returns(rewards);
     let longest = returns.iter().map(Vec::len).max().unwrap_or(0);
-    // Mean and deviation of the returns at each turn index, over the episodes that have it.
+    let stats = |at: &[f32]| {
+        let n = at.len() as f32;
+        let mean = at.iter().sum::<f32>() / n;
+        let std = (at.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
+        (mean, std)
+    };
+    // Mean and deviation of the returns at each turn index, over the episodes that have it; a
+    // turn only one episode reached has no peer, so it is compared with the whole-episode
+    // returns (turn 1's) instead of getting 0.
+    let at = |t: usize| -> Vec<f32> { returns.iter().filter_map(|r| r.get(t).copied()).collect() };
+    let whole = stats(&at(0));
     let per_turn: Vec<(f32, f32)> = (0..longest)
         .map(|t| {
-            let at: Vec<f32> = returns.iter().filter_map(|r| r.get(t).copied()).collect();
-            let n = at.len() as f32;
-            let mean = at.iter().sum::<f32>() / n;
-            let std = (at.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
-            (mean, std)
+            let at = at(t);
+            if at.len() < 2 { whole } else { stats(&at) }
         })
         .collect();
     returns
@@ -392,17 +402,10 @@ pub fn update_chunks(
     model: &LlamaConfig,
     budget: usize,
 ) -> Vec<Vec<usize>> {
-    let (layers, heads) = (model.num_hidden_layers, model.num_attention_heads);
-    let per_token = 4
-        * (layers * (10 * model.hidden_size + 5 * model.intermediate_size) + 2 * model.vocab_size);
-    let cost = |t: usize| {
-        let new = t.saturating_sub(prompt);
-        12 * layers * heads * new * t + per_token * new
-    };
     let mut chunks: Vec<Vec<usize>> = Vec::new();
     let mut used = 0;
     for (i, &len) in lengths.iter().enumerate() {
-        let c = cost(len);
+        let c = update_bytes(len, prompt, model);
         match chunks.last_mut() {
             Some(chunk) if used + c <= budget => {
                 chunk.push(i);
@@ -415,6 +418,16 @@ pub fn update_chunks(
         }
     }
     chunks
+}
+
+/// The memory an episode of `tokens` tokens continuing a `prompt`-token prompt holds for its
+/// backward (see [`update_chunks`]).
+pub fn update_bytes(tokens: usize, prompt: usize, model: &LlamaConfig) -> usize {
+    let (layers, heads) = (model.num_hidden_layers, model.num_attention_heads);
+    let per_token = 4
+        * (layers * (10 * model.hidden_size + 5 * model.intermediate_size) + 2 * model.vocab_size);
+    let new = tokens.saturating_sub(prompt);
+    12 * layers * heads * new * tokens + per_token * new
 }
 
 /// A group the update learns from: its episodes with their per-turn advantages, and the tokens
@@ -682,7 +695,8 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         let model_config = trainer.model.config();
         // Runs taken at once share the memory budget.
         let budget = UPDATE_MEMORY_BYTES / trainer.parts_at_once();
-        let parts: Vec<(usize, Vec<usize>)> = kept
+        // (group, its episodes in the run, the run's memory).
+        let parts: Vec<(usize, Vec<usize>, usize)> = kept
             .iter()
             .enumerate()
             .flat_map(|(g, (episodes, _))| {
@@ -694,7 +708,14 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
                     .unwrap_or(0);
                 update_chunks(&lengths, prompt, model_config, budget)
                     .into_iter()
-                    .map(move |chunk| (g, chunk))
+                    .map(move |chunk| {
+                        let bytes = chunk
+                            .iter()
+                            .map(|&i| update_bytes(lengths[i], prompt, model_config))
+                            .sum();
+                        (g, chunk, bytes)
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         let update = Instant::now();
@@ -702,14 +723,17 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         let (report, part_stats) = if parts.is_empty() {
             (trainer.skip_step(), Vec::new())
         } else {
-            let work = |(g, chunk): &(usize, Vec<usize>)| {
+            let work = |(g, chunk, _): &(usize, Vec<usize>, usize)| {
                 let episodes = &kept[*g].0;
                 chunk
                     .iter()
                     .map(|&i| episodes[i].0.tokens.len() as u64)
                     .sum()
             };
-            trainer.step_sum(&parts, work, |model, (g, chunk)| {
+            // A run over its share of the budget (one long episode) runs with nothing beside
+            // it: two at once could need more memory than the machine has.
+            let alone = |(_, _, bytes): &(usize, Vec<usize>, usize)| *bytes > budget;
+            trainer.step_sum(&parts, work, alone, |model, (g, chunk, _)| {
                 let (episodes, tokens) = &kept[*g];
                 let update: Vec<UpdateEpisode<'_>> = chunk
                     .iter()
@@ -806,10 +830,31 @@ mod tests {
                 }
             }
         }
-        // The malformed turn is blamed where it happened, not before it: on turn 1 the
-        // sloppy episode's return is lower, but turns after the mistake compare equal.
+        // The turns up to the malformed one carry its penalty in their reward-to-go (turn 1
+        // of the sloppy episode is below the tried one's), the turns after it compare equal.
         assert!(adv[2][0] < adv[1][0]);
         assert_eq!(adv[2][3], adv[1][3]);
+    }
+
+    #[test]
+    fn a_repair_after_every_other_episode_ended_still_gets_credit() {
+        // Three episodes stop by turn 2 (context cut, EXIT); the fourth repairs on turn 4.
+        let late_solver = vec![TURN, TURN, TURN, 1.0 + TURN, TURN];
+        let stopped = vec![TURN, TURN - 0.5];
+        let adv = group_advantages(&[late_solver, stopped.clone(), stopped.clone(), stopped]);
+        for (t, &a) in adv[0].iter().enumerate().skip(2) {
+            assert!(a > 0.0, "turn {}: {a}", t + 1);
+        }
+        // Alone at a turn, compared with the whole-episode returns: its return-to-go from
+        // turn 5 (the EXIT) is below its turn-1 return, yet above the stopped ones'.
+        assert!(adv[0][3] > adv[0][4]);
+        // One episode alone in its group still learns nothing.
+        assert!(
+            group_advantages(&[vec![1.0, TURN]])
+                .iter()
+                .flatten()
+                .all(|&a| a == 0.0)
+        );
     }
 
     #[test]

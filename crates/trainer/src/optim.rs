@@ -232,9 +232,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         loss_fn: impl Fn(&Llama<B>, &T) -> Result<Tensor<B, 1>, TrainerError> + Sync,
     ) -> Result<StepReport, TrainerError> {
         let scale = 1.0 / micro_batches.len().max(1) as f64;
-        let (report, _) = self.step_sum(micro_batches, work, |model, batch| {
-            Ok((loss_fn(model, batch)?.mul_scalar(scale), ()))
-        })?;
+        let (report, _) = self.step_sum(
+            micro_batches,
+            work,
+            |_| false,
+            |model, batch| Ok((loss_fn(model, batch)?.mul_scalar(scale), ())),
+        )?;
         Ok(report)
     }
 
@@ -247,11 +250,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// its partner, as fixed pairs would), each on a copy of the model whose adapters are fresh
     /// leaves of the autodiff graph (the same parameter ids, so each copy's gradients are the
     /// model's). The gradients are then summed in the order of `parts`, so the step does not
-    /// depend on how many ran at once or in which order they finished.
+    /// depend on how many ran at once or in which order they finished. A part for which `alone`
+    /// holds runs with no other beside it (one whose graph alone needs most of the memory).
     pub fn step_sum<T: Sync, X: Send>(
         &mut self,
         parts: &[T],
         work: impl Fn(&T) -> u64,
+        alone: impl Fn(&T) -> bool + Sync,
         loss_fn: impl Fn(&Llama<B>, &T) -> Result<(Tensor<B, 1>, X), TrainerError> + Sync,
     ) -> Result<(StepReport, Vec<X>), TrainerError> {
         if parts.is_empty() {
@@ -284,18 +289,28 @@ impl<B: AutodiffBackend> Trainer<B> {
             // Stable: equal costs keep the order of `parts`.
             queue.sort_by_key(|&i| std::cmp::Reverse(work(&parts[i])));
             let next = std::sync::atomic::AtomicUsize::new(0);
+            // Parts that must run alone take it exclusively, the others shared.
+            let running = std::sync::RwLock::new(());
             let model = &self.model;
             type Taken<X> = Vec<(usize, Result<(f64, GradientsParams, X), TrainerError>)>;
             let taken: Vec<Result<Taken<X>, TrainerError>> = std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..threads)
                     .map(|_| {
                         let (queue, next, gradients) = (&queue, &next, &gradients);
+                        let (alone, running) = (&alone, &running);
                         let device = device.clone();
                         scope.spawn(move || {
                             let mut done = Vec::new();
                             loop {
                                 let slot = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 let Some(&index) = queue.get(slot) else { break };
+                                // A poisoned lock only means another part panicked; that
+                                // thread's join reports it.
+                                let exclusive = alone(&parts[index]);
+                                let _alone = exclusive
+                                    .then(|| running.write().unwrap_or_else(|e| e.into_inner()));
+                                let _beside = (!exclusive)
+                                    .then(|| running.read().unwrap_or_else(|e| e.into_inner()));
                                 let copy = model.clone().fork(&device);
                                 done.push((index, gradients(&copy, &parts[index])));
                             }

@@ -345,6 +345,7 @@ fn one_grpo_update_moves_probability_towards_the_rewarded_command() {
         .step_sum(
             &episodes,
             |_| 1,
+            |_| false,
             |model, (rollout, a)| {
                 Ok((
                     episode_loss(model, rollout, a, group_tokens, &config).loss,
@@ -610,10 +611,10 @@ fn resume_reproduces_the_next_step() {
     straight.sft_step(&batches).unwrap();
     let scratch = tempfile::tempdir().unwrap();
     let dir = scratch.path();
-    straight.save_checkpoint(&dir, &lora, &[]).unwrap();
+    straight.save_checkpoint(dir, &lora, &[]).unwrap();
     let expected = straight.sft_step(&batches).unwrap();
 
-    let (mut resumed, state) = Trainer::load_checkpoint(base(), &dir, config).unwrap();
+    let (mut resumed, state) = Trainer::load_checkpoint(base(), dir, config).unwrap();
     assert_eq!((state.step, state.seed), (2, 5));
     let got = resumed.sft_step(&batches).unwrap();
     assert_eq!(got, expected, "the step after resuming differs");
@@ -673,6 +674,59 @@ fn parts_taken_at_once_give_the_step_taken_one_by_one() {
     }
     // The steps moved the adapters (B starts at zero), so the comparison compared something.
     assert!(one_by_one.iter().any(|&w| w != 0.0) && one_by_one_losses[2] < one_by_one_losses[0]);
+}
+
+#[test]
+fn a_part_that_must_run_alone_overlaps_no_other() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    let _rng = backend_rng();
+    let demos = encoded_demos(&["REPL 1 x = 2", "DELL 1", "ADDL 1 y = 3", "REPL 2 z = 4"]);
+    let config = OptimConfig {
+        parallel_parts: 2,
+        ..OptimConfig::default()
+    };
+    let mut trainer = Trainer::new(lora_model::<AD>(4), config);
+    let parts: Vec<usize> = (0..demos.len()).collect();
+    // Runs a step; returns (most parts seen at once, lone parts that had company).
+    let mut step = |alone: &(dyn Fn(&usize) -> bool + Sync)| {
+        let (running, most, company) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        trainer
+            .step_sum(
+                &parts,
+                |_| 1,
+                alone,
+                |model, &i| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let loss = coe_trainer::sft::sft_loss(model, &[&demos[i]]);
+                    // Give a partner time to start (up to a second), as it would if allowed to.
+                    let started = Instant::now();
+                    while running.load(Ordering::SeqCst) < 2
+                        && started.elapsed() < Duration::from_secs(1)
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    if alone(&i) && running.load(Ordering::SeqCst) != 1 {
+                        company.fetch_add(1, Ordering::SeqCst);
+                    }
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok((loss?, ()))
+                },
+            )
+            .unwrap();
+        (most.into_inner(), company.into_inner())
+    };
+    // Without lone parts two run at once: the threads are really there.
+    assert_eq!(step(&|_| false).0, 2);
+    // Parts 0 and 2 must run alone: neither ever has company, and nothing runs beside them.
+    let (most, company) = step(&|i| i % 2 == 0);
+    assert_eq!(company, 0, "a lone part had company");
+    assert!(most <= 2);
 }
 
 /// `lora_model` with every adapter's `B` made non-zero, so that the adapters (and their
