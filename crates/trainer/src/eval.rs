@@ -141,8 +141,8 @@ impl EvalSummary {
             samples,
             pass_at_1: mean(&pass1),
             pass_at_k: mean(&passk),
-            pass_at_1_interval: bootstrap_interval(&pass1),
-            pass_at_k_interval: bootstrap_interval(&passk),
+            pass_at_1_interval: interval(&pass1),
+            pass_at_k_interval: interval(&passk),
             mean_turns: if episodes == 0 {
                 0.0
             } else {
@@ -183,6 +183,39 @@ fn mean(values: &[f64]) -> f64 {
         0.0
     } else {
         values.iter().sum::<f64>() / values.len() as f64
+    }
+}
+
+/// The 95% interval of the mean of per-task rates `values` (percent): the bootstrap's, except
+/// when every task scored 0 or every task 100, where resampling can only return that value (an
+/// interval of width 0, as if 0 of 100 proved a rate of 0); there the Wilson score interval of
+/// 0 (or all) successes in that many tasks says how high (or low) the rate may still be.
+fn interval(values: &[f64]) -> Option<Interval> {
+    let n = values.len() as f64;
+    if values.iter().all(|&v| v == 0.0) || values.iter().all(|&v| v == 100.0) {
+        return (n > 0.0).then(|| wilson(values[0] / 100.0, n));
+    }
+    bootstrap_interval(values)
+}
+
+/// The Wilson score interval (95%) of a proportion `p` observed in `n` trials, in percent.
+fn wilson(p: f64, n: f64) -> Interval {
+    const Z: f64 = 1.959_963_984_540_054;
+    let z2 = Z * Z;
+    let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
+    let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
+    // At p = 0 (or 1) the bound is 0 (or 1) exactly; the formula leaves rounding dust there.
+    Interval {
+        low: if p <= 0.0 {
+            0.0
+        } else {
+            100.0 * (centre - half).max(0.0)
+        },
+        high: if p >= 1.0 {
+            100.0
+        } else {
+            100.0 * (centre + half).min(1.0)
+        },
     }
 }
 
@@ -303,5 +336,27 @@ mod tests {
         assert_eq!(pass_at_k(4, 1, 1), 0.25);
         assert_eq!(pass_at_k(0, 0, 1), 0.0);
         assert_eq!(pass_at_k(4, 4, 9), 1.0);
+    }
+
+    #[test]
+    fn a_rate_of_zero_or_all_still_has_an_interval_of_some_width() {
+        // 0 of 100 tasks: Wilson's upper bound, about 3.7%, not [0, 0].
+        let none = interval(&[0.0; 100]).unwrap();
+        assert_eq!(none.low, 0.0);
+        assert!((none.high - 3.70).abs() < 0.01, "{none:?}");
+        let all = interval(&[100.0; 100]).unwrap();
+        assert!(
+            (all.low - 96.30).abs() < 0.01 && all.high == 100.0,
+            "{all:?}"
+        );
+        // 1 of 20: Wilson's textbook interval is [0.89, 23.61]; the bootstrap's differs, but
+        // contains the rate and is no longer of width 0.
+        assert!((wilson(0.05, 20.0).low - 0.89).abs() < 0.01);
+        assert!((wilson(0.05, 20.0).high - 23.61).abs() < 0.01);
+        let mut one = vec![0.0; 19];
+        one.push(100.0);
+        let some = interval(&one).unwrap();
+        assert!(some.low <= 5.0 && some.high > 5.0, "{some:?}");
+        assert!(interval(&[]).is_none());
     }
 }
