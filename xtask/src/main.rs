@@ -308,7 +308,7 @@ impl EvalRun<'_> {
         let tasks = eval_set_file(set)?;
         let dir = self.out.join(self.name).join(set);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        self.check_record(&dir)?;
+        self.check_record(&dir, &tasks)?;
         for index in 0..self.shards {
             // One shard keeps the unsharded names, which `coe report` reads as they are.
             let (suffix, page_dir) = if self.shards == 1 {
@@ -361,11 +361,25 @@ impl EvalRun<'_> {
 
     /// The run's settings, kept in DIR/run.json: finished shards are only reused by a run
     /// with the same settings, since a folder mixing two runs' results would report neither.
-    fn check_record(&self, dir: &Path) -> Result<()> {
+    /// The settings include the checksums of the `coe` binary (a rebuild may change the code or
+    /// the built-in default policy), of the task file and of an `--adapter` file (retrained in
+    /// place, it would be another policy under the same path).
+    fn check_record(&self, dir: &Path, tasks: &str) -> Result<()> {
+        let adapter = self
+            .extra
+            .iter()
+            .position(|a| a == "--adapter")
+            .and_then(|i| self.extra.get(i + 1))
+            .filter(|a| *a != "none")
+            .map(|a| sha256_file(Path::new(a)))
+            .transpose()?;
         let record = serde_json::json!({
             "shards": self.shards,
             "direct": self.direct,
             "coe": self.coe,
+            "coe_sha256": sha256_file(self.coe)?,
+            "tasks_sha256": sha256_file(Path::new(tasks))?,
+            "adapter_sha256": adapter,
             "args": self.extra,
         });
         let path = dir.join("run.json");
@@ -376,7 +390,8 @@ impl EvalRun<'_> {
                 if earlier != record {
                     bail!(
                         "{} holds a run with other settings ({earlier}); this one is {record}: \
-                         choose another --name or --out, or delete the folder",
+                         to go on with it, run the same binary (--coe, a copy kept aside) and \
+                         files; else choose another --name or --out, or delete the folder",
                         dir.display()
                     );
                 }

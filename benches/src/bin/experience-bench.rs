@@ -68,12 +68,8 @@ fn main() -> Result<()> {
             max_turns: args.max_turns,
             ..EpisodeConfig::default()
         },
-        sampling: SamplingConfig {
-            temperature: 1.0,
-            top_p: 1.0,
-            max_tokens: 96,
-            stop_at_newline: true,
-        },
+        // GRPO's sampling: temperature 1, one command per turn.
+        sampling: SamplingConfig::default(),
         ..PlayConfig::default()
     };
     let settings: Vec<(usize, usize)> = args

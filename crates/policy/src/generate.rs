@@ -24,6 +24,10 @@ pub struct SamplingConfig {
     pub max_tokens: usize,
     /// Stop after a token containing a line break (one command per turn).
     pub stop_at_newline: bool,
+    /// Stop once the text has opened and closed a fenced code block (a whole-program answer
+    /// whose program is that block: nothing after it can change the program).
+    #[serde(default)]
+    pub stop_after_code_block: bool,
 }
 
 impl Default for SamplingConfig {
@@ -33,6 +37,7 @@ impl Default for SamplingConfig {
             top_p: 1.0,
             max_tokens: 96,
             stop_at_newline: true,
+            stop_after_code_block: false,
         }
     }
 }
@@ -45,6 +50,7 @@ impl SamplingConfig {
             top_p: 1.0,
             max_tokens,
             stop_at_newline: false,
+            stop_after_code_block: false,
         }
     }
 }
@@ -62,6 +68,8 @@ pub enum StopReason {
     MaxTokens,
     /// The context limit was reached.
     ContextFull,
+    /// A fenced code block was closed ([`SamplingConfig::stop_after_code_block`]).
+    CodeBlock,
 }
 
 /// One generated continuation.
@@ -154,13 +162,24 @@ impl<B: Backend> Session<B> {
         if n == 1 {
             return decode_batch(model, tokenizer, vec![(self, logits)], &mut [rng], config);
         }
-        let mut rngs: Vec<StdRng> = (0..n)
-            .map(|_| StdRng::seed_from_u64(rng.next_u64()))
-            .collect();
+        let mut rngs = row_generators(rng, n);
         let rows = (0..n).map(|_| (self.clone(), logits.clone())).collect();
         let mut rngs: Vec<&mut StdRng> = rngs.iter_mut().collect();
         decode_batch(model, tokenizer, rows, &mut rngs, config)
     }
+}
+
+/// The generators of `n` rows sampled from one prompt, each seeded from `rng` in turn: a row's
+/// draws depend on `rng` and its place alone, so the rows may decode in any batch.
+pub fn row_generators(rng: &mut StdRng, n: usize) -> Vec<StdRng> {
+    (0..n)
+        .map(|_| StdRng::seed_from_u64(rng.next_u64()))
+        .collect()
+}
+
+/// Whether `text` has opened and closed a fenced code block (two fences).
+fn closes_code_block(text: &str) -> bool {
+    text.matches("```").count() >= 2
 }
 
 /// Runs the pending tokens of several sessions as one packed batch ([`Llama::forward_rows`])
@@ -250,6 +269,11 @@ pub fn decode_batch<B: Backend>(
                 Some(StopReason::EndOfTurn)
             } else if config.stop_at_newline && tokenizer.has_newline(token) {
                 Some(StopReason::Newline)
+            } else if config.stop_after_code_block
+                && tokenizer.has_backtick(token)
+                && closes_code_block(&tokenizer.decode(&generation.tokens)?)
+            {
+                Some(StopReason::CodeBlock)
             } else if bases[row] + step + 1 >= limit {
                 Some(StopReason::ContextFull)
             } else {
@@ -536,4 +560,19 @@ pub fn shared_prefix_logprobs<B: Backend>(
             Ok(pick_logprobs(model, hidden.reshape([len, d]), &rows, &ids))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closes_code_block;
+
+    #[test]
+    fn a_code_block_is_closed_by_its_second_fence() {
+        assert!(!closes_code_block(
+            "Here is the fix:\n```python\ndef f():\n"
+        ));
+        assert!(closes_code_block("```python\ndef f():\n    return 1\n```"));
+        assert!(closes_code_block("```\nx = 1\n```\nMore text"));
+        assert!(!closes_code_block("use `x` and ``y``"));
+    }
 }

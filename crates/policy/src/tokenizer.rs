@@ -102,6 +102,7 @@ pub struct TextTokenizer {
     end_of_turn: u32,
     stop_ids: HashSet<u32>,
     newline_ids: HashSet<u32>,
+    backtick_ids: HashSet<u32>,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -136,19 +137,25 @@ impl TextTokenizer {
         for extra in ["<|endoftext|>", "<|end_of_text|>", "<|eom_id|>"] {
             stop_ids.extend(id(extra));
         }
-        let newline_ids = (0..inner.get_vocab_size(true) as u32)
-            .filter(|&i| {
-                inner
-                    .decode(&[i], false)
-                    .is_ok_and(|text| text.contains('\n'))
-            })
-            .collect();
+        // One pass over the vocabulary for every per-token property the sampler checks.
+        let (mut newline_ids, mut backtick_ids) = (HashSet::new(), HashSet::new());
+        for i in 0..inner.get_vocab_size(true) as u32 {
+            if let Ok(text) = inner.decode(&[i], false) {
+                if text.contains('\n') {
+                    newline_ids.insert(i);
+                }
+                if text.contains('`') {
+                    backtick_ids.insert(i);
+                }
+            }
+        }
         Ok(Self {
             inner,
             template,
             end_of_turn,
             stop_ids,
             newline_ids,
+            backtick_ids,
         })
     }
 
@@ -275,6 +282,11 @@ impl TextTokenizer {
     /// Whether the token's text contains a line break.
     pub fn has_newline(&self, id: u32) -> bool {
         self.newline_ids.contains(&id)
+    }
+
+    /// Whether the token's text contains a backtick (it may open or close a code block).
+    pub fn has_backtick(&self, id: u32) -> bool {
+        self.backtick_ids.contains(&id)
     }
 
     /// Vocabulary size including added tokens.

@@ -128,6 +128,7 @@ fn batched_rows_of_different_lengths_decode_as_each_alone() {
         top_p: 1.0,
         max_tokens: TAIL_POSITIONS + 40,
         stop_at_newline: false,
+        stop_after_code_block: false,
     };
     let prompts: Vec<Vec<u32>> = [5usize, 17, 70]
         .iter()
@@ -184,6 +185,7 @@ fn seeded_sampling_is_reproducible() {
         top_p: 0.9,
         max_tokens: 8,
         stop_at_newline: false,
+        stop_after_code_block: false,
     };
     let run = |seed| {
         let mut s = Session::new(&model);
@@ -443,7 +445,7 @@ fn loads_a_sharded_hugging_face_folder() {
     std::fs::write(dir.join("config.json"), config_json.to_string()).unwrap();
     tiny_tokenizer().save(&dir.join("tokenizer.json")).unwrap();
 
-    let loaded = coe_policy::Policy::<B>::load(&dir, &Default::default()).unwrap();
+    let loaded = coe_policy::Policy::<B>::load(dir, &Default::default()).unwrap();
     let tokens = [3u32, 14, 15, 9, 26];
     assert_eq!(
         full_logits(&loaded.model, &tokens, Adapters::On),
@@ -455,6 +457,6 @@ fn loads_a_sharded_hugging_face_folder() {
     );
     // A missing shard is an error naming the tensor, not a panic.
     std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
-    let err = coe_policy::Policy::<B>::load(&dir, &Default::default()).unwrap_err();
+    let err = coe_policy::Policy::<B>::load(dir, &Default::default()).unwrap_err();
     assert!(err.to_string().contains("no tensor"), "{err}");
 }

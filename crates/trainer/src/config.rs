@@ -89,12 +89,7 @@ impl Default for RunConfig {
             grpo: GrpoConfig::default(),
             rewards: Rewards::default(),
             max_turns: 10,
-            sampling: SamplingConfig {
-                temperature: 1.0,
-                top_p: 1.0,
-                max_tokens: 96,
-                stop_at_newline: true,
-            },
+            sampling: SamplingConfig::default(),
             workers: 1,
             batch: crate::rollout::DEFAULT_BATCH,
         }

@@ -7,7 +7,8 @@ use std::path::Path;
 use burn::prelude::Backend;
 pub use coe_data::formats::DirectPrompt;
 use coe_exec::{ExecRequest, Executor, Limits, Status};
-use coe_policy::{Policy, SamplingConfig, Session};
+use coe_policy::generate::{decode_batch, prefill_batch, row_generators};
+use coe_policy::{Adapters, Policy, SamplingConfig, Session};
 use coe_tool_state::Task;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -53,7 +54,9 @@ pub fn extract_program(answer: &str) -> String {
 /// Samples `samples` whole-program answers per task and runs them; returns the summary (pass@1,
 /// pass@k; one "turn" per answer) and the answers grouped by task. Every task needs a prompt
 /// with its `task_id`. Each task comes with its position in its file, which seeds its answers
-/// (so shards answer as a whole run would).
+/// (so shards answer as a whole run would). Up to `batch` answers decode together (whole tasks:
+/// at least one task's samples), prompts prefilled as one packed batch; a row's draws depend on
+/// its task's seed alone, so the batch changes no answer.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_direct<B: Backend, E: Executor>(
     policy: &Policy<B>,
@@ -61,6 +64,7 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
     prompts: &[DirectPrompt],
     executor: &E,
     samples: usize,
+    batch: usize,
     sampling: &SamplingConfig,
     limits: &Limits,
     seed: u64,
@@ -68,52 +72,78 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
 ) -> Result<(EvalSummary, Vec<Vec<DirectAnswer>>), TrainerError> {
     let mut groups = Vec::with_capacity(indexed_tasks.len());
     let mut per_task = Vec::with_capacity(indexed_tasks.len());
-    for (i, (index, task)) in indexed_tasks.iter().enumerate() {
-        let prompt = prompts
-            .iter()
-            .find(|p| p.task_id == task.task_id)
-            .ok_or_else(|| TrainerError::Data(format!("no direct prompt for {}", task.task_id)))?;
-        let ids = prompt_ids(&policy.tokenizer, &prompt.messages)?;
-        let mut session = Session::new(&policy.model);
-        session.push(&ids);
-        let mut rng = StdRng::seed_from_u64(crate::eval::task_seed(seed, *index));
-        let generations = session.generate(
+    let tasks_at_once = (batch / samples.max(1)).max(1);
+    for (chunk_index, chunk) in indexed_tasks.chunks(tasks_at_once).enumerate() {
+        let mut sessions = Vec::with_capacity(chunk.len());
+        for (_, task) in chunk {
+            let prompt = prompts
+                .iter()
+                .find(|p| p.task_id == task.task_id)
+                .ok_or_else(|| {
+                    TrainerError::Data(format!("no direct prompt for {}", task.task_id))
+                })?;
+            let mut session = Session::new(&policy.model);
+            session.push(&prompt_ids(&policy.tokenizer, &prompt.messages)?);
+            sessions.push(session);
+        }
+        let mut refs: Vec<&mut Session<B>> = sessions.iter_mut().collect();
+        let logits = prefill_batch(&policy.model, &mut refs, Adapters::On)?;
+        // Every task's rows: its session and logits once per sample, generators from its seed.
+        let mut rows = Vec::with_capacity(chunk.len() * samples);
+        let mut rngs = Vec::with_capacity(chunk.len() * samples);
+        for (((index, _), session), logits) in chunk.iter().zip(sessions).zip(logits) {
+            let mut rng = StdRng::seed_from_u64(crate::eval::task_seed(seed, *index));
+            if samples == 1 {
+                rngs.push(rng);
+            } else {
+                rngs.extend(row_generators(&mut rng, samples));
+            }
+            rows.extend((0..samples).map(|_| (session.clone(), logits.clone())));
+        }
+        let mut rng_refs: Vec<&mut StdRng> = rngs.iter_mut().collect();
+        let generations = decode_batch(
             &policy.model,
             &policy.tokenizer,
-            samples,
+            rows,
+            &mut rng_refs,
             sampling,
-            &mut rng,
         )?;
-        let mut answers = Vec::with_capacity(generations.len());
-        for (generation, _) in generations {
-            let text = answer_text(&policy.tokenizer, &generation.tokens)?;
-            let program = extract_program(&text);
-            let outcome = executor.execute(&ExecRequest {
-                program: &program,
-                setup: task.setup(),
-                tests: &task.tests,
-                limits: *limits,
-            })?;
-            answers.push(DirectAnswer {
+        for (offset, ((index, task), task_generations)) in chunk
+            .iter()
+            .zip(generations.chunks(samples.max(1)))
+            .enumerate()
+        {
+            let mut answers = Vec::with_capacity(task_generations.len());
+            for (generation, _) in task_generations {
+                let text = answer_text(&policy.tokenizer, &generation.tokens)?;
+                let program = extract_program(&text);
+                let outcome = executor.execute(&ExecRequest {
+                    program: &program,
+                    setup: task.setup(),
+                    tests: &task.tests,
+                    limits: *limits,
+                })?;
+                answers.push(DirectAnswer {
+                    task_id: task.task_id.clone(),
+                    text,
+                    program,
+                    status: outcome.status,
+                    solved: outcome.is_passed(),
+                });
+            }
+            on_task(chunk_index * tasks_at_once + offset, &answers);
+            // Each answer counts as one turn.
+            per_task.push(TaskResult {
+                index: *index,
                 task_id: task.task_id.clone(),
-                text,
-                program,
-                status: outcome.status,
-                solved: outcome.is_passed(),
+                samples: answers.len(),
+                solved: answers.iter().filter(|a| a.solved).count(),
+                turns: answers.len(),
+                malformed_turns: 0,
+                solved_then_broken: 0,
             });
+            groups.push(answers);
         }
-        on_task(i, &answers);
-        // Each answer counts as one turn.
-        per_task.push(TaskResult {
-            index: *index,
-            task_id: task.task_id.clone(),
-            samples: answers.len(),
-            solved: answers.iter().filter(|a| a.solved).count(),
-            turns: answers.len(),
-            malformed_turns: 0,
-            solved_then_broken: 0,
-        });
-        groups.push(answers);
     }
     Ok((EvalSummary::from_tasks(per_task), groups))
 }

@@ -518,13 +518,15 @@ fn direct_answers_are_run_against_the_tests() {
         stop_at_newline: false,
         ..SamplingConfig::default()
     };
+    let indexed: Vec<(usize, Task)> = tasks.iter().cloned().enumerate().collect();
     let mut seen = 0;
     let (summary, groups) = evaluate_direct(
         &policy,
-        &tasks.iter().cloned().enumerate().collect::<Vec<_>>(),
+        &indexed,
         &prompts,
         &toy_executor(),
         3,
+        1,
         &sampling,
         &Default::default(),
         1,
@@ -532,6 +534,27 @@ fn direct_answers_are_run_against_the_tests() {
     )
     .unwrap();
     assert_eq!((summary.tasks, summary.samples, seen), (2, 3, 6));
+    // Both tasks' answers decoding as one batch are the answers of one task at a time.
+    let texts = |groups: &[Vec<coe_trainer::direct::DirectAnswer>]| -> Vec<String> {
+        groups.iter().flatten().map(|a| a.text.clone()).collect()
+    };
+    for batch in [4, 6, 16] {
+        let (batched_summary, batched) = evaluate_direct(
+            &policy,
+            &indexed,
+            &prompts,
+            &toy_executor(),
+            3,
+            batch,
+            &sampling,
+            &Default::default(),
+            1,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(texts(&batched), texts(&groups), "batch {batch}");
+        assert_eq!(batched_summary.per_task, summary.per_task);
+    }
     for (task, answers) in tasks.iter().zip(&groups) {
         for answer in answers {
             assert_eq!(answer.task_id, task.task_id);
@@ -546,6 +569,7 @@ fn direct_answers_are_run_against_the_tests() {
             &[(0, toy_task(9))],
             &prompts,
             &toy_executor(),
+            1,
             1,
             &sampling,
             &Default::default(),
@@ -754,10 +778,8 @@ fn trained_lora_model<B: burn::prelude::Backend>(seed: u64, dropout: f64) -> Lla
 fn grpo_rollouts(policy: &Policy<CpuBackend>, context: usize) -> Vec<Rollout> {
     let config = PlayConfig {
         sampling: SamplingConfig {
-            temperature: 1.0,
-            top_p: 1.0,
             max_tokens: 8,
-            stop_at_newline: true,
+            ..SamplingConfig::default()
         },
         context,
         ..toy_play_config()

@@ -129,9 +129,11 @@ fn eval_on<B: Backend>(
         let prompts = coe_trainer::direct::load_prompts(prompts)
             .map_err(|e| Failure::Input(e.to_string()))?;
         let sampling = SamplingConfig {
-            // Room for a whole program; the answer ends at the end-of-turn token.
+            // Room for a whole program; the answer ends at the end-of-turn token or with its
+            // first code block, which is the program run.
             max_tokens: 768,
             stop_at_newline: false,
+            stop_after_code_block: true,
             ..config.sampling
         };
         let (mut summary, groups) = coe_trainer::direct::evaluate_direct(
@@ -140,6 +142,7 @@ fn eval_on<B: Backend>(
             &prompts,
             &sandbox,
             samples,
+            p.batch,
             &sampling,
             &config.episode.limits,
             p.seed,

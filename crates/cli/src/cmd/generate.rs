@@ -79,6 +79,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<(), Failure> {
         top_p: args.top_p,
         max_tokens: args.max_tokens,
         stop_at_newline: false,
+        stop_after_code_block: false,
     };
     let mut session = Session::new(&policy.model);
     session.push(&prompt_ids);

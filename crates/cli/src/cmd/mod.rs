@@ -115,7 +115,8 @@ pub(crate) struct PolicyArgs {
     /// Threads running a turn's sandbox steps side by side (0: on the model's thread).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub(crate) workers: usize,
-    /// Episodes generating together as one batch (more: faster, more memory).
+    /// Episodes (or, with --direct, answers) generating together as one batch (more: faster,
+    /// more memory).
     #[arg(long, default_value_t = coe_trainer::rollout::DEFAULT_BATCH, value_name = "N")]
     pub(crate) batch: usize,
 }
