@@ -1,6 +1,6 @@
 //! `coe eval`: a policy's pass@k on a task file, or the direct-answer baseline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use coe_policy::SamplingConfig;
@@ -35,7 +35,9 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_name = "DIR", conflicts_with = "direct")]
     pub(crate) html: Option<PathBuf>,
     /// The direct-answer baseline instead of episodes: ask for the whole fixed program in one
-    /// answer, with the prompts of FILE (fixtures/eval/*.direct.jsonl) matched by task_id.
+    /// answer, with the prompts of FILE (fixtures/eval/*.direct.jsonl) matched by task_id. It
+    /// asks the base model unless --adapter names adapters (the default policy is trained to
+    /// edit, not to answer whole programs).
     #[arg(long, value_name = "FILE")]
     pub(crate) direct: Option<PathBuf>,
     /// Print the summary as one JSON object.
@@ -88,7 +90,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
     if samples == 0 {
         return Err(Failure::Input("--samples must be at least 1".into()));
     }
-    let adapter = chosen_adapter(p.model.as_deref(), p.adapter.as_deref())?;
+    let adapter = eval_adapter(
+        args.direct.is_some(),
+        p.model.as_deref(),
+        p.adapter.as_deref(),
+    )?;
     match args.device {
         Device::Cpu => eval_on::<coe_policy::CpuBackend>(&args, &tasks, samples, adapter, started),
         #[cfg(feature = "cuda")]
@@ -98,6 +104,19 @@ pub(crate) fn eval(args: EvalArgs) -> Result<(), Failure> {
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => Err(Device::cuda_missing()),
     }
+}
+
+/// The adapters `coe eval` uses: those of [`chosen_adapter`], except that the direct-answer
+/// baseline asks the base model when no `--adapter` is given.
+fn eval_adapter(
+    direct: bool,
+    model: Option<&Path>,
+    adapter: Option<&Path>,
+) -> Result<Option<PathBuf>, Failure> {
+    if direct && adapter.is_none() {
+        return Ok(None);
+    }
+    chosen_adapter(model, adapter)
 }
 
 /// The evaluation itself, with the model on backend `B`'s default device.
@@ -230,4 +249,25 @@ fn print_summary(summary: &coe_trainer::eval::EvalSummary, json: bool) -> Result
         summary.solved_then_broken_rate,
         summary.wall_s.unwrap_or(0.0)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_direct_baseline_asks_the_base_model_unless_told_otherwise() {
+        assert_eq!(eval_adapter(true, None, None).unwrap(), None);
+        let mine = Path::new("mine.safetensors");
+        assert_eq!(
+            eval_adapter(true, None, Some(mine)).unwrap().as_deref(),
+            Some(mine)
+        );
+        // Episodes keep `coe repair`'s default: the built-in default policy.
+        assert!(eval_adapter(false, None, None).unwrap().is_some());
+        assert_eq!(
+            eval_adapter(false, None, Some(Path::new("none"))).unwrap(),
+            None
+        );
+    }
 }
