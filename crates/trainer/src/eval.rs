@@ -91,11 +91,12 @@ pub struct EvalSummary {
     pub pass_at_1: f64,
     /// Mean pass@k over tasks (k = `samples`), in percent.
     pub pass_at_k: f64,
-    /// 95% interval of `pass_at_1` (bootstrap over tasks); absent in summaries written before
+    /// 95% interval of `pass_at_1` (bootstrap over source problems: tasks, where each task has
+    /// its own program); absent in summaries written before
     /// intervals were.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pass_at_1_interval: Option<Interval>,
-    /// 95% interval of `pass_at_k` (bootstrap over tasks).
+    /// 95% interval of `pass_at_k` (as `pass_at_1_interval`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pass_at_k_interval: Option<Interval>,
     /// Mean turns per episode.
@@ -127,6 +128,7 @@ impl EvalSummary {
             .iter()
             .map(|t| 100.0 * pass_at_k(t.samples, t.solved, samples))
             .collect();
+        let clusters = source_clusters(&per_task);
         let sum = |f: fn(&TaskResult) -> usize| per_task.iter().map(f).sum::<usize>();
         let (episodes, turns) = (sum(|t| t.samples), sum(|t| t.turns));
         let pct = |a: usize, b: usize| {
@@ -141,8 +143,8 @@ impl EvalSummary {
             samples,
             pass_at_1: mean(&pass1),
             pass_at_k: mean(&passk),
-            pass_at_1_interval: interval(&pass1),
-            pass_at_k_interval: interval(&passk),
+            pass_at_1_interval: interval(&pass1, &clusters),
+            pass_at_k_interval: interval(&passk, &clusters),
             mean_turns: if episodes == 0 {
                 0.0
             } else {
@@ -186,16 +188,39 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-/// The 95% interval of the mean of per-task rates `values` (percent): the bootstrap's, except
-/// when every task scored 0 or every task 100, where resampling can only return that value (an
-/// interval of width 0, as if 0 of 100 proved a rate of 0); there the Wilson score interval of
-/// 0 (or all) successes in that many tasks says how high (or low) the rate may still be.
-fn interval(values: &[f64]) -> Option<Interval> {
-    let n = values.len() as f64;
+/// The source problem of each task, as an index: tasks made from one program (`mbpp/511#0` and
+/// `mbpp/511#1`, two corruptions of MBPP 511) share one, since they are not independent draws.
+fn source_clusters(per_task: &[TaskResult]) -> Vec<usize> {
+    let mut sources: Vec<&str> = Vec::new();
+    per_task
+        .iter()
+        .map(|t| {
+            let source = t
+                .task_id
+                .split_once('#')
+                .map_or(t.task_id.as_str(), |(s, _)| s);
+            sources
+                .iter()
+                .position(|s| *s == source)
+                .unwrap_or_else(|| {
+                    sources.push(source);
+                    sources.len() - 1
+                })
+        })
+        .collect()
+}
+
+/// The 95% interval of the mean of per-task rates `values` (percent), tasks grouped by
+/// `clusters` (see [`source_clusters`]): the bootstrap's over clusters, except when every task
+/// scored 0 or every task 100, where resampling can only return that value (an interval of width
+/// 0, as if 0 of 100 proved a rate of 0); there the Wilson score interval of 0 (or all)
+/// successes in that many source problems says how high (or low) the rate may still be.
+fn interval(values: &[f64], clusters: &[usize]) -> Option<Interval> {
+    let sources = clusters.iter().max().map_or(0, |&m| m + 1) as f64;
     if values.iter().all(|&v| v == 0.0) || values.iter().all(|&v| v == 100.0) {
-        return (n > 0.0).then(|| wilson(values[0] / 100.0, n));
+        return (sources > 0.0).then(|| wilson(values[0] / 100.0, sources));
     }
-    bootstrap_interval(values)
+    bootstrap_interval(values, clusters)
 }
 
 /// The Wilson score interval (95%) of a proportion `p` observed in `n` trials, in percent.
@@ -219,20 +244,30 @@ fn wilson(p: f64, n: f64) -> Interval {
     }
 }
 
-/// The 2.5th and 97.5th percentiles of the mean of `values` resampled with replacement
-/// (tasks, not episodes, are the unit: samples of one task are not independent).
-fn bootstrap_interval(values: &[f64]) -> Option<Interval> {
+/// The 2.5th and 97.5th percentiles of the mean of `values` over clusters resampled with
+/// replacement (source problems, not tasks or episodes, are the unit: the samples of one task,
+/// and the tasks of one problem, are not independent). With one task per cluster this is the
+/// plain bootstrap over tasks.
+fn bootstrap_interval(values: &[f64], clusters: &[usize]) -> Option<Interval> {
     use rand::Rng;
-    if values.is_empty() {
+    if values.is_empty() || clusters.len() != values.len() {
         return None;
+    }
+    let count = clusters.iter().max().map_or(0, |&m| m + 1);
+    let mut members: Vec<Vec<f64>> = vec![Vec::new(); count];
+    for (&cluster, &value) in clusters.iter().zip(values) {
+        members[cluster].push(value);
     }
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut means: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
         .map(|_| {
-            let total: f64 = (0..values.len())
-                .map(|_| values[rng.random_range(0..values.len())])
-                .sum();
-            total / values.len() as f64
+            let (mut total, mut tasks) = (0.0, 0usize);
+            for _ in 0..count {
+                let drawn = &members[rng.random_range(0..count)];
+                total += drawn.iter().sum::<f64>();
+                tasks += drawn.len();
+            }
+            total / tasks.max(1) as f64
         })
         .collect();
     means.sort_by(f64::total_cmp);
@@ -341,10 +376,10 @@ mod tests {
     #[test]
     fn a_rate_of_zero_or_all_still_has_an_interval_of_some_width() {
         // 0 of 100 tasks: Wilson's upper bound, about 3.7%, not [0, 0].
-        let none = interval(&[0.0; 100]).unwrap();
+        let none = interval(&[0.0; 100], &(0..100).collect::<Vec<_>>()).unwrap();
         assert_eq!(none.low, 0.0);
         assert!((none.high - 3.70).abs() < 0.01, "{none:?}");
-        let all = interval(&[100.0; 100]).unwrap();
+        let all = interval(&[100.0; 100], &(0..100).collect::<Vec<_>>()).unwrap();
         assert!(
             (all.low - 96.30).abs() < 0.01 && all.high == 100.0,
             "{all:?}"
@@ -355,8 +390,45 @@ mod tests {
         assert!((wilson(0.05, 20.0).high - 23.61).abs() < 0.01);
         let mut one = vec![0.0; 19];
         one.push(100.0);
-        let some = interval(&one).unwrap();
+        let some = interval(&one, &(0..20).collect::<Vec<_>>()).unwrap();
         assert!(some.low <= 5.0 && some.high > 5.0, "{some:?}");
-        assert!(interval(&[]).is_none());
+        assert!(interval(&[], &[]).is_none());
+    }
+
+    #[test]
+    fn two_corruptions_of_one_program_are_one_draw_of_the_bootstrap() {
+        let task = |id: &str, solved| TaskResult {
+            index: 0,
+            task_id: id.into(),
+            samples: 1,
+            solved,
+            turns: 1,
+            malformed_turns: 0,
+            solved_then_broken: 0,
+        };
+        let per_task: Vec<TaskResult> = (0..20)
+            .flat_map(|p| {
+                let solved = usize::from(p % 4 == 0);
+                [
+                    task(&format!("mbpp/{p}#0"), solved),
+                    task(&format!("mbpp/{p}#1"), solved),
+                ]
+            })
+            .collect();
+        assert_eq!(source_clusters(&per_task)[..4], [0, 0, 1, 1]);
+        // Pairs that always agree carry the information of 20 problems, not 40 tasks: the
+        // interval is as wide as that of the 20 problems alone, wider than treating 40 as
+        // independent.
+        let pairs = EvalSummary::from_tasks(per_task.clone())
+            .pass_at_1_interval
+            .unwrap();
+        let singles: Vec<TaskResult> = per_task.iter().step_by(2).cloned().collect();
+        let alone = EvalSummary::from_tasks(singles).pass_at_1_interval.unwrap();
+        let values: Vec<f64> = per_task.iter().map(|t| 100.0 * t.solved as f64).collect();
+        let independent = bootstrap_interval(&values, &(0..40).collect::<Vec<_>>()).unwrap();
+        assert_eq!((pairs.low, pairs.high), (alone.low, alone.high));
+        assert!(pairs.high - pairs.low > independent.high - independent.low + 5.0);
+        // One task per program: the plain bootstrap over tasks.
+        assert_eq!(source_clusters(&[task("a", 0), task("b", 1)]), [0, 1]);
     }
 }

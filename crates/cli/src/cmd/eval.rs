@@ -236,7 +236,7 @@ fn print_summary(summary: &coe_trainer::eval::EvalSummary, json: bool) -> Result
         i.map_or_else(String::new, |i| format!(" [{:.1}, {:.1}]", i.low, i.high))
     };
     print(&format!(
-        "tasks {}  samples {}\npass@1 {:.2}%{}  pass@{} {:.2}%{}  (95% intervals, bootstrap over tasks)\nmean turns {:.2}  malformed {:.1}%  solved-then-broken {:.1}%  wall {:.1} s\n",
+        "tasks {}  samples {}\npass@1 {:.2}%{}  pass@{} {:.2}%{}  (95% intervals, bootstrap over source problems)\nmean turns {:.2}  malformed {:.1}%  solved-then-broken {:.1}%  wall {:.1} s\n",
         summary.tasks,
         summary.samples,
         summary.pass_at_1,

@@ -189,7 +189,8 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     });
     let mut md = format!(
         "pass@1 / pass@{k} in percent (unbiased estimator over the samples) with 95% intervals \
-         (bootstrap over tasks) where the summary has them; tasks x samples per cell.\n\n"
+         (bootstrap over source problems, Wilson where every task scored alike) where the \
+         summary has them; tasks x samples per cell.\n\n"
     );
     write_table(&mut md, &sets, &pass_rows);
     md.push_str(
