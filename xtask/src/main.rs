@@ -194,6 +194,7 @@ fn main() -> Result<()> {
             };
             let run = EvalRun {
                 coe: &coe,
+                coe_sha256: sha256_file(&coe)?,
                 out: &out,
                 name: &name,
                 direct,
@@ -296,6 +297,8 @@ fn dir_has_summaries(dir: &Path) -> Result<bool> {
 /// then gathers every policy's results (merging shards) into OUT/report.md and pass_at_k.svg.
 struct EvalRun<'a> {
     coe: &'a Path,
+    /// Its checksum, taken once for all the sets.
+    coe_sha256: String,
     out: &'a Path,
     name: &'a str,
     direct: bool,
@@ -377,7 +380,7 @@ impl EvalRun<'_> {
             "shards": self.shards,
             "direct": self.direct,
             "coe": self.coe,
-            "coe_sha256": sha256_file(self.coe)?,
+            "coe_sha256": self.coe_sha256,
             "tasks_sha256": sha256_file(Path::new(tasks))?,
             "adapter_sha256": adapter,
             "args": self.extra,

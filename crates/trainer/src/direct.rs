@@ -93,11 +93,7 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
         let mut rngs = Vec::with_capacity(chunk.len() * samples);
         for (((index, _), session), logits) in chunk.iter().zip(sessions).zip(logits) {
             let mut rng = StdRng::seed_from_u64(crate::eval::task_seed(seed, *index));
-            if samples == 1 {
-                rngs.push(rng);
-            } else {
-                rngs.extend(row_generators(&mut rng, samples));
-            }
+            rngs.extend(row_generators(&mut rng, samples));
             rows.extend((0..samples).map(|_| (session.clone(), logits.clone())));
         }
         let mut rng_refs: Vec<&mut StdRng> = rngs.iter_mut().collect();

@@ -191,7 +191,7 @@ fn mean(values: &[f64]) -> f64 {
 /// The source problem of each task, as an index: tasks made from one program (`mbpp/511#0` and
 /// `mbpp/511#1`, two corruptions of MBPP 511) share one, since they are not independent draws.
 fn source_clusters(per_task: &[TaskResult]) -> Vec<usize> {
-    let mut sources: Vec<&str> = Vec::new();
+    let mut sources: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     per_task
         .iter()
         .map(|t| {
@@ -199,13 +199,8 @@ fn source_clusters(per_task: &[TaskResult]) -> Vec<usize> {
                 .task_id
                 .split_once('#')
                 .map_or(t.task_id.as_str(), |(s, _)| s);
-            sources
-                .iter()
-                .position(|s| *s == source)
-                .unwrap_or_else(|| {
-                    sources.push(source);
-                    sources.len() - 1
-                })
+            let next = sources.len();
+            *sources.entry(source).or_insert(next)
         })
         .collect()
 }
