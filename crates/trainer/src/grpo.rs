@@ -609,7 +609,7 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
             tasks.len()
         )));
     }
-    let mut metrics = Metrics::open(&config.out_dir)?;
+    let mut metrics = Metrics::open(&config.out_dir, trainer.step)?;
     let play_config = config.play_config();
     let started = Instant::now();
     let progress = Progress::new("rl", trainer.step, config.optim.steps);

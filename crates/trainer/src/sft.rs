@@ -125,7 +125,7 @@ pub fn run_sft<B: AutodiffBackend>(
             config.context
         );
     }
-    let mut metrics = Metrics::open(&config.out_dir)?;
+    let mut metrics = Metrics::open(&config.out_dir, trainer.step)?;
     let micro_batch = config.optim.micro_batch.max(1);
     let per_step = config.optim.grad_accum.max(1) * micro_batch;
     let shuffled = |epoch: usize| {
