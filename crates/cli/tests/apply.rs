@@ -155,6 +155,19 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     let svg = std::fs::read_to_string(dir.join("pass_at_k.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("pass@4"));
 
+    // A run whose shards are not all in is shown, but marked partial.
+    let second = shards.join("summary-1-of-2.json");
+    let kept = std::fs::read(&second).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    let out = coe(&["report", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        table.contains("(1x4) **partial: 1 of 2 shards** | 3.12"),
+        "{table}"
+    );
+    std::fs::write(&second, kept).unwrap();
+
     // A broken summary is named; a folder without any is a usage error.
     write(
         &dir.join("sft").join("humanevalfix"),

@@ -65,9 +65,26 @@ fn write_table(md: &mut String, sets: &[String], rows: &[(String, Vec<String>)])
     }
 }
 
+/// One policy's result on one set, and how much of the set it covers.
+struct SetResult {
+    summary: EvalSummary,
+    /// Shard summaries found and shards of the run (`summary-I-of-N.json`) when some are
+    /// missing: the cell is then marked partial, not passed off as the whole set.
+    missing_shards: Option<(usize, usize)>,
+}
+
+/// `Some(n)` for a shard summary's name `summary-I-of-N.json`.
+fn shard_count(name: &str) -> Option<usize> {
+    let (_, n) = name
+        .strip_prefix("summary-")?
+        .strip_suffix(".json")?
+        .split_once("-of-")?;
+    n.parse().ok()
+}
+
 /// The summary of one policy on one set: `summary.json`, or the merge of the shards'
 /// `summary-*.json` (`coe eval --shard I/N --json`); `None` when there is none yet.
-fn read_set(dir: &Path) -> Result<Option<EvalSummary>, Failure> {
+fn read_set(dir: &Path) -> Result<Option<SetResult>, Failure> {
     let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))?
         .filter_map(Result::ok)
@@ -88,6 +105,10 @@ fn read_set(dir: &Path) -> Result<Option<EvalSummary>, Failure> {
             dir.display()
         )));
     }
+    let shard_names: Vec<String> = paths
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        .collect();
     let mut shards = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(&path)
@@ -103,18 +124,30 @@ fn read_set(dir: &Path) -> Result<Option<EvalSummary>, Failure> {
             })?,
         );
     }
-    if shards.len() <= 1 {
-        return Ok(shards.pop());
-    }
-    EvalSummary::merge(&shards)
-        .map(Some)
-        .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))
+    let expected = shard_names
+        .iter()
+        .filter_map(|n| shard_count(n))
+        .max()
+        .unwrap_or(0);
+    let missing_shards = (shards.len() < expected).then_some((shards.len(), expected));
+    let summary = if shards.len() <= 1 {
+        shards.pop()
+    } else {
+        Some(
+            EvalSummary::merge(&shards)
+                .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))?,
+        )
+    };
+    Ok(summary.map(|summary| SetResult {
+        summary,
+        missing_shards,
+    }))
 }
 
 /// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints) or its shards, writes
 /// `dir/report.md` and `dir/pass_at_k.svg`, and prints the table.
 pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
-    let mut results: Vec<(String, String, EvalSummary)> = Vec::new();
+    let mut results: Vec<(String, String, SetResult)> = Vec::new();
     for policy in sorted_dirs(dir, &POLICY_ORDER)? {
         for set in sorted_dirs(&dir.join(&policy), &SET_ORDER)? {
             if let Some(summary) = read_set(&dir.join(&policy).join(&set))? {
@@ -134,7 +167,11 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     let mut policies: Vec<String> = results.iter().map(|r| r.0.clone()).collect();
     policies.sort_by_key(|p| rank(&POLICY_ORDER, p));
     policies.dedup();
-    let k = results.iter().map(|r| r.2.samples).max().unwrap_or(1);
+    let k = results
+        .iter()
+        .map(|r| r.2.summary.samples)
+        .max()
+        .unwrap_or(1);
     let find = |policy: &str, set: &str| {
         results
             .iter()
@@ -143,7 +180,7 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     };
 
     // One row per policy, one cell per set ("-" where the policy has no result there).
-    let policy_rows = |cell: fn(&EvalSummary) -> String| -> Vec<(String, Vec<String>)> {
+    let policy_rows = |cell: fn(&SetResult) -> String| -> Vec<(String, Vec<String>)> {
         policies
             .iter()
             .map(|policy| {
@@ -155,7 +192,8 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             })
             .collect()
     };
-    let pass_rows = policy_rows(|s| {
+    let pass_rows = policy_rows(|r| {
+        let s = &r.summary;
         let interval = |i: Option<Interval>| {
             i.map_or_else(String::new, |i| format!(" [{:.1}-{:.1}]", i.low, i.high))
         };
@@ -167,7 +205,9 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             interval(s.pass_at_k_interval),
             s.tasks,
             s.samples
-        )
+        ) + &r.missing_shards.map_or_else(String::new, |(found, of)| {
+            format!(" **partial: {found} of {of} shards**")
+        })
     });
     let paper_rows: Vec<(String, Vec<String>)> = PAPER
         .iter()
@@ -181,7 +221,8 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             )
         })
         .collect();
-    let behaviour_rows = policy_rows(|s| {
+    let behaviour_rows = policy_rows(|r| {
+        let s = &r.summary;
         format!(
             "{:.1} / {:.1} / {:.1}",
             s.mean_turns, s.malformed_rate, s.solved_then_broken_rate
@@ -212,10 +253,11 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     coe_cache::write_atomically(&md_path, md.as_bytes())
         .map_err(|e| Failure::Internal(format!("coe: writing {}: {e}", md_path.display())))?;
     // The chart takes sets and policies in the order they first appear.
-    let mut ordered: Vec<&(String, String, EvalSummary)> = results.iter().collect();
+    let mut ordered: Vec<&(String, String, SetResult)> = results.iter().collect();
     ordered.sort_by_key(|r| (rank(&SET_ORDER, &r.1), rank(&POLICY_ORDER, &r.0)));
     let rows: Vec<PassRates> = ordered
         .into_iter()
+        .map(|(policy, set, r)| (policy, set, &r.summary))
         .map(|(policy, set, s)| PassRates {
             set: set.clone(),
             policy: policy.clone(),
