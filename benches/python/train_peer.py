@@ -33,7 +33,10 @@ def step_bench(args):
                              num_hidden_layers=16, num_attention_heads=32,
                              num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0,
                              tie_word_embeddings=True, max_position_embeddings=131072)
-        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        # Made on the device itself: 1.2B parameters initialised by the CPU's threads took
+        # longer than a GPU check's time limit.
+        with torch.device(args.device):
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(
             os.path.dirname(args.model), gguf_file=os.path.basename(args.model),
