@@ -70,6 +70,8 @@ const MIN_STD: f32 = 1e-4;
 const SELECTION_FLOOR: f64 = 0.01;
 /// The checkpoint file of the task sampler's counts.
 const SAMPLER_FILE: &str = "task_sampler.json";
+/// The checkpoint file naming what the KL reference was built from.
+const REFERENCE_FILE: &str = "reference.json";
 
 /// GRPO hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -546,6 +548,48 @@ pub fn reference_policy<B: Backend>(
     })
 }
 
+/// What identifies the KL reference of a run: the sha256 of the adapter file it starts from
+/// (`null`: the base model alone). Kept in the checkpoint, since the reference is rebuilt from
+/// the files when a run resumes.
+fn reference_identity(init_adapter: Option<&Path>) -> Result<serde_json::Value, TrainerError> {
+    use sha2::Digest;
+    let sha256 = match init_adapter {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+            let digest = sha2::Sha256::digest(&bytes);
+            Some(
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>(),
+            )
+        }
+        None => None,
+    };
+    Ok(serde_json::json!({ "init_adapter_sha256": sha256 }))
+}
+
+/// Refuses to resume a run whose KL reference came from other adapters than `identity` names
+/// (a resumed run given another `--init-adapter` would otherwise anchor to another policy in
+/// silence). A checkpoint without the file, written before it existed, is taken as it is.
+fn check_reference(checkpoint: &Path, identity: &serde_json::Value) -> Result<(), TrainerError> {
+    let path = checkpoint.join(REFERENCE_FILE);
+    let saved: serde_json::Value = match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| io_err(&path, e))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(&path, e)),
+    };
+    if saved == *identity {
+        Ok(())
+    } else {
+        Err(TrainerError::Data(format!(
+            "{}: the run's KL reference was built from {saved}, this one would be built from \
+             {identity}: resume with the init adapter the run started from",
+            path.display()
+        )))
+    }
+}
+
 /// The model rollouts sample from: the policy being trained, on the inference backend, with
 /// its adapters merged into the weights (one matrix product per projection instead of three;
 /// made once per optimiser step). Its log-probs are the update's `pi_old`.
@@ -597,6 +641,10 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
     let mut tasks = tasks;
     tasks.shuffle(&mut StdRng::seed_from_u64(config.seed));
     let checkpoint = config.out_dir.join("checkpoint");
+    let reference_id = reference_identity(config.init_adapter.as_deref())?;
+    if resume {
+        check_reference(&checkpoint, &reference_id)?;
+    }
     let mut sampler_state = match std::fs::read(checkpoint.join(SAMPLER_FILE)) {
         Ok(bytes) if resume => serde_json::from_slice::<TaskSampler>(&bytes)
             .map_err(|e| io_err(&checkpoint.join(SAMPLER_FILE), e))?,
@@ -779,7 +827,13 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         metrics.write(&line)?;
         if report.step % config.checkpoint_every.max(1) == 0 {
             let counts = serde_json::to_vec(&sampler_state).map_err(|e| io_err(&checkpoint, e))?;
-            trainer.save_checkpoint(&checkpoint, &lora, &[(SAMPLER_FILE, counts)])?;
+            let reference =
+                serde_json::to_vec(&reference_id).map_err(|e| io_err(&checkpoint, e))?;
+            trainer.save_checkpoint(
+                &checkpoint,
+                &lora,
+                &[(SAMPLER_FILE, counts), (REFERENCE_FILE, reference)],
+            )?;
             plot_run(&config.out_dir);
         }
         keep_snapshot(&trainer, &lora, config)?;
@@ -791,6 +845,38 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_resumes_only_with_the_reference_it_started_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sft, other) = (dir.path().join("sft.bin"), dir.path().join("other.bin"));
+        std::fs::write(&sft, b"adapter one").unwrap();
+        std::fs::write(&other, b"adapter two").unwrap();
+        let checkpoint = dir.path().join("checkpoint");
+        std::fs::create_dir_all(&checkpoint).unwrap();
+        let started = reference_identity(Some(&sft)).unwrap();
+        // A checkpoint from before the file existed resumes as it did.
+        check_reference(&checkpoint, &started).unwrap();
+        std::fs::write(
+            checkpoint.join(REFERENCE_FILE),
+            serde_json::to_vec(&started).unwrap(),
+        )
+        .unwrap();
+        check_reference(&checkpoint, &reference_identity(Some(&sft)).unwrap()).unwrap();
+        for other in [
+            reference_identity(Some(&other)).unwrap(),
+            reference_identity(None).unwrap(),
+        ] {
+            let error = check_reference(&checkpoint, &other)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains("init adapter the run started from"),
+                "{error}"
+            );
+        }
+        assert!(reference_identity(Some(&dir.path().join("missing"))).is_err());
+    }
 
     const TURN: f32 = -0.01;
 
