@@ -14,8 +14,9 @@
 # `run` resumes with CONFIG's settings except `parallel_parts = 1` (the GPU takes one
 # micro-batch at a time; the step's gradient does not depend on it). What it leaves in $OUT
 # (default ./gpu-out): check.log and result.tar.NN parts of 16 MB holding metrics.jsonl, and
-# the final adapter with the snapshots after the resumed step when the run finished, else the
-# checkpoint (resume it again, on either device). Join with `cat result.tar.* | tar -x`.
+# the final adapter with two snapshots when the run finished, else the checkpoint (resume it
+# again, on either device). Join with `cat result.tar.* | tar -x`. `coe` is built without
+# default features so that it leaves out the built-in default policy (19.6 MB it never uses).
 set -uo pipefail
 what=${1:?pack|receive|run}
 work=/tmp/coe-gpu-resume
@@ -27,16 +28,23 @@ pack)
     part_bytes=${3:-50000000}
     cache=${COE_CACHE_DIR:-$HOME/.cache/coe}
     target=${CARGO_TARGET_DIR:-target}
+    model=${COE_MODEL:-$cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
+    for needed in "$target/release/coe" "$model" "$cache/data/sft-train.jsonl" \
+        "$run_dir/checkpoint/state.json" "$run_dir/metrics.jsonl"; do
+        [ -f "$needed" ] || { echo "missing $needed" >&2; exit 1; }
+    done
+    grep -aq nvrtcCompileProgram "$target/release/coe" \
+        || { echo "coe was not built with --features cuda" >&2; exit 1; }
     staging=$(mktemp -d)
     mkdir -p "$staging/cache/models" "$staging/cache/data" "$staging/run"
-    cp "$target/release/coe" "$staging/coe" && strip "$staging/coe" || exit 1
-    grep -aq nvrtcCompileProgram "$staging/coe" || { echo "coe was not built with --features cuda" >&2; exit 1; }
-    cp "$cache"/models/*.gguf "$staging/cache/models/"
-    cp "$cache/data/sft-train.jsonl" "$staging/cache/data/"
-    cp -r "$run_dir/checkpoint" "$run_dir/metrics.jsonl" "$staging/run/"
+    { cp "$target/release/coe" "$staging/coe" && strip "$staging/coe" \
+        && cp "$model" "$staging/cache/models/" \
+        && cp "$cache/data/sft-train.jsonl" "$staging/cache/data/" \
+        && cp -r "$run_dir/checkpoint" "$run_dir/metrics.jsonl" "$staging/run/"; } || exit 1
     cat "$staging/run/checkpoint/state.json"; echo
     rm -rf "$parts_dir" && mkdir -p "$parts_dir"
-    tar -cf - -C "$staging" . | xz -6 -T2 | split -d -b "$part_bytes" - "$parts_dir/payload."
+    tar -cf - -C "$staging" . | xz -6 -T2 | split -d -b "$part_bytes" - "$parts_dir/payload." \
+        || exit 1
     rm -rf "$staging"
     for part in "$parts_dir"/payload.*; do
         dir="$parts_dir/part-${part##*.}"
@@ -52,11 +60,12 @@ receive)
 run)
     config=${2:?CONFIG}
     seconds=${3:-420}
-    out=${OUT:-$PWD/gpu-out}
+    out=$(realpath -m "${OUT:-$PWD/gpu-out}")
     mkdir -p "$out"
     log() { echo "[$(date +%T)] $*" | tee -a "$out/check.log"; }
     [ -d "$parts_dir" ] && for dir in "$parts_dir"/part-*; do cp "$dir"/payload.* "$work/parts/" 2>/dev/null; done
-    if [ ! -x "$work/coe" ]; then
+    # Marked only once the whole stream unpacked: a part missing or cut leaves no half state.
+    if [ ! -e "$work/.unpacked" ]; then
         log "unpacking $(ls "$work"/parts/payload.* | wc -l) parts"
         unxz() {
             if command -v xz >/dev/null; then xz -dc; else
@@ -64,6 +73,7 @@ run)
             fi
         }
         cat "$work"/parts/payload.* | unxz | tar -x -C "$work" || { log "unpacking failed"; exit 1; }
+        touch "$work/.unpacked"
     fi
     if ! ldconfig -p | grep -q libnvrtc; then
         nvrtc=$(ls /usr/local/cuda*/lib64/libnvrtc.so* /usr/local/cuda*/targets/*/lib/libnvrtc.so* \
@@ -73,8 +83,15 @@ run)
     fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/check.log"
     export COE_CACHE_DIR="$work/cache"
-    sed 's/^parallel_parts *=.*/parallel_parts = 1/' "$config" > "$work/config.toml"
-    log "resuming from step $(grep -o '"step": *[0-9]*' "$work/run/checkpoint/state.json")"
+    # One micro-batch at a time (the default is 2): replaced where the config sets it, else added.
+    if grep -q '^parallel_parts *=' "$config"; then
+        sed 's/^parallel_parts *=.*/parallel_parts = 1/' "$config" > "$work/config.toml"
+    elif grep -q '^\[optim\]' "$config"; then
+        sed 's/^\[optim\]$/[optim]\nparallel_parts = 1/' "$config" > "$work/config.toml"
+    else
+        { cat "$config"; printf '\n[optim]\nparallel_parts = 1\n'; } > "$work/config.toml"
+    fi
+    log "resuming from step $(grep -o '"step": *[0-9]*' "$work/run/checkpoint/state.json" | grep -o '[0-9]*$')"
     timeout "$seconds" "$work/coe" train sft --device cuda --config "$work/config.toml" \
         --out "$work/run" --resume >> "$out/check.log" 2>&1
     log "coe train sft: exit $?"

@@ -611,6 +611,11 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
         ));
     }
     std::fs::create_dir_all(&config.out_dir).map_err(|e| io_err(&config.out_dir, e))?;
+    // Checked before anything loads: a refused resumption costs nothing.
+    let reference_id = reference_identity(config.init_adapter.as_deref())?;
+    if resume {
+        check_reference(&config.out_dir.join("checkpoint"), &reference_id)?;
+    }
     let started_run = start::<B>(config, resume)?;
     let (mut trainer, tokenizer, lora) =
         (started_run.trainer, started_run.tokenizer, started_run.lora);
@@ -641,10 +646,6 @@ pub fn run_rl<B: AutodiffBackend, E: Executor + Clone + Send>(
     let mut tasks = tasks;
     tasks.shuffle(&mut StdRng::seed_from_u64(config.seed));
     let checkpoint = config.out_dir.join("checkpoint");
-    let reference_id = reference_identity(config.init_adapter.as_deref())?;
-    if resume {
-        check_reference(&checkpoint, &reference_id)?;
-    }
     let mut sampler_state = match std::fs::read(checkpoint.join(SAMPLER_FILE)) {
         Ok(bytes) if resume => serde_json::from_slice::<TaskSampler>(&bytes)
             .map_err(|e| io_err(&checkpoint.join(SAMPLER_FILE), e))?,

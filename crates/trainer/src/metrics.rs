@@ -24,7 +24,12 @@ impl Metrics {
                         .and_then(|v| v.get("step")?.as_u64())
                         .is_some_and(|s| s > step as u64)
                 };
-                if text.lines().any(later) {
+                let dropped = text.lines().filter(|line| later(line)).count();
+                if dropped > 0 {
+                    eprintln!(
+                        "warning: {}: dropping {dropped} lines of steps after {step}, which this run takes again",
+                        path.display()
+                    );
                     let kept: String = text
                         .lines()
                         .filter(|line| !later(line))

@@ -68,8 +68,8 @@ fn write_table(md: &mut String, sets: &[String], rows: &[(String, Vec<String>)])
 /// One policy's result on one set, and how much of the set it covers.
 struct SetResult {
     summary: EvalSummary,
-    /// Shard summaries found and shards of the run (`summary-I-of-N.json`) when some are
-    /// missing: the cell is then marked partial, not passed off as the whole set.
+    /// `(found, expected)` shard summaries (`summary-I-of-N.json`) when some are missing: the
+    /// cell and the chart then mark the set partial, not passing a part off as the whole.
     missing_shards: Option<(usize, usize)>,
 }
 
@@ -257,10 +257,17 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     ordered.sort_by_key(|r| (rank(&SET_ORDER, &r.1), rank(&POLICY_ORDER, &r.0)));
     let rows: Vec<PassRates> = ordered
         .into_iter()
-        .map(|(policy, set, r)| (policy, set, &r.summary))
+        .map(|(policy, set, r)| {
+            // The chart marks a partial set as the table does.
+            let label = match r.missing_shards {
+                Some((found, of)) => format!("{policy} (partial: {found} of {of} shards)"),
+                None => policy.clone(),
+            };
+            (label, set, &r.summary)
+        })
         .map(|(policy, set, s)| PassRates {
             set: set.clone(),
-            policy: policy.clone(),
+            policy,
             pass_at_1: s.pass_at_1,
             pass_at_k: s.pass_at_k,
             pass_at_1_interval: s.pass_at_1_interval.map(|i| (i.low, i.high)),
