@@ -127,11 +127,26 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
             "{{\"tasks\":1,\"samples\":4,\"pass_at_1\":0,\"pass_at_k\":0,\"mean_turns\":2,\"malformed_rate\":0,\"solved_then_broken_rate\":0,\"wall_s\":1.5,\"per_task\":[{{\"index\":{i},\"task_id\":\"t{i}\",\"samples\":4,\"solved\":{solved},\"turns\":8,\"malformed_turns\":0,\"solved_then_broken\":0}}]}}\n"
         );
         write(&shards, &format!("summary-{i}-of-2.json"), shard.as_bytes());
+        // Each shard's episodes (`--traces`): four samples of its task, no turns taken.
+        let trace = format!(
+            "{{\"task_id\":\"t{i}\",\"initial_observation\":\"L 1 x = {i}\",\"initial_status\":\"failed\",\"turns\":[],\"end\":\"exit\",\"solved\":{},\"return\":0.0,\"final_program\":\"x = {i}\\n\"}}\n",
+            solved > 0
+        );
+        write(
+            &shards,
+            &format!("traces-{i}-of-2.jsonl"),
+            trace.repeat(4).as_bytes(),
+        );
     }
     let out = coe(&["report", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(table.contains("| sft | 50.00 ["), "{table}");
+    // The shards' episodes on one page, tasks in order, as one run's `--html` would write.
+    let page = std::fs::read_to_string(shards.join("index.html")).unwrap();
+    assert!(page.contains("2 shards merged"), "{page}");
+    let (first, second) = (page.find("x = 0").unwrap(), page.find("x = 1").unwrap());
+    assert!(first < second);
     assert!(table.contains("(2x4) | 3.12 / 12.50 (8x4) |"), "{table}");
     // Known sets and policies in their fixed order, a dash where a policy has no result, and
     // the paper's HumanEvalFix numbers beside them.

@@ -68,6 +68,8 @@ fn write_table(md: &mut String, sets: &[String], rows: &[(String, Vec<String>)])
 /// One policy's result on one set, and how much of the set it covers.
 struct SetResult {
     summary: EvalSummary,
+    /// Shard summaries merged (1 for a whole run's `summary.json`).
+    shards: usize,
     /// `(found, expected)` shard summaries (`summary-I-of-N.json`) when some are missing: the
     /// cell and the chart then mark the set partial, not passing a part off as the whole.
     missing_shards: Option<(usize, usize)>,
@@ -130,6 +132,7 @@ fn read_set(dir: &Path) -> Result<Option<SetResult>, Failure> {
         .max()
         .unwrap_or(0);
     let missing_shards = (shards.len() < expected).then_some((shards.len(), expected));
+    let count = shards.len();
     let summary = if shards.len() <= 1 {
         shards.pop()
     } else {
@@ -140,8 +143,62 @@ fn read_set(dir: &Path) -> Result<Option<SetResult>, Failure> {
     };
     Ok(summary.map(|summary| SetResult {
         summary,
+        shards: count,
         missing_shards,
     }))
+}
+
+/// One page of every episode of a sharded set (`dir/index.html`), as `coe eval --html` writes
+/// for a whole run: the shards' traces (`traces-I-of-N.jsonl`) in task order. Only for a set
+/// whose shards are all in, and only for episode traces: a direct-answer set, or shards written
+/// without `--traces`, keep their shard pages alone.
+fn write_merged_page(dir: &Path, title: &str, summary: &EvalSummary) -> Result<(), Failure> {
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("traces-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    paths.sort();
+    let mut traces = Vec::new();
+    for path in &paths {
+        let read = coe_data::formats::read_json_lines::<coe_tool_state::Trace>(path)
+            .map_err(|e| Failure::Input(format!("coe: {e}")))?;
+        match read.strict() {
+            Ok(items) => traces.extend(items),
+            // Not episodes (a direct-answer set): no episode page to make.
+            Err(_) => return Ok(()),
+        }
+    }
+    let order: std::collections::HashMap<&str, usize> = summary
+        .per_task
+        .iter()
+        .map(|t| (t.task_id.as_str(), t.index))
+        .collect();
+    if traces.is_empty()
+        || traces
+            .iter()
+            .any(|t| !order.contains_key(t.task_id.as_str()))
+    {
+        return Ok(());
+    }
+    // A task's samples are consecutive within its shard: group, then put the tasks in order.
+    let mut groups: Vec<Vec<coe_tool_state::Trace>> = Vec::new();
+    for trace in traces {
+        match groups.last_mut() {
+            Some(group) if group[0].task_id == trace.task_id => group.push(trace),
+            _ => groups.push(vec![trace]),
+        }
+    }
+    groups.sort_by_key(|group| order[group[0].task_id.as_str()]);
+    let page = crate::html::write_report(dir, title, summary, &groups)
+        .map_err(|e| Failure::Internal(format!("coe: {}: {e}", dir.display())))?;
+    eprintln!("coe: wrote {}", page.display());
+    Ok(())
 }
 
 /// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints) or its shards, writes
@@ -150,8 +207,16 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     let mut results: Vec<(String, String, SetResult)> = Vec::new();
     for policy in sorted_dirs(dir, &POLICY_ORDER)? {
         for set in sorted_dirs(&dir.join(&policy), &SET_ORDER)? {
-            if let Some(summary) = read_set(&dir.join(&policy).join(&set))? {
-                results.push((policy.clone(), set, summary));
+            let set_dir = dir.join(&policy).join(&set);
+            if let Some(result) = read_set(&set_dir)? {
+                if result.shards > 1 && result.missing_shards.is_none() {
+                    let title = format!(
+                        "coe eval: {policy} on {set} ({} shards merged)",
+                        result.shards
+                    );
+                    write_merged_page(&set_dir, &title, &result.summary)?;
+                }
+                results.push((policy.clone(), set, result));
             }
         }
     }
