@@ -430,3 +430,22 @@ fn repair_plays_the_default_policy_on_the_example() {
     assert_eq!(greedy["episode"], 1);
     assert_eq!(json(&coe(&args)), greedy);
 }
+
+#[test]
+fn an_eval_summary_says_how_it_played() {
+    if coe_cache::default_model_for_tests().unwrap().is_none() {
+        return;
+    }
+    let tasks = fixture("eval/mbpp-synthetic-validation.jsonl");
+    let out = coe(&["eval", &tasks, "--limit", "1", "--max-turns", "1", "--json"]);
+    assert_success(&out);
+    let summary = json(&out);
+    assert_eq!(summary["tasks"], 1, "{summary}");
+    let settings = &summary["settings"];
+    // One sample is the greedy episode; the built-in default policy unless told otherwise.
+    assert_eq!(settings["temperature"], 0.0, "{summary}");
+    assert_eq!(settings["max_turns"], 1, "{summary}");
+    assert_eq!(settings["direct"], false, "{summary}");
+    assert_eq!(settings["context"], 2048, "{summary}");
+    assert!(settings["adapter"].is_string(), "{summary}");
+}

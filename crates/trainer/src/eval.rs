@@ -80,9 +80,30 @@ pub struct Interval {
     pub high: f64,
 }
 
+/// How an evaluation played, kept in its summary so that a summary says what it measured and
+/// shards played differently are not merged as one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    /// Sampling temperature (0: greedy).
+    pub temperature: f64,
+    /// Turns allowed per episode (direct answers: 1).
+    pub max_turns: usize,
+    /// The model's context in tokens.
+    pub context: usize,
+    /// The sampling seed.
+    pub seed: u64,
+    /// Whole-program answers (the direct baseline) rather than edit episodes.
+    pub direct: bool,
+    /// The adapters evaluated (file name), `None` for the base model.
+    pub adapter: Option<String>,
+}
+
 /// Metrics of an evaluation run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
+    /// How it played; absent in summaries written before settings were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<EvalSettings>,
     /// Tasks evaluated.
     pub tasks: usize,
     /// Episodes per task.
@@ -139,6 +160,7 @@ impl EvalSummary {
             }
         };
         Self {
+            settings: None,
             tasks: per_task.len(),
             samples,
             pass_at_1: mean(&pass1),
@@ -174,8 +196,17 @@ impl EvalSummary {
                 pair[0].index, pair[0].task_id
             ));
         }
+        let settings = shards.first().and_then(|s| s.settings.clone());
+        if shards.iter().any(|s| s.settings != settings) {
+            return Err(
+                "the shards were played with different settings (temperature, turns, \
+                 context, seed, adapters): shards of different runs?"
+                    .into(),
+            );
+        }
         let mut merged = Self::from_tasks(per_task);
         merged.wall_s = shards.iter().map(|s| s.wall_s).sum();
+        merged.settings = settings;
         Ok(merged)
     }
 }

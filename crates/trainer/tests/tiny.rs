@@ -1049,6 +1049,26 @@ fn evaluation_shards_merge_into_exactly_the_whole_run() {
     // A shard given twice (or shards of two splits) would count tasks twice: refused.
     let twice = EvalSummary::merge(&[shards[0].clone(), shards[1].clone(), shards[0].clone()]);
     assert!(twice.unwrap_err().contains("in two shards"));
+    // Shards played with other settings are not shards of one run, and merged ones keep theirs.
+    let settings = coe_trainer::eval::EvalSettings {
+        temperature: 1.0,
+        max_turns: 10,
+        context: 2048,
+        seed: 11,
+        direct: false,
+        adapter: None,
+    };
+    let (mut first, mut second) = (shards[0].clone(), shards[1].clone());
+    first.settings = Some(settings.clone());
+    second.settings = Some(coe_trainer::eval::EvalSettings {
+        temperature: 0.0,
+        ..settings.clone()
+    });
+    let mixed = EvalSummary::merge(&[first.clone(), second.clone()]);
+    assert!(mixed.unwrap_err().contains("different settings"));
+    second.settings = Some(settings.clone());
+    let merged = EvalSummary::merge(&[first, second]).unwrap();
+    assert_eq!(merged.settings, Some(settings));
     assert_eq!(whole.per_task.len(), 5);
     let interval = whole.pass_at_1_interval.unwrap();
     assert!(interval.low <= whole.pass_at_1 && whole.pass_at_1 <= interval.high);

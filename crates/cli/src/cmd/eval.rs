@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use coe_policy::SamplingConfig;
+use coe_trainer::eval::EvalSettings;
 
 use burn::prelude::Backend;
 
@@ -144,6 +145,17 @@ fn eval_on<B: Backend>(
         batch: p.batch,
     };
     let total = tasks.len();
+    let settings = |temperature: f64, max_turns: usize, direct: bool| EvalSettings {
+        temperature,
+        max_turns,
+        context: CONTEXT_TOKENS,
+        seed: p.seed,
+        direct,
+        adapter: adapter
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned()),
+    };
     if let Some(prompts) = &args.direct {
         let prompts = coe_trainer::direct::load_prompts(prompts)
             .map_err(|e| Failure::Input(e.to_string()))?;
@@ -172,6 +184,7 @@ fn eval_on<B: Backend>(
             write_traces(path, groups.iter().flatten())?;
         }
         summary.wall_s = Some(started.elapsed().as_secs_f64());
+        summary.settings = Some(settings(sampling.temperature, 1, true));
         return print_summary(&summary, args.json);
     }
     let (mut summary, groups) = coe_trainer::eval::evaluate(
@@ -204,6 +217,7 @@ fn eval_on<B: Backend>(
         eprintln!("coe: wrote {}", page.display());
     }
     summary.wall_s = Some(started.elapsed().as_secs_f64());
+    summary.settings = Some(settings(config.sampling.temperature, p.max_turns, false));
     print_summary(&summary, args.json)
 }
 
