@@ -610,12 +610,7 @@ fn pip_download(requirement: &str, dir: &Path) -> Result<()> {
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex(&hasher.finalize()))
+    coe_cache::sha256_file(path).with_context(|| format!("hashing {}", path.display()))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -1,5 +1,5 @@
 //! coe-cache: where coe keeps what it builds or fetches, which default model it fetches, and how
-//! a file there is written (atomically, [`write_atomically`]).
+//! a file there is written (atomically, [`write_atomically`]) and identified ([`sha256_file`]).
 
 use std::path::{Path, PathBuf};
 
@@ -120,6 +120,20 @@ pub fn temporary_sibling(path: &Path) -> PathBuf {
     }
 }
 
+/// The sha256 of a file's bytes, in lower-case hex, read as a stream (models are hundreds of MB).
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +165,18 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes.len(), 4096);
         assert!(bytes.iter().all(|&b| b == bytes[0]));
+    }
+
+    #[test]
+    fn a_file_hashes_to_its_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let missing = sha256_file(&dir.path().join("missing")).unwrap_err();
+        assert!(missing.to_string().contains("missing"));
     }
 }

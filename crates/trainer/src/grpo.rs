@@ -552,18 +552,8 @@ pub fn reference_policy<B: Backend>(
 /// (`null`: the base model alone). Kept in the checkpoint, since the reference is rebuilt from
 /// the files when a run resumes.
 fn reference_identity(init_adapter: Option<&Path>) -> Result<serde_json::Value, TrainerError> {
-    use sha2::Digest;
     let sha256 = match init_adapter {
-        Some(path) => {
-            let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-            let digest = sha2::Sha256::digest(&bytes);
-            Some(
-                digest
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>(),
-            )
-        }
+        Some(path) => Some(coe_cache::sha256_file(path).map_err(|e| io_err(path, e))?),
         None => None,
     };
     Ok(serde_json::json!({ "init_adapter_sha256": sha256 }))

@@ -24,17 +24,15 @@ impl Metrics {
                         .and_then(|v| v.get("step")?.as_u64())
                         .is_some_and(|s| s > step as u64)
                 };
-                let dropped = text.lines().filter(|line| later(line)).count();
+                // Each line parsed once: a long run's file is read at every resumption.
+                let kept: Vec<&str> = text.lines().filter(|line| !later(line)).collect();
+                let dropped = text.lines().count() - kept.len();
                 if dropped > 0 {
                     eprintln!(
                         "warning: {}: dropping {dropped} lines of steps after {step}, which this run takes again",
                         path.display()
                     );
-                    let kept: String = text
-                        .lines()
-                        .filter(|line| !later(line))
-                        .flat_map(|line| [line, "\n"])
-                        .collect();
+                    let kept: String = kept.iter().flat_map(|line| [*line, "\n"]).collect();
                     coe_cache::write_atomically(&path, kept.as_bytes())
                         .map_err(|e| io_err(&path, e))?;
                 }

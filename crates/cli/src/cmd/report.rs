@@ -84,9 +84,8 @@ fn shard_count(name: &str) -> Option<usize> {
     n.parse().ok()
 }
 
-/// The summary of one policy on one set: `summary.json`, or the merge of the shards'
-/// `summary-*.json` (`coe eval --shard I/N --json`); `None` when there is none yet.
-fn read_set(dir: &Path) -> Result<Option<SetResult>, Failure> {
+/// The files of `dir` whose names start with `prefix` and end with `suffix`, sorted.
+fn files_named(dir: &Path, prefix: &str, suffix: &str) -> Result<Vec<std::path::PathBuf>, Failure> {
     let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))?
         .filter_map(Result::ok)
@@ -94,10 +93,17 @@ fn read_set(dir: &Path) -> Result<Option<SetResult>, Failure> {
         .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("summary") && n.ends_with(".json"))
+                .is_some_and(|n| n.starts_with(prefix) && n.ends_with(suffix))
         })
         .collect();
     paths.sort();
+    Ok(paths)
+}
+
+/// The summary of one policy on one set: `summary.json`, or the merge of the shards'
+/// `summary-*.json` (`coe eval --shard I/N --json`); `None` when there is none yet.
+fn read_set(dir: &Path) -> Result<Option<SetResult>, Failure> {
+    let paths = files_named(dir, "summary", ".json")?;
     let whole = paths
         .iter()
         .any(|p| p.file_name().is_some_and(|n| n == "summary.json"));
@@ -153,17 +159,7 @@ fn read_set(dir: &Path) -> Result<Option<SetResult>, Failure> {
 /// whose shards are all in, and only for episode traces: a direct-answer set, or shards written
 /// without `--traces`, keep their shard pages alone.
 fn write_merged_page(dir: &Path, title: &str, summary: &EvalSummary) -> Result<(), Failure> {
-    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Failure::Input(format!("coe: {}: {e}", dir.display())))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("traces-") && n.ends_with(".jsonl"))
-        })
-        .collect();
-    paths.sort();
+    let paths = files_named(dir, "traces-", ".jsonl")?;
     let mut traces = Vec::new();
     for path in &paths {
         let read = coe_data::formats::read_json_lines::<coe_tool_state::Trace>(path)
