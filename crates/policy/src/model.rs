@@ -155,11 +155,12 @@ fn standard_normal(rng: &mut StdRng) -> f32 {
 }
 
 /// What every layer needs about the positions of one forward pass: RoPE tables and, when more
-/// than one token is new, the causal mask (built once per pass, not per layer).
+/// than one token is new, the causal masks of its query blocks (built once per pass, not per
+/// layer; see [`CausalBlocks`]).
 struct Positions<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
-    mask: Option<Tensor<B, 4>>,
+    causal: Option<CausalBlocks<B>>,
 }
 
 fn rotate_half<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -178,43 +179,152 @@ fn rotate<B: Backend>(x: Tensor<B, 4>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -
 /// What every layer needs about the rows of [`Llama::forward_rows`]: where each row's tokens
 /// sit in the packed batch, RoPE tables per token built at full size (`[tokens, heads, 1,
 /// head_dim]` for queries, `[tokens, kv_heads, 1, head_dim]` for keys, so no product
-/// broadcasts), and each row's causal mask when it has more than one new token.
+/// broadcasts), and each row's causal blocks when it has more than one new token.
 struct RowPositions<B: Backend> {
     spans: Vec<(usize, usize)>,
     query: (Tensor<B, 4>, Tensor<B, 4>),
     key: (Tensor<B, 4>, Tensor<B, 4>),
-    masks: Vec<Option<Tensor<B, 4>>>,
+    causal: Vec<Option<CausalBlocks<B>>>,
 }
 
-/// `softmax(q k^T / sqrt(head_dim) + mask) v` over a layer's cached keys and values (`q`:
-/// `[batch, kv_heads, rows, head_dim]`, query heads folded into the rows). Scores are taken
-/// against each block of the cache and joined for one softmax, then each block's values are
-/// weighted by their share, so the blocks are never joined.
-fn attend<B: Backend>(
-    q: Tensor<B, 4>,
-    layer: &LayerKv<B>,
-    mask: Option<&Tensor<B, 4>>,
-    head_dim: usize,
-) -> Tensor<B, 4> {
+/// `softmax(q k^T / sqrt(head_dim)) v` for one new position against a layer's cached keys
+/// and values (`q`: `[batch, kv_heads, groups, head_dim]`, query heads folded into the rows).
+/// Scores are taken against each block of the cache and joined for one softmax, then each
+/// block's values are weighted by their share, so the blocks are never joined.
+fn attend_one<B: Backend>(q: Tensor<B, 4>, layer: &LayerKv<B>, head_dim: usize) -> Tensor<B, 4> {
     let (bulk_k, bulk_v) = &layer.bulk;
-    let bulk_len = bulk_k.dims()[2];
-    let mut scores = q.clone().matmul(bulk_k.clone().swap_dims(2, 3));
-    if let Some((tail_k, _)) = &layer.tail {
-        scores = Tensor::cat(vec![scores, q.matmul(tail_k.clone().swap_dims(2, 3))], 3);
-    }
-    let mut scores = scores.mul_scalar(1.0 / (head_dim as f64).sqrt());
-    if let Some(mask) = mask {
-        let dims = scores.dims();
-        scores = scores + mask.clone().reshape(dims);
-    }
-    let weights = softmax(scores, 3);
+    let q = q.mul_scalar(1.0 / (head_dim as f64).sqrt());
     match &layer.tail {
-        None => weights.matmul(bulk_v.clone()),
+        None => softmax(q.matmul(bulk_k.clone().swap_dims(2, 3)), 3).matmul(bulk_v.clone()),
         Some((tail_k, tail_v)) => {
-            let tail = weights.clone().narrow(3, bulk_len, tail_k.dims()[2]);
-            weights.narrow(3, 0, bulk_len).matmul(bulk_v.clone()) + tail.matmul(tail_v.clone())
+            let bulk_len = bulk_k.dims()[2];
+            let scores = Tensor::cat(
+                vec![
+                    q.clone().matmul(bulk_k.clone().swap_dims(2, 3)),
+                    q.matmul(tail_k.clone().swap_dims(2, 3)),
+                ],
+                3,
+            );
+            split_weighted(softmax(scores, 3), bulk_len, bulk_v, tail_v)
         }
     }
+}
+
+/// `weights[.., ..split] first + weights[.., split..] second`: attention weights over two
+/// blocks of values, applied without joining the blocks.
+fn split_weighted<B: Backend>(
+    weights: Tensor<B, 4>,
+    split: usize,
+    first: &Tensor<B, 4>,
+    second: &Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let rest = weights.dims()[3] - split;
+    let tail = weights.clone().narrow(3, split, rest);
+    weights.narrow(3, 0, split).matmul(first.clone()) + tail.matmul(second.clone())
+}
+
+/// Query positions per block of causal attention: small enough that the diagonal blocks waste
+/// little (a block computes `block / 2` masked scores per query on top of its real ones), large
+/// enough that each block's products stay big matrix products.
+const CAUSAL_BLOCK: usize = 128;
+
+/// The additive masks of causal attention for `t` new positions, split in query blocks of
+/// `block`: block `j`'s queries see every earlier position unmasked and need a mask only over
+/// their own `block` keys, `[batch, kv_heads, groups * block, block]` (0 on and below the
+/// diagonal, -inf above). Full blocks share one tensor; a shorter last block has its own.
+struct CausalBlocks<B: Backend> {
+    block: usize,
+    heads: [usize; 3],
+    full: Option<Tensor<B, 4>>,
+    last: Option<Tensor<B, 4>>,
+}
+
+impl<B: Backend> CausalBlocks<B> {
+    /// Masks for `t` new positions of `batch` sequences with `groups` query heads per each of
+    /// `kv_heads` key/value heads.
+    fn new(heads: [usize; 3], t: usize, block: usize, device: &B::Device) -> Self {
+        let block = block.max(1);
+        Self {
+            block,
+            heads,
+            full: (t >= block).then(|| Self::build(heads, block, device)),
+            last: (!t.is_multiple_of(block)).then(|| Self::build(heads, t % block, device)),
+        }
+    }
+
+    /// The mask of a block of `b` queries. Built at full size, not broadcast: adding a
+    /// broadcast `[1, 1, ..]` mask made the CPU backend walk it element by element through
+    /// strided indexing.
+    fn build([batch, kv_heads, groups]: [usize; 3], b: usize, device: &B::Device) -> Tensor<B, 4> {
+        let mut values = Vec::with_capacity(batch * kv_heads * groups * b * b);
+        for _ in 0..batch * kv_heads * groups {
+            for i in 0..b {
+                values.extend((0..b).map(|s| if s <= i { 0.0f32 } else { f32::NEG_INFINITY }));
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(values, [batch, kv_heads, groups * b, b]),
+            device,
+        )
+    }
+
+    /// The mask of a block of `b` queries (those of [`CausalBlocks::new`]'s `t`: built then).
+    fn mask(&self, b: usize, device: &B::Device) -> Tensor<B, 4> {
+        let cached = if b == self.block {
+            &self.full
+        } else {
+            &self.last
+        };
+        match cached {
+            Some(mask) if mask.dims()[3] == b => mask.clone(),
+            _ => Self::build(self.heads, b, device),
+        }
+    }
+}
+
+/// Causal `softmax(q k^T / sqrt(head_dim)) v` for the newest `t` positions (`q`: `[batch,
+/// kv_heads, groups * t, head_dim]`, query heads folded into the rows head by head) against
+/// `keys` and `values` (`[batch, kv_heads, total, head_dim]`, the new positions last). Queries
+/// go in blocks of positions: a block's scores cover only the keys it may see, split into the
+/// earlier ones (never masked) and its own block (masked), so no masked half of the square is
+/// computed and no full mask is built, and autodiff keeps about half the scores it would.
+fn attend_causal<B: Backend>(
+    q: Tensor<B, 4>,
+    t: usize,
+    keys: &Tensor<B, 4>,
+    values: &Tensor<B, 4>,
+    causal: &CausalBlocks<B>,
+    head_dim: usize,
+) -> Tensor<B, 4> {
+    let [batch, kv_heads, rows, _] = q.dims();
+    let groups = rows / t;
+    let offset = keys.dims()[2] - t;
+    let heads = kv_heads * groups;
+    let q = q
+        .mul_scalar(1.0 / (head_dim as f64).sqrt())
+        .reshape([batch, heads, t, head_dim]);
+    let mut outs = Vec::with_capacity(t.div_ceil(causal.block));
+    for start in (0..t).step_by(causal.block) {
+        let b = causal.block.min(t - start);
+        let mask = causal.mask(b, &q.device());
+        let qb = q
+            .clone()
+            .narrow(2, start, b)
+            .reshape([batch, kv_heads, groups * b, head_dim]);
+        let seen = offset + start;
+        let own_k = keys.clone().narrow(2, seen, b);
+        let own_v = values.clone().narrow(2, seen, b);
+        let own_scores = qb.clone().matmul(own_k.swap_dims(2, 3)) + mask;
+        let out = if seen == 0 {
+            softmax(own_scores, 3).matmul(own_v)
+        } else {
+            let past_scores = qb.matmul(keys.clone().narrow(2, 0, seen).swap_dims(2, 3));
+            let weights = softmax(Tensor::cat(vec![past_scores, own_scores], 3), 3);
+            split_weighted(weights, seen, &values.clone().narrow(2, 0, seen), &own_v)
+        };
+        outs.push(out.reshape([batch, heads, b, head_dim]));
+    }
+    Tensor::cat(outs, 2).reshape([batch, kv_heads, groups * t, head_dim])
 }
 
 impl<B: Backend> Attention<B> {
@@ -239,7 +349,13 @@ impl<B: Backend> Attention<B> {
         // Query heads g*i..g*(i+1) share key/value head i: fold them into the row dimension so
         // keys and values are never copied per query head.
         let q = q.reshape([batch, kvh, (h / kvh) * t, hd]);
-        let out = attend(q, layer, positions.mask.as_ref(), hd);
+        let out = match &positions.causal {
+            Some(causal) => {
+                let (keys, values) = &layer.bulk;
+                attend_causal(q, t, keys, values, causal, hd)
+            }
+            None => attend_one(q, layer, hd),
+        };
         let out = out
             .reshape([batch, h, t, hd])
             .swap_dims(1, 2)
@@ -274,8 +390,8 @@ impl<B: Backend> Attention<B> {
         let outs: Vec<Tensor<B, 2>> = caches
             .iter_mut()
             .zip(&positions.spans)
-            .zip(&positions.masks)
-            .map(|((cache, &(start, t)), mask)| {
+            .zip(&positions.causal)
+            .map(|((cache, &(start, t)), causal)| {
                 let layer = extend(
                     cache,
                     row(&k, start, t, kvh),
@@ -283,10 +399,16 @@ impl<B: Backend> Attention<B> {
                     t == 1,
                 );
                 let q = row(&q, start, t, h).reshape([1, kvh, (h / kvh) * t, hd]);
-                attend(q, layer, mask.as_ref(), hd)
-                    .reshape([1, h, t, hd])
-                    .swap_dims(1, 2)
-                    .reshape([t, h * hd])
+                match causal {
+                    Some(causal) => {
+                        let (keys, values) = &layer.bulk;
+                        attend_causal(q, t, keys, values, causal, hd)
+                    }
+                    None => attend_one(q, layer, hd),
+                }
+                .reshape([1, h, t, hd])
+                .swap_dims(1, 2)
+                .reshape([t, h * hd])
             })
             .collect();
         self.o.forward(Tensor::cat(outs, 0), adapters)
@@ -322,33 +444,6 @@ fn extend<B: Backend>(
         bulk: (k, v),
         tail: None,
     })
-}
-
-/// Additive mask `[1, rows, groups * t, total]` (`rows`: batch times key/value heads): query `i`
-/// of the newest `t` positions sees keys `0..=total - t + i`. Built at the scores' full size,
-/// once per forward pass: adding a broadcast `[1, 1, ..]` mask made the CPU backend walk it
-/// element by element through strided indexing (16% of a prefill's time in `perf`).
-fn causal_mask<B: Backend>(
-    rows: usize,
-    groups: usize,
-    t: usize,
-    total: usize,
-    device: &B::Device,
-) -> Tensor<B, 4> {
-    let offset = total - t;
-    let mut mask = Vec::with_capacity(rows * groups * t * total);
-    for _ in 0..rows * groups {
-        for i in 0..t {
-            mask.extend((0..total).map(|s| {
-                if s <= offset + i {
-                    0.0f32
-                } else {
-                    f32::NEG_INFINITY
-                }
-            }));
-        }
-    }
-    Tensor::from_data(TensorData::new(mask, [1, rows, groups * t, total]), device)
 }
 
 impl<B: Backend> Mlp<B> {
@@ -487,9 +582,9 @@ impl<B: Backend> Llama<B> {
         let positions = Positions {
             cos,
             sin,
-            mask: (t > 1).then(|| {
-                let rows = batch * self.config.num_key_value_heads;
-                causal_mask::<B>(rows, groups, t, cache.len + t, &device)
+            causal: (t > 1).then(|| {
+                let kv_heads = self.config.num_key_value_heads;
+                CausalBlocks::new([batch, kv_heads, groups], t, CAUSAL_BLOCK, &device)
             }),
         };
         let mut x =
@@ -567,19 +662,18 @@ impl<B: Backend> Llama<B> {
             )
         };
         let groups = heads / kv_heads;
-        let masks = caches
+        let causal = rows
             .iter()
-            .zip(rows)
-            .map(|(cache, row)| {
+            .map(|row| {
                 let t = row.len();
-                (t > 1).then(|| causal_mask::<B>(kv_heads, groups, t, cache.len + t, &device))
+                (t > 1).then(|| CausalBlocks::new([1, kv_heads, groups], t, CAUSAL_BLOCK, &device))
             })
             .collect();
         let positions = RowPositions {
             spans,
             query: table(heads),
             key: table(kv_heads),
-            masks,
+            causal,
         };
         let ids: Vec<i64> = rows
             .iter()
@@ -711,5 +805,111 @@ impl<B: Backend> Block<B> {
             &mut m.up,
             &mut m.down,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::Distribution;
+
+    type Grad = burn::backend::Autodiff<crate::CpuBackend>;
+
+    /// Causal attention the plain way: the whole square of scores with a full additive mask.
+    fn masked_square<B: Backend>(
+        q: Tensor<B, 4>,
+        t: usize,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+        head_dim: usize,
+    ) -> Tensor<B, 4> {
+        let [batch, kv_heads, rows, _] = q.dims();
+        let total = keys.dims()[2];
+        let offset = total - t;
+        let mask: Vec<f32> = (0..batch * kv_heads * rows)
+            .flat_map(|r| {
+                let i = r % t;
+                (0..total).map(move |s| {
+                    if s <= offset + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_data(
+            TensorData::new(mask, [batch, kv_heads, rows, total]),
+            &q.device(),
+        );
+        let scores = q
+            .matmul(keys.swap_dims(2, 3))
+            .mul_scalar(1.0 / (head_dim as f64).sqrt());
+        softmax(scores + mask, 3).matmul(values)
+    }
+
+    /// Random `q` (`[batch, kv_heads, groups * t, hd]`), keys and values (`offset + t`
+    /// positions) on the autodiff backend, tracked for gradients.
+    fn inputs(
+        [batch, kv_heads, groups, hd]: [usize; 4],
+        t: usize,
+        offset: usize,
+    ) -> [Tensor<Grad, 4>; 3] {
+        let device = Default::default();
+        let normal = |shape: [usize; 4]| {
+            Tensor::<Grad, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad()
+        };
+        [
+            normal([batch, kv_heads, groups * t, hd]),
+            normal([batch, kv_heads, offset + t, hd]),
+            normal([batch, kv_heads, offset + t, hd]),
+        ]
+    }
+
+    fn max_difference<const D: usize>(
+        a: Tensor<crate::CpuBackend, D>,
+        b: Tensor<crate::CpuBackend, D>,
+    ) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn blocked_causal_attention_equals_the_masked_square_with_its_gradients() {
+        let (batch, kv_heads, groups, hd) = (2, 2, 3, 8);
+        // (new positions, cached positions before them, query block): several full blocks
+        // with a short last one after a cache, whole blocks from position 0, one short block.
+        for (t, offset, block) in [(11, 5, 4), (8, 0, 4), (3, 7, 4), (9, 0, 128)] {
+            let [q, keys, values] = inputs([batch, kv_heads, groups, hd], t, offset);
+            let causal =
+                CausalBlocks::<Grad>::new([batch, kv_heads, groups], t, block, &q.device());
+            let blocked = attend_causal(q.clone(), t, &keys, &values, &causal, hd);
+            let square = masked_square(q.clone(), t, keys.clone(), values.clone(), hd);
+            assert_eq!(blocked.dims(), square.dims());
+            let forward = max_difference(blocked.clone().inner(), square.clone().inner());
+            assert!(
+                forward < 1e-5,
+                "t {t}, offset {offset}: outputs differ by {forward}"
+            );
+
+            // The same weighted sum of outputs through each: equal gradients at every input.
+            let weights = Tensor::<Grad, 4>::random(
+                blocked.dims(),
+                Distribution::Normal(0.0, 1.0),
+                &q.device(),
+            );
+            let blocked_grads = (blocked * weights.clone()).sum().backward();
+            let square_grads = (square * weights).sum().backward();
+            for (name, input) in [("q", &q), ("keys", &keys), ("values", &values)] {
+                let (Some(a), Some(b)) = (input.grad(&blocked_grads), input.grad(&square_grads))
+                else {
+                    panic!("no gradient for {name}");
+                };
+                let difference = max_difference(a, b);
+                assert!(
+                    difference < 1e-4,
+                    "t {t}, offset {offset}: gradients of {name} differ by {difference}"
+                );
+            }
+        }
     }
 }
