@@ -93,8 +93,10 @@ enum Task {
     /// runs/policy-rl-more/adapter.safetensors --samples 4 --limit 8`). With --shards N each set
     /// runs as N shards (summary-I-of-N.json, traces-I-of-N.jsonl, shard-I-of-N/). A finished
     /// set or shard (its summary exists) is skipped, so a run stopped midway resumes by running
-    /// the same command again, losing only the shard in progress; OUT/NAME/<set>/run.json keeps
-    /// the settings, and a run with other settings is refused there.
+    /// the same command again; the shard in progress goes on from its last finished task (`coe
+    /// eval --resume`; with a `--coe` too old for it, that shard starts again).
+    /// OUT/NAME/<set>/run.json keeps the settings, and a run with other settings is refused
+    /// there.
     Eval {
         /// The evaluation folder (one subfolder per policy).
         #[arg(long, default_value = "runs/eval")]
@@ -195,6 +197,7 @@ fn main() -> Result<()> {
             let run = EvalRun {
                 coe: &coe,
                 coe_sha256: sha256_file(&coe)?,
+                resumable: coe_resumes_evals(&coe)?,
                 out: &out,
                 name: &name,
                 direct,
@@ -262,6 +265,15 @@ const TEST_SETS: [&str; 3] = [
 ];
 
 /// fixtures/eval/SET.jsonl, or an error naming it when there is no such set.
+/// Whether `coe` can resume a stopped evaluation (`coe eval --resume`), asked of its help.
+fn coe_resumes_evals(coe: &Path) -> Result<bool> {
+    let output = Command::new(coe)
+        .args(["eval", "--help"])
+        .output()
+        .with_context(|| format!("running {}", coe.display()))?;
+    Ok(String::from_utf8_lossy(&output.stdout).contains("--resume"))
+}
+
 fn eval_set_file(set: &str) -> Result<String> {
     existing(format!("fixtures/eval/{set}.jsonl"), "evaluation set")
 }
@@ -299,6 +311,8 @@ struct EvalRun<'a> {
     coe: &'a Path,
     /// Its checksum, taken once for all the sets.
     coe_sha256: String,
+    /// Whether it has `coe eval --resume` (binaries kept from before it do not).
+    resumable: bool,
     out: &'a Path,
     name: &'a str,
     direct: bool,
@@ -344,6 +358,9 @@ impl EvalRun<'_> {
                     .arg(dir.join(format!("traces{suffix}.jsonl")))
                     .arg("--html")
                     .arg(&page_dir);
+            }
+            if self.resumable {
+                command.arg("--resume");
             }
             command.args(self.extra);
             println!("== {set}: {} shard {index}/{}", self.name, self.shards);

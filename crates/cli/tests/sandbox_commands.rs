@@ -449,3 +449,87 @@ fn an_eval_summary_says_how_it_played() {
     assert_eq!(settings["context"], 2048, "{summary}");
     assert!(settings["adapter"].is_string(), "{summary}");
 }
+
+#[test]
+fn a_stopped_eval_resumes_to_the_straight_runs_result() {
+    if coe_cache::default_model_for_tests().unwrap().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tasks = fixture("eval/mbpp-synthetic-validation.jsonl");
+    let traces = |name: &str| dir.path().join(name).display().to_string();
+    let eval = |file: &str, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            &tasks,
+            "--limit",
+            "3",
+            "--max-turns",
+            "2",
+            "--samples",
+            "2",
+            "--json",
+            "--traces",
+            file,
+        ];
+        args.extend(extra);
+        let out = coe(&args);
+        assert_success(&out);
+        let mut summary = json(&out);
+        summary.as_object_mut().unwrap().remove("wall_s");
+        (summary, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let straight_file = traces("straight.jsonl");
+    let (straight, _) = eval(&straight_file, &[]);
+    let straight_traces = std::fs::read_to_string(&straight_file).unwrap();
+    assert_eq!(straight_traces.lines().count(), 6);
+
+    // Stopped in the middle of the third task's second episode: its first episode written
+    // whole, the second cut mid-line.
+    let lines: Vec<&str> = straight_traces.lines().collect();
+    let stopped = format!(
+        "{}\n{}",
+        lines[..5].join("\n"),
+        &lines[5][..lines[5].len() / 2]
+    );
+    let resumed_file = traces("resumed.jsonl");
+    std::fs::write(&resumed_file, stopped).unwrap();
+    std::fs::copy(
+        format!("{straight_file}.run.json"),
+        format!("{resumed_file}.run.json"),
+    )
+    .unwrap();
+    let (resumed, log) = eval(&resumed_file, &["--resume"]);
+    // Only the third task is played again.
+    assert!(log.contains("resuming: 2 of 3 tasks"), "{log}");
+    assert_eq!(log.matches(" solved\n").count(), 1, "{log}");
+    assert_eq!(resumed, straight);
+    assert_eq!(
+        std::fs::read_to_string(&resumed_file).unwrap(),
+        straight_traces
+    );
+
+    // Another run's traces are refused, and kept.
+    let out = coe(&[
+        "eval",
+        &tasks,
+        "--limit",
+        "3",
+        "--max-turns",
+        "1",
+        "--samples",
+        "2",
+        "--traces",
+        &resumed_file,
+        "--resume",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("written by another run"),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&resumed_file).unwrap(),
+        straight_traces
+    );
+}

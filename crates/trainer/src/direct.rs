@@ -12,14 +12,14 @@ use coe_policy::{Adapters, Policy, SamplingConfig, Session};
 use coe_tool_state::Task;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::TrainerError;
 use crate::chat::{answer_text, prompt_ids};
 use crate::eval::{EvalSummary, TaskResult};
 
 /// One sampled answer and what its program did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DirectAnswer {
     /// The task answered.
     pub task_id: String,
@@ -128,20 +128,25 @@ pub fn evaluate_direct<B: Backend, E: Executor>(
                 });
             }
             on_task(chunk_index * tasks_at_once + offset, &answers);
-            // Each answer counts as one turn.
-            per_task.push(TaskResult {
-                index: *index,
-                task_id: task.task_id.clone(),
-                samples: answers.len(),
-                solved: answers.iter().filter(|a| a.solved).count(),
-                turns: answers.len(),
-                malformed_turns: 0,
-                solved_then_broken: 0,
-            });
+            per_task.push(answers_result(*index, &task.task_id, &answers));
             groups.push(answers);
         }
     }
     Ok((EvalSummary::from_tasks(per_task), groups))
+}
+
+/// The counts of one task's answers, at `index` of its task file; each answer counts as one
+/// turn.
+pub fn answers_result(index: usize, task_id: &str, answers: &[DirectAnswer]) -> TaskResult {
+    TaskResult {
+        index,
+        task_id: task_id.to_owned(),
+        samples: answers.len(),
+        solved: answers.iter().filter(|a| a.solved).count(),
+        turns: answers.len(),
+        malformed_turns: 0,
+        solved_then_broken: 0,
+    }
 }
 
 #[cfg(test)]

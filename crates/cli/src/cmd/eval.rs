@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use coe_policy::SamplingConfig;
-use coe_trainer::eval::EvalSettings;
+use coe_trainer::eval::{EvalSettings, EvalSummary};
 
 use burn::prelude::Backend;
 
+use super::eval_resume::{Progress, RunKey, Sample};
 use super::{
     CONTEXT_TOKENS, Device, Parallelism, PolicyArgs, chosen_adapter, executor, load_policy_on,
 };
@@ -29,9 +30,15 @@ pub(crate) struct EvalArgs {
     /// would, and `coe report` merges the shards' summaries into exact totals.
     #[arg(long, value_name = "I/N")]
     pub(crate) shard: Option<Shard>,
-    /// Write every episode's trace here (JSON Lines).
+    /// Write every episode's trace here (JSON Lines), each task's as soon as it is done (in
+    /// task order once the run ends), with FILE.run.json saying which run it is.
     #[arg(long, value_name = "FILE")]
     pub(crate) traces: Option<PathBuf>,
+    /// Go on with the run whose --traces FILE is there: its finished tasks are kept, the rest
+    /// played (each task's episodes depend on its position alone, so the result is a straight
+    /// run's). Refused when FILE belongs to another run.
+    #[arg(long, requires = "traces")]
+    pub(crate) resume: bool,
     /// Write DIR/index.html: every episode turn by turn, with each command's diff.
     #[arg(long, value_name = "DIR", conflicts_with = "direct")]
     pub(crate) html: Option<PathBuf>,
@@ -144,7 +151,6 @@ fn eval_on<B: Backend>(
         workers: p.workers,
         batch: p.batch,
     };
-    let total = tasks.len();
     let settings = |temperature: f64, max_turns: usize, direct: bool| EvalSettings {
         temperature,
         max_turns,
@@ -167,39 +173,31 @@ fn eval_on<B: Backend>(
             stop_after_code_block: true,
             ..config.sampling
         };
-        let (mut summary, groups) = coe_trainer::direct::evaluate_direct(
-            &policy,
-            tasks,
-            &prompts,
-            &sandbox,
-            samples,
-            p.batch,
-            &sampling,
-            &config.episode.limits,
-            p.seed,
-            |i, answers| report_task(i, total, answers, |a| (&a.task_id, a.solved)),
-        )
-        .map_err(|e| Failure::Internal(e.to_string()))?;
-        if let Some(path) = &args.traces {
-            write_traces(path, groups.iter().flatten())?;
-        }
-        summary.wall_s = Some(started.elapsed().as_secs_f64());
-        summary.settings = Some(settings(sampling.temperature, 1, true));
+        let settings = settings(sampling.temperature, 1, true);
+        let (summary, _) =
+            play_resumable(args, tasks, samples, settings, started, |todo, on_task| {
+                coe_trainer::direct::evaluate_direct(
+                    &policy,
+                    todo,
+                    &prompts,
+                    &sandbox,
+                    samples,
+                    p.batch,
+                    &sampling,
+                    &config.episode.limits,
+                    p.seed,
+                    on_task,
+                )
+                .map(|(_, groups)| groups)
+            })?;
         return print_summary(&summary, args.json);
     }
-    let (mut summary, groups) = coe_trainer::eval::evaluate(
-        &policy,
-        tasks,
-        &sandbox,
-        samples,
-        &config,
-        p.seed,
-        |i, traces| report_task(i, total, traces, |t| (&t.task_id, t.solved)),
-    )
-    .map_err(|e| Failure::Internal(e.to_string()))?;
-    if let Some(path) = &args.traces {
-        write_traces(path, groups.iter().flatten())?;
-    }
+    let settings = settings(config.sampling.temperature, p.max_turns, false);
+    let (summary, groups) =
+        play_resumable(args, tasks, samples, settings, started, |todo, on_task| {
+            coe_trainer::eval::evaluate(&policy, todo, &sandbox, samples, &config, p.seed, on_task)
+                .map(|(_, groups)| groups)
+        })?;
     if let Some(dir) = &args.html {
         let title = format!(
             "coe eval: {} ({}{})",
@@ -216,33 +214,102 @@ fn eval_on<B: Backend>(
             .map_err(|e| Failure::Internal(format!("{}: {e}", dir.display())))?;
         eprintln!("coe: wrote {}", page.display());
     }
-    summary.wall_s = Some(started.elapsed().as_secs_f64());
-    summary.settings = Some(settings(config.sampling.temperature, p.max_turns, false));
     print_summary(&summary, args.json)
 }
 
-/// Prints `[i/total] task: solved/n solved` for a task's finished samples; `outcome` gives a
-/// sample's task id and whether it solved the task.
-fn report_task<T>(i: usize, total: usize, samples: &[T], outcome: impl Fn(&T) -> (&str, bool)) {
-    let id = samples.first().map_or("", |s| outcome(s).0);
-    let solved = samples.iter().filter(|s| outcome(s).1).count();
+/// Plays the tasks with `play` (given the tasks to play and a callback for each finished task,
+/// it returns their samples in task order), writing each finished task's samples to `--traces`
+/// and, with `--resume`, first taking the tasks already there; returns the summary of every
+/// task (with its settings and wall time, earlier processes' included) and the samples.
+fn play_resumable<T: Sample>(
+    args: &EvalArgs,
+    tasks: &[(usize, coe_tool_state::Task)],
+    samples: usize,
+    settings: EvalSettings,
+    started: Instant,
+    play: impl FnOnce(
+        &[(usize, coe_tool_state::Task)],
+        &mut dyn FnMut(usize, &[T]),
+    ) -> Result<Vec<Vec<T>>, coe_trainer::TrainerError>,
+) -> Result<(EvalSummary, Vec<Vec<T>>), Failure> {
+    let key = RunKey {
+        tasks: args.tasks.clone(),
+        shard: args.shard.map(|s| format!("{}/{}", s.index, s.count)),
+        limit: args.limit,
+        samples,
+        settings: settings.clone(),
+    };
+    let mut progress = args
+        .traces
+        .as_deref()
+        .map(|path| Progress::<T>::open(path, key, tasks, args.resume))
+        .transpose()?;
+    let (done, earlier_wall_s) = match progress.as_mut() {
+        Some(p) => (std::mem::take(&mut p.done), p.earlier_wall_s),
+        None => (tasks.iter().map(|_| None).collect(), 0.0),
+    };
+    let todo: Vec<(usize, coe_tool_state::Task)> = tasks
+        .iter()
+        .zip(&done)
+        .filter(|(_, d)| d.is_none())
+        .map(|(task, _)| task.clone())
+        .collect();
+    let total = tasks.len();
+    let mut finished = total - todo.len();
+    if finished > 0 {
+        eprintln!("coe: resuming: {finished} of {total} tasks were already played");
+    }
+    let mut write_failure = None;
+    let played = play(&todo, &mut |_, group: &[T]| {
+        finished += 1;
+        report_task(finished, total, group);
+        if let Some(progress) = progress.as_mut()
+            && let Err(e) = progress.task_done(group, started.elapsed().as_secs_f64())
+        {
+            write_failure.get_or_insert(e);
+        }
+    })
+    .map_err(|e| Failure::Internal(e.to_string()))?;
+    if let Some(failure) = write_failure {
+        return Err(failure);
+    }
+    if played.len() != todo.len() {
+        return Err(Failure::Internal(format!(
+            "{} tasks played, {} asked",
+            played.len(),
+            todo.len()
+        )));
+    }
+    let mut played = played.into_iter();
+    let groups: Vec<Vec<T>> = done
+        .into_iter()
+        .map(|d| d.or_else(|| played.next()).unwrap_or_default())
+        .collect();
+    let per_task = tasks
+        .iter()
+        .zip(&groups)
+        .map(|((index, task), group)| T::task_result(*index, &task.task_id, group))
+        .collect();
+    let mut summary = EvalSummary::from_tasks(per_task);
+    summary.wall_s = Some(earlier_wall_s + started.elapsed().as_secs_f64());
+    summary.settings = Some(settings);
+    if let Some(progress) = progress {
+        progress.finish(&groups)?;
+    }
+    Ok((summary, groups))
+}
+
+/// Prints `[finished/total] task: solved/n solved` for a task's finished samples.
+fn report_task<T: Sample>(finished: usize, total: usize, samples: &[T]) {
+    let id = samples.first().map_or("", |s| s.task_id());
+    let solved = samples.iter().filter(|s| s.solved()).count();
     eprintln!(
-        "[{}/{total}] {id}: {solved}/{} solved",
-        i + 1,
+        "[{finished}/{total}] {id}: {solved}/{} solved",
         samples.len()
     );
 }
 
-/// Writes every episode (or answer) as one JSON line.
-fn write_traces<T: serde::Serialize>(
-    path: &std::path::Path,
-    items: impl IntoIterator<Item = T>,
-) -> Result<(), Failure> {
-    coe_data::formats::write_json_lines(path, items)
-        .map_err(|e| Failure::Internal(format!("{}: {e}", path.display())))
-}
-
-fn print_summary(summary: &coe_trainer::eval::EvalSummary, json: bool) -> Result<(), Failure> {
+fn print_summary(summary: &EvalSummary, json: bool) -> Result<(), Failure> {
     if json {
         return print(&json_line(summary)?);
     }

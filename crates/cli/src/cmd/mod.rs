@@ -3,6 +3,7 @@
 pub(crate) mod apply;
 pub(crate) mod check;
 pub(crate) mod eval;
+mod eval_resume;
 pub(crate) mod exec_worker;
 pub(crate) mod generate;
 pub(crate) mod plot;
