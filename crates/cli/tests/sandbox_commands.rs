@@ -494,11 +494,32 @@ fn a_stopped_eval_resumes_to_the_straight_runs_result() {
     );
     let resumed_file = traces("resumed.jsonl");
     std::fs::write(&resumed_file, stopped).unwrap();
-    std::fs::copy(
-        format!("{straight_file}.run.json"),
-        format!("{resumed_file}.run.json"),
+    // The stopped run's record: the straight run's, not finished.
+    let mut record: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{straight_file}.run.json")).unwrap(),
     )
     .unwrap();
+    assert_eq!(record["complete"], true, "{record}");
+    record["complete"] = false.into();
+    std::fs::write(format!("{resumed_file}.run.json"), record.to_string()).unwrap();
+    // Starting it again without --resume would throw its finished tasks away: refused.
+    let out = coe(&[
+        "eval",
+        &tasks,
+        "--limit",
+        "3",
+        "--max-turns",
+        "2",
+        "--samples",
+        "2",
+        "--traces",
+        &resumed_file,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds an unfinished run"),
+        "{out:?}"
+    );
     let (resumed, log) = eval(&resumed_file, &["--resume"]);
     // Only the third task is played again.
     assert!(log.contains("resuming: 2 of 3 tasks"), "{log}");

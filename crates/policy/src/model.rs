@@ -288,6 +288,8 @@ impl<B: Backend> CausalBlocks<B> {
 /// go in blocks of positions: a block's scores cover only the keys it may see, split into the
 /// earlier ones (never masked) and its own block (masked), so no masked half of the square is
 /// computed and no full mask is built, and autodiff keeps about half the scores it would.
+/// Callers pass a layer's bulk: a pass of more than one new position folds the tail in first
+/// ([`extend`]).
 fn attend_causal<B: Backend>(
     q: Tensor<B, 4>,
     t: usize,
@@ -351,6 +353,7 @@ impl<B: Backend> Attention<B> {
         let q = q.reshape([batch, kvh, (h / kvh) * t, hd]);
         let out = match &positions.causal {
             Some(causal) => {
+                debug_assert!(layer.tail.is_none(), "extend folds the tail when t > 1");
                 let (keys, values) = &layer.bulk;
                 attend_causal(q, t, keys, values, causal, hd)
             }
@@ -401,6 +404,7 @@ impl<B: Backend> Attention<B> {
                 let q = row(&q, start, t, h).reshape([1, kvh, (h / kvh) * t, hd]);
                 match causal {
                     Some(causal) => {
+                        debug_assert!(layer.tail.is_none(), "extend folds the tail when t > 1");
                         let (keys, values) = &layer.bulk;
                         attend_causal(q, t, keys, values, causal, hd)
                     }

@@ -81,6 +81,32 @@ fn cached_decode_equals_full_recompute() {
 }
 
 #[test]
+fn long_prefills_after_a_cache_equal_one_pass() {
+    // Longer than the 128 query positions of one causal-attention block: one pass over 340
+    // tokens (`forward`: three blocks from position 0) against 40 tokens, then 300 after them
+    // (`forward_rows`: three blocks after a cache, the last one short).
+    let model = tiny::<B>(5);
+    let tokens: Vec<u32> = (0..340).map(|i| (i * 11 % 59 + 1) as u32).collect();
+    let full = full_logits(&model, &tokens, Adapters::On);
+    let mut session = Session::new(&model);
+    let mut at = 0;
+    for chunk in [40, 300] {
+        session.push(&tokens[at..at + chunk]);
+        at += chunk;
+        let logits = session.prefill(&model, Adapters::On).unwrap();
+        assert!(max_diff(&logits, &full[at - 1]) < 1e-4, "after {at} tokens");
+    }
+    // The first 200 positions alone agree with the same positions of the longer pass.
+    let short = full_logits(&model, &tokens[..200], Adapters::On);
+    for (position, logits) in short.iter().enumerate() {
+        assert!(
+            max_diff(logits, &full[position]) < 1e-4,
+            "position {position}"
+        );
+    }
+}
+
+#[test]
 fn batched_greedy_samples_equal_single_and_continue_correctly() {
     let model = tiny::<B>(2);
     let tokenizer_free_prompt: Vec<u32> = vec![3, 9, 27, 17, 51];

@@ -174,8 +174,14 @@ fn eval_on<B: Backend>(
             ..config.sampling
         };
         let settings = settings(sampling.temperature, 1, true);
-        let (summary, _) =
-            play_resumable(args, tasks, samples, settings, started, |todo, on_task| {
+        let (summary, _) = play_resumable(
+            args,
+            adapter.as_deref(),
+            tasks,
+            samples,
+            settings,
+            started,
+            |todo, on_task| {
                 coe_trainer::direct::evaluate_direct(
                     &policy,
                     todo,
@@ -189,15 +195,23 @@ fn eval_on<B: Backend>(
                     on_task,
                 )
                 .map(|(_, groups)| groups)
-            })?;
+            },
+        )?;
         return print_summary(&summary, args.json);
     }
     let settings = settings(config.sampling.temperature, p.max_turns, false);
-    let (summary, groups) =
-        play_resumable(args, tasks, samples, settings, started, |todo, on_task| {
+    let (summary, groups) = play_resumable(
+        args,
+        adapter.as_deref(),
+        tasks,
+        samples,
+        settings,
+        started,
+        |todo, on_task| {
             coe_trainer::eval::evaluate(&policy, todo, &sandbox, samples, &config, p.seed, on_task)
                 .map(|(_, groups)| groups)
-        })?;
+        },
+    )?;
     if let Some(dir) = &args.html {
         let title = format!(
             "coe eval: {} ({}{})",
@@ -223,6 +237,7 @@ fn eval_on<B: Backend>(
 /// task (with its settings and wall time, earlier processes' included) and the samples.
 fn play_resumable<T: Sample>(
     args: &EvalArgs,
+    adapter: Option<&Path>,
     tasks: &[(usize, coe_tool_state::Task)],
     samples: usize,
     settings: EvalSettings,
@@ -232,18 +247,26 @@ fn play_resumable<T: Sample>(
         &mut dyn FnMut(usize, &[T]),
     ) -> Result<Vec<Vec<T>>, coe_trainer::TrainerError>,
 ) -> Result<(EvalSummary, Vec<Vec<T>>), Failure> {
-    let key = RunKey {
-        tasks: args.tasks.clone(),
-        shard: args.shard.map(|s| format!("{}/{}", s.index, s.count)),
-        limit: args.limit,
-        samples,
-        settings: settings.clone(),
+    let sha256 = |path: &Path| {
+        coe_cache::sha256_file(path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))
     };
-    let mut progress = args
-        .traces
-        .as_deref()
-        .map(|path| Progress::<T>::open(path, key, tasks, args.resume))
-        .transpose()?;
+    let mut progress = match &args.traces {
+        Some(path) => {
+            let key = RunKey {
+                tasks: args.tasks.clone(),
+                tasks_sha256: sha256(&args.tasks)?,
+                model: args.policy.model.clone(),
+                adapter_sha256: adapter.map(sha256).transpose()?,
+                direct_prompts: args.direct.clone(),
+                shard: args.shard.map(|s| format!("{}/{}", s.index, s.count)),
+                limit: args.limit,
+                samples,
+                settings: settings.clone(),
+            };
+            Some(Progress::<T>::open(path, key, tasks, args.resume)?)
+        }
+        None => None,
+    };
     let (done, earlier_wall_s) = match progress.as_mut() {
         Some(p) => (std::mem::take(&mut p.done), p.earlier_wall_s),
         None => (tasks.iter().map(|_| None).collect(), 0.0),
@@ -259,20 +282,21 @@ fn play_resumable<T: Sample>(
     if finished > 0 {
         eprintln!("coe: resuming: {finished} of {total} tasks were already played");
     }
-    let mut write_failure = None;
+    // A failed write stops the writing as it goes (the file would no longer be whole tasks)
+    // but not the run: the file is written whole at the end.
+    let mut writing = true;
     let played = play(&todo, &mut |_, group: &[T]| {
         finished += 1;
         report_task(finished, total, group);
-        if let Some(progress) = progress.as_mut()
-            && let Err(e) = progress.task_done(group, started.elapsed().as_secs_f64())
+        if let Some(progress) = progress.as_mut().filter(|_| writing)
+            && let Err(Failure::Input(e) | Failure::Internal(e)) =
+                progress.task_done(group, started.elapsed().as_secs_f64())
         {
-            write_failure.get_or_insert(e);
+            eprintln!("coe: {e}; the traces will be written at the end");
+            writing = false;
         }
     })
     .map_err(|e| Failure::Internal(e.to_string()))?;
-    if let Some(failure) = write_failure {
-        return Err(failure);
-    }
     if played.len() != todo.len() {
         return Err(Failure::Internal(format!(
             "{} tasks played, {} asked",
@@ -291,10 +315,11 @@ fn play_resumable<T: Sample>(
         .map(|((index, task), group)| T::task_result(*index, &task.task_id, group))
         .collect();
     let mut summary = EvalSummary::from_tasks(per_task);
-    summary.wall_s = Some(earlier_wall_s + started.elapsed().as_secs_f64());
+    let wall_s = started.elapsed().as_secs_f64();
+    summary.wall_s = Some(earlier_wall_s + wall_s);
     summary.settings = Some(settings);
     if let Some(progress) = progress {
-        progress.finish(&groups)?;
+        progress.finish(&groups, wall_s)?;
     }
     Ok((summary, groups))
 }

@@ -4,8 +4,10 @@
 //! run plays exactly the episodes a straight one would, and ends with the same summary and the
 //! same FILE (rewritten in task order at the end).
 //!
-//! Beside FILE, FILE.run.json keeps what the run is (task file, shard, samples, settings) and
-//! the wall time spent so far: `--resume` refuses a FILE written by a different run.
+//! Beside FILE, FILE.run.json keeps what the run is (task file and its checksum, shard, samples,
+//! model, adapters and their checksum, settings), the wall time spent so far and whether it
+//! finished: `--resume` refuses a FILE written by a different run, and a run without `--resume`
+//! refuses to start over an unfinished one (it would throw its finished tasks away).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -66,6 +68,15 @@ impl Sample for DirectAnswer {
 pub(crate) struct RunKey {
     /// The task file, as given.
     pub(crate) tasks: PathBuf,
+    /// Its sha256.
+    pub(crate) tasks_sha256: String,
+    /// `--model`, when given.
+    pub(crate) model: Option<PathBuf>,
+    /// The adapters' sha256 (`None`: the base model): adapter files are mostly all named
+    /// `adapter.safetensors`.
+    pub(crate) adapter_sha256: Option<String>,
+    /// `--direct`'s prompts, when given.
+    pub(crate) direct_prompts: Option<PathBuf>,
     /// `I/N`, when sharded.
     pub(crate) shard: Option<String>,
     /// `--limit`.
@@ -76,11 +87,12 @@ pub(crate) struct RunKey {
     pub(crate) settings: EvalSettings,
 }
 
-/// FILE.run.json: the run and the wall time its earlier processes spent.
+/// FILE.run.json: the run, the wall time its earlier processes spent, and whether it finished.
 #[derive(Debug, Serialize, Deserialize)]
 struct RunRecord {
     run: RunKey,
     wall_s: f64,
+    complete: bool,
 }
 
 /// A traces file being written task by task.
@@ -109,6 +121,17 @@ impl<T: Sample> Progress<T> {
         resume: bool,
     ) -> Result<Self, Failure> {
         let record = PathBuf::from(format!("{}.run.json", path.display()));
+        if !resume
+            && path.exists()
+            && let Ok(earlier) = read_record(&record)
+            && !earlier.complete
+        {
+            return Err(Failure::Input(format!(
+                "{} holds an unfinished run: add --resume to go on with it (same command), or \
+                 delete the file to start again",
+                path.display()
+            )));
+        }
         let (done, earlier_wall_s) = if resume && path.exists() {
             let earlier = read_record(&record)?;
             if earlier.run != key {
@@ -143,7 +166,7 @@ impl<T: Sample> Progress<T> {
             done,
             writer: BufWriter::new(file),
         };
-        progress.save_record(0.0)?;
+        progress.save_record(0.0, false)?;
         Ok(progress)
     }
 
@@ -158,20 +181,22 @@ impl<T: Sample> Progress<T> {
                 .map_err(|e| io_failure(&self.path, e))?;
         }
         self.writer.flush().map_err(|e| io_failure(&self.path, e))?;
-        self.save_record(wall_s)
+        self.save_record(wall_s, false)
     }
 
-    /// Rewrites FILE with every task's samples in task order, as a straight run leaves it.
-    pub(crate) fn finish(self, groups: &[Vec<T>]) -> Result<(), Failure> {
-        drop(self.writer);
+    /// Rewrites FILE with every task's samples in task order, as a straight run leaves it, and
+    /// marks the run finished (`wall_s`: this process's).
+    pub(crate) fn finish(self, groups: &[Vec<T>], wall_s: f64) -> Result<(), Failure> {
         coe_data::formats::write_json_lines(&self.path, groups.iter().flatten())
-            .map_err(|e| io_failure(&self.path, e))
+            .map_err(|e| io_failure(&self.path, e))?;
+        self.save_record(wall_s, true)
     }
 
-    fn save_record(&self, wall_s: f64) -> Result<(), Failure> {
+    fn save_record(&self, wall_s: f64, complete: bool) -> Result<(), Failure> {
         let record = RunRecord {
             run: self.key.clone(),
             wall_s: self.earlier_wall_s + wall_s,
+            complete,
         };
         let bytes = serde_json::to_vec(&record).map_err(|e| io_failure(&self.record, e))?;
         coe_cache::write_atomically(&self.record, &bytes).map_err(|e| io_failure(&self.record, e))
@@ -179,11 +204,12 @@ impl<T: Sample> Progress<T> {
 }
 
 fn read_record(path: &Path) -> Result<RunRecord, Failure> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        Failure::Input(format!(
-            "--resume: {}: {e} (the traces were not written by a resumable coe eval)",
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Failure::Input(format!(
+            "--resume: no {} (the traces were not written by a resumable coe eval)",
             path.display()
-        ))
+        )),
+        _ => io_failure(path, e),
     })?;
     serde_json::from_slice(&bytes).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))
 }
