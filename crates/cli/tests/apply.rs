@@ -113,10 +113,18 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
         ("sft", "humanevalfix", 3.125, 12.5),
         ("base", "humanevalfix", 0.0, 0.0),
         ("base", "mbpp-synthetic-test", 0.0, 0.0),
+        // The greedy run of sft (its own folder): joins sft's row.
+        ("sft-greedy", "humanevalfix", 6.25, 6.25),
+        // A greedy run with no sampled run beside it keeps a row of its own.
+        ("rl-greedy", "humanevalfix", 12.5, 12.5),
     ] {
         let cell = dir.join(policy).join(set);
         std::fs::create_dir_all(&cell).unwrap();
-        write(&cell, "summary.json", summary(p1, pk).as_bytes());
+        let mut summary = summary(p1, pk);
+        if policy.ends_with("-greedy") {
+            summary = summary.replace("\"samples\":4", "\"samples\":1");
+        }
+        write(&cell, "summary.json", summary.as_bytes());
     }
     // Two shards of one set (`coe eval --shard I/2 --json`) are merged from their per-task
     // counts: 1 of 2 tasks solved in every sample, 1 solved in none.
@@ -147,7 +155,15 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     assert!(page.contains("2 shards merged"), "{page}");
     let (first, second) = (page.find("x = 0").unwrap(), page.find("x = 1").unwrap());
     assert!(first < second);
-    assert!(table.contains("(2x4) | 3.12 / 12.50 (8x4) |"), "{table}");
+    assert!(
+        table.contains("(2x4) | 3.12 / 12.50 (8x4); greedy 6.25 (8x1) |"),
+        "{table}"
+    );
+    assert!(!table.contains("| sft-greedy |"), "{table}");
+    assert!(
+        table.contains("| rl-greedy | - | 12.50 / 12.50 (8x1) |"),
+        "{table}"
+    );
     // Known sets and policies in their fixed order, a dash where a policy has no result, and
     // the paper's HumanEvalFix numbers beside them.
     assert!(

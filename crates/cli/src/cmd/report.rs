@@ -28,6 +28,10 @@ const SET_ORDER: [&str; 3] = [
 /// pass@1 and pass@4, in percent.
 type PassPair = (f64, f64);
 
+/// A policy folder named `<policy>` + this holds the greedy run of `<policy>` (`coe eval
+/// --samples 1`): its pass@1 joins that policy's row instead of making a row of its own.
+const GREEDY_SUFFIX: &str = "-greedy";
+
 /// The paper's results (Rainone et al. 2025, DESIGN.md section 1), pass@1 / pass@4 on repairing
 /// its own set of faulty MBPP solutions (none of the sets here): model, Chain-of-Edits (SFT +
 /// RL), direct answer.
@@ -240,35 +244,60 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             .map(|r| &r.2)
     };
 
-    // One row per policy, one cell per set ("-" where the policy has no result there).
-    let policy_rows = |cell: fn(&SetResult) -> String| -> Vec<(String, Vec<String>)> {
-        policies
-            .iter()
-            .map(|policy| {
-                let cells = sets
-                    .iter()
-                    .map(|set| find(policy, set).map_or_else(|| "-".into(), cell))
-                    .collect();
-                (policy.clone(), cells)
-            })
-            .collect()
+    // A greedy run whose sampled policy is also here joins that policy's row.
+    let greedy_of = |policy: &str| format!("{policy}{GREEDY_SUFFIX}");
+    let joins_a_row = |policy: &str| {
+        policy
+            .strip_suffix(GREEDY_SUFFIX)
+            .is_some_and(|sampled| policies.iter().any(|p| p == sampled))
     };
-    let pass_rows = policy_rows(|r| {
-        let s = &r.summary;
-        let interval = |i: Option<Interval>| {
-            i.map_or_else(String::new, |i| format!(" [{:.1}-{:.1}]", i.low, i.high))
+    let row_policies: Vec<&String> = policies.iter().filter(|p| !joins_a_row(p)).collect();
+    // One row per policy, one cell per set ("-" where the policy has no result there).
+    let policy_rows =
+        |cell: &dyn Fn(&str, &str, &SetResult) -> String| -> Vec<(String, Vec<String>)> {
+            row_policies
+                .iter()
+                .map(|policy| {
+                    let cells = sets
+                        .iter()
+                        .map(|set| {
+                            find(policy, set).map_or_else(|| "-".into(), |r| cell(policy, set, r))
+                        })
+                        .collect();
+                    ((*policy).clone(), cells)
+                })
+                .collect()
         };
+    let interval = |i: Option<Interval>| {
+        i.map_or_else(String::new, |i| format!(" [{:.1}-{:.1}]", i.low, i.high))
+    };
+    let partial = |r: &SetResult| {
+        r.missing_shards.map_or_else(String::new, |(found, of)| {
+            format!(" **partial: {found} of {of} shards**")
+        })
+    };
+    let pass_rows = policy_rows(&|policy, set, r| {
+        let s = &r.summary;
+        let greedy = find(&greedy_of(policy), set).map_or_else(String::new, |g| {
+            format!(
+                "; greedy {:.2}{} ({}x{}){}",
+                g.summary.pass_at_1,
+                interval(g.summary.pass_at_1_interval),
+                g.summary.tasks,
+                g.summary.samples,
+                partial(g)
+            )
+        });
         format!(
-            "{:.2}{} / {:.2}{} ({}x{})",
+            "{:.2}{} / {:.2}{} ({}x{}){}",
             s.pass_at_1,
             interval(s.pass_at_1_interval),
             s.pass_at_k,
             interval(s.pass_at_k_interval),
             s.tasks,
-            s.samples
-        ) + &r.missing_shards.map_or_else(String::new, |(found, of)| {
-            format!(" **partial: {found} of {of} shards**")
-        })
+            s.samples,
+            partial(r)
+        ) + &greedy
     });
     let paper_rows: Vec<(String, Vec<String>)> = PAPER
         .iter()
@@ -282,7 +311,7 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
             )
         })
         .collect();
-    let behaviour_rows = policy_rows(|r| {
+    let behaviour_rows = policy_rows(&|_, _, r| {
         let s = &r.summary;
         format!(
             "{:.1} / {:.1} / {:.1}",
@@ -292,7 +321,8 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     let mut md = format!(
         "pass@1 / pass@{k} in percent (unbiased estimator over the samples) with 95% intervals \
          (bootstrap over source problems, Wilson where every task scored alike) where the \
-         summary has them; tasks x samples per cell.\n\n"
+         summary has them; tasks x samples per cell; \"greedy\": the policy's greedy pass@1 \
+         (its `<policy>{GREEDY_SUFFIX}` run) where there is one.\n\n"
     );
     write_table(&mut md, &sets, &pass_rows);
     md.push_str(
