@@ -458,22 +458,27 @@ fn a_stopped_eval_resumes_to_the_straight_runs_result() {
     let dir = tempfile::tempdir().unwrap();
     let tasks = fixture("eval/mbpp-synthetic-validation.jsonl");
     let traces = |name: &str| dir.path().join(name).display().to_string();
-    let eval = |file: &str, extra: &[&str]| {
+    // `coe eval` of the first 3 tasks, 2 samples each, writing traces to `file`.
+    let run = |file: &str, max_turns: &str, extra: &[&str]| {
         let mut args = vec![
             "eval",
             &tasks,
             "--limit",
             "3",
             "--max-turns",
-            "2",
+            max_turns,
             "--samples",
             "2",
-            "--json",
             "--traces",
             file,
         ];
         args.extend(extra);
-        let out = coe(&args);
+        coe(&args)
+    };
+    let eval = |file: &str, extra: &[&str]| {
+        let mut args = vec!["--json"];
+        args.extend(extra);
+        let out = run(file, "2", &args);
         assert_success(&out);
         let mut summary = json(&out);
         summary.as_object_mut().unwrap().remove("wall_s");
@@ -503,18 +508,7 @@ fn a_stopped_eval_resumes_to_the_straight_runs_result() {
     record["complete"] = false.into();
     std::fs::write(format!("{resumed_file}.run.json"), record.to_string()).unwrap();
     // Starting it again without --resume would throw its finished tasks away: refused.
-    let out = coe(&[
-        "eval",
-        &tasks,
-        "--limit",
-        "3",
-        "--max-turns",
-        "2",
-        "--samples",
-        "2",
-        "--traces",
-        &resumed_file,
-    ]);
+    let out = run(&resumed_file, "2", &[]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("holds an unfinished run"),
@@ -531,19 +525,7 @@ fn a_stopped_eval_resumes_to_the_straight_runs_result() {
     );
 
     // Another run's traces are refused, and kept.
-    let out = coe(&[
-        "eval",
-        &tasks,
-        "--limit",
-        "3",
-        "--max-turns",
-        "1",
-        "--samples",
-        "2",
-        "--traces",
-        &resumed_file,
-        "--resume",
-    ]);
+    let out = run(&resumed_file, "1", &["--resume"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("written by another run"),
