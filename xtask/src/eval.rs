@@ -1,0 +1,412 @@
+//! `cargo xtask eval`: one policy's evaluation on fixtures/eval sets, sharded and resumable,
+//! then `coe report`.
+//!
+//! Each set goes to OUT/NAME/<set>/ as summary.json (`coe eval --json`), the traces and the
+//! episodes' page, or per shard as summary-I-of-N.json, traces-I-of-N.jsonl (direct-I-of-N.jsonl)
+//! and shard-I-of-N/index.html. A shard's summary is written only once it is complete, so a
+//! stopped run resumes by running the same command again.
+//!
+//! `--jobs J` runs up to J shards at once, each `coe` on cores/J threads: a batch of episodes
+//! keeps one core busy only part of the time (sampling, attention per episode and the sandbox
+//! run between products), so on 2 cores two one-thread shards evaluate about 1.3x as many
+//! episodes an hour as one two-thread shard, with the same results (each task's episodes are
+//! seeded by its position alone, and a product's sums do not depend on the thread count).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::{run, sha256_file};
+
+/// The sets `cargo xtask eval` runs unless `--sets` names others: the final report's.
+pub(crate) const TEST_SETS: [&str; 3] = [
+    "mbpp-synthetic-test",
+    "mbpp-synthetic-test-hard",
+    "humanevalfix",
+];
+
+/// Whether `coe` can resume a stopped evaluation (`coe eval --resume`), asked of its help.
+pub(crate) fn coe_resumes_evals(coe: &Path) -> Result<bool> {
+    let output = Command::new(coe)
+        .args(["eval", "--help"])
+        .output()
+        .with_context(|| format!("running {}", coe.display()))?;
+    Ok(String::from_utf8_lossy(&output.stdout).contains("--resume"))
+}
+
+/// fixtures/eval/SET.jsonl, or an error naming it when there is no such set.
+pub(crate) fn eval_set_file(set: &str) -> Result<String> {
+    existing(format!("fixtures/eval/{set}.jsonl"), "evaluation set")
+}
+
+/// fixtures/eval/SET.direct.jsonl, the direct-answer prompts of a set.
+pub(crate) fn direct_set_file(set: &str) -> Result<String> {
+    existing(
+        format!("fixtures/eval/{set}.direct.jsonl"),
+        "direct-answer set",
+    )
+}
+
+fn existing(path: String, what: &str) -> Result<String> {
+    if !Path::new(&path).is_file() {
+        bail!("no {what} {path}");
+    }
+    Ok(path)
+}
+
+/// Whether DIR holds any `summary*.json`.
+fn dir_has_summaries(dir: &Path) -> Result<bool> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    Ok(entries.filter_map(Result::ok).any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with("summary") && name.ends_with(".json")
+    }))
+}
+
+/// One policy's evaluation (see the module docs).
+pub(crate) struct EvalRun<'a> {
+    pub(crate) coe: &'a Path,
+    /// Its checksum, taken once for all the sets.
+    pub(crate) coe_sha256: String,
+    /// Whether it has `coe eval --resume` (binaries kept from before it do not).
+    pub(crate) resumable: bool,
+    pub(crate) out: &'a Path,
+    pub(crate) name: &'a str,
+    pub(crate) direct: bool,
+    pub(crate) shards: u32,
+    /// Shards run at once (not part of the run's settings: it does not change the results).
+    pub(crate) jobs: u32,
+    pub(crate) extra: &'a [String],
+}
+
+/// What one shard of a set writes.
+struct ShardFiles {
+    index: u32,
+    summary: PathBuf,
+    traces: PathBuf,
+    page: PathBuf,
+}
+
+impl EvalRun<'_> {
+    /// Evaluates fixtures/eval/SET.jsonl.
+    pub(crate) fn set(&self, set: &str) -> Result<()> {
+        let direct = self.direct.then(|| direct_set_file(set)).transpose()?;
+        self.run_set(set, &eval_set_file(set)?, direct.as_deref())
+    }
+
+    /// Evaluates the tasks of `tasks` (with the direct-answer prompts of `direct`, if given)
+    /// into OUT/NAME/SET, skipping shards already done and running up to `jobs` at once; after a
+    /// shard fails no other starts, and its error is returned once those running have ended.
+    fn run_set(&self, set: &str, tasks: &str, direct: Option<&str>) -> Result<()> {
+        let dir = self.out.join(self.name).join(set);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.check_record(&dir, tasks)?;
+        let pending: Vec<ShardFiles> = (0..self.shards)
+            .map(|index| self.shard_files(&dir, index))
+            .filter(|shard| {
+                let done = shard.summary.exists();
+                if done {
+                    println!("== {set}: {}: done", self.shard_name(shard.index));
+                }
+                !done
+            })
+            .collect();
+        let jobs = (self.jobs.max(1) as usize).min(pending.len());
+        let threads = self.threads_per_job();
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..jobs)
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        while !failed.load(Ordering::SeqCst) {
+                            let Some(shard) = pending.get(next.fetch_add(1, Ordering::SeqCst))
+                            else {
+                                break;
+                            };
+                            let result = self.run_shard(set, tasks, direct, shard, threads);
+                            if result.is_err() {
+                                failed.store(true, Ordering::SeqCst);
+                                return result;
+                            }
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            let mut first_error = None;
+            for worker in workers {
+                let result = worker
+                    .join()
+                    .unwrap_or_else(|_| Err(anyhow!("a shard's thread panicked")));
+                if let Err(error) = result {
+                    first_error.get_or_insert(error);
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
+    }
+
+    /// The files of shard `index` in DIR; one shard keeps the unsharded names, which `coe
+    /// report` reads as they are.
+    fn shard_files(&self, dir: &Path, index: u32) -> ShardFiles {
+        let suffix = if self.shards == 1 {
+            String::new()
+        } else {
+            format!("-{index}-of-{}", self.shards)
+        };
+        let traces = if self.direct { "direct" } else { "traces" };
+        ShardFiles {
+            index,
+            summary: dir.join(format!("summary{suffix}.json")),
+            traces: dir.join(format!("{traces}{suffix}.jsonl")),
+            page: if self.shards == 1 {
+                dir.to_path_buf()
+            } else {
+                dir.join(format!("shard{suffix}"))
+            },
+        }
+    }
+
+    fn shard_name(&self, index: u32) -> String {
+        format!("{} shard {index}/{}", self.name, self.shards)
+    }
+
+    /// RAYON_NUM_THREADS for each `coe` when shards run side by side (the machine's cores
+    /// shared out, at least one each), unless the caller set it; `None` leaves it alone.
+    fn threads_per_job(&self) -> Option<usize> {
+        if self.jobs <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+            return None;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        Some((cores / self.jobs as usize).max(1))
+    }
+
+    /// Runs one shard's `coe eval`, its progress lines on stderr marked with the shard, and
+    /// writes its summary once it has succeeded.
+    fn run_shard(
+        &self,
+        set: &str,
+        tasks: &str,
+        direct: Option<&str>,
+        shard: &ShardFiles,
+        threads: Option<usize>,
+    ) -> Result<()> {
+        let mut command = Command::new(self.coe);
+        command.args(["eval", tasks, "--json"]);
+        if self.shards > 1 {
+            command.args(["--shard", &format!("{}/{}", shard.index, self.shards)]);
+        }
+        match direct {
+            Some(prompts) => command.args(["--direct", prompts]),
+            None => command.arg("--html").arg(&shard.page),
+        };
+        command.arg("--traces").arg(&shard.traces);
+        if self.resumable {
+            command.arg("--resume");
+        }
+        command.args(self.extra);
+        if let Some(threads) = threads {
+            command.env("RAYON_NUM_THREADS", threads.to_string());
+        }
+        let name = self.shard_name(shard.index);
+        println!("== {set}: {name}");
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", self.coe.display()))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let mut summary = Vec::new();
+        let read = std::thread::scope(|scope| {
+            if let Some(stderr) = stderr {
+                let prefix = format!("[{set} {}/{}] ", shard.index, self.shards);
+                scope.spawn(move || {
+                    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                        eprintln!("{prefix}{line}");
+                    }
+                });
+            }
+            stdout.map_or(Ok(0), |mut stdout| stdout.read_to_end(&mut summary))
+        });
+        if let Err(error) = read {
+            // Not left running unwatched: its summary could no longer be kept.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error)
+                .with_context(|| format!("reading the output of {}", self.coe.display()));
+        }
+        let status = child
+            .wait()
+            .with_context(|| format!("running {}", self.coe.display()))?;
+        if !status.success() {
+            bail!("coe eval on {set}, {name}, failed ({status})");
+        }
+        // Written only once the shard is complete, so its presence means done.
+        coe_cache::write_atomically(&shard.summary, &summary)
+            .with_context(|| format!("writing {}", shard.summary.display()))?;
+        print!("{}", String::from_utf8_lossy(&summary));
+        Ok(())
+    }
+
+    /// The run's settings, kept in DIR/run.json: finished shards are only reused by a run
+    /// with the same settings, since a folder mixing two runs' results would report neither.
+    /// The settings include the checksums of the `coe` binary (a rebuild may change the code or
+    /// the built-in default policy), of the task file and of an `--adapter` file (retrained in
+    /// place, it would be another policy under the same path).
+    fn check_record(&self, dir: &Path, tasks: &str) -> Result<()> {
+        let adapter = self
+            .extra
+            .iter()
+            .position(|a| a == "--adapter")
+            .and_then(|i| self.extra.get(i + 1))
+            .filter(|a| *a != "none")
+            .map(|a| sha256_file(Path::new(a)))
+            .transpose()?;
+        let record = serde_json::json!({
+            "shards": self.shards,
+            "direct": self.direct,
+            "coe": self.coe,
+            "coe_sha256": self.coe_sha256,
+            "tasks_sha256": sha256_file(Path::new(tasks))?,
+            "adapter_sha256": adapter,
+            "args": self.extra,
+        });
+        let path = dir.join("run.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let earlier: serde_json::Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if earlier != record {
+                    bail!(
+                        "{} holds a run with other settings ({earlier}); this one is {record}: \
+                         to go on with it, run the same binary (--coe, a copy kept aside) and \
+                         files; else choose another --name or --out, or delete the folder",
+                        dir.display()
+                    );
+                }
+                Ok(())
+            }
+            Err(_) if dir_has_summaries(dir)? => bail!(
+                "{} holds results without a run.json (an earlier xtask): choose another \
+                 --name or --out, or delete the folder",
+                dir.display()
+            ),
+            Err(_) => coe_cache::write_atomically(&path, record.to_string().as_bytes())
+                .with_context(|| format!("writing {}", path.display())),
+        }
+    }
+
+    /// `coe report OUT`.
+    pub(crate) fn report(&self) -> Result<()> {
+        run(Command::new(self.coe).arg("report").arg(self.out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// A stand-in for `coe`: `eval ... --shard I/N` prints a summary naming its shard and its
+    /// RAYON_NUM_THREADS after a short wait, counting the shards running beside it; it fails
+    /// (exit 3) for shard FAIL when that file holds its index.
+    fn fake_coe(dir: &Path) -> PathBuf {
+        let path = dir.join("coe");
+        std::fs::write(
+            &path,
+            r#"#!/bin/sh
+dir=$(dirname "$0")
+shard=$(echo "$@" | sed -n 's/.*--shard \([0-9]*\)\/.*/\1/p')
+echo "progress of $shard" >&2
+if [ -f "$dir/FAIL" ] && [ "$(cat "$dir/FAIL")" = "$shard" ]; then exit 3; fi
+touch "$dir/running-$shard"
+sleep 0.3
+beside=$(ls "$dir" | grep -c '^running-')
+rm "$dir/running-$shard"
+echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
+"#,
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn summary(dir: &Path, index: u32) -> Option<serde_json::Value> {
+        let path = dir.join(format!("policy/set/summary-{index}-of-4.json"));
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(serde_json::from_str(&text).unwrap())
+    }
+
+    #[test]
+    fn shards_run_side_by_side_up_to_jobs_and_a_failure_stops_new_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let coe = fake_coe(root.path());
+        let tasks = root.path().join("tasks.jsonl");
+        std::fs::write(&tasks, "{}\n").unwrap();
+        let out = root.path().join("out");
+        let tasks = tasks.to_string_lossy();
+        let run = |jobs| EvalRun {
+            coe: &coe,
+            coe_sha256: "fake".into(),
+            resumable: true,
+            out: &out,
+            name: "policy",
+            direct: false,
+            shards: 4,
+            jobs,
+            extra: &[],
+        };
+
+        // One job: shard 1 fails, so shards 2 and 3 never start.
+        std::fs::write(root.path().join("FAIL"), "1").unwrap();
+        let error = run(1).run_set("set", &tasks, None).unwrap_err();
+        assert!(error.to_string().contains("shard 1/4"), "{error:#}");
+        assert_eq!(summary(&out, 0).unwrap()["shard"], 0);
+        assert!((1..4).all(|i| summary(&out, i).is_none()));
+
+        // Run again with 2 jobs: shard 0 is kept as it was, the other three run, at most two at
+        // a time, each on its share of the cores.
+        std::fs::remove_file(root.path().join("FAIL")).unwrap();
+        let first = std::fs::metadata(out.join("policy/set/summary-0-of-4.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        run(2).run_set("set", &tasks, None).unwrap();
+        let modified = std::fs::metadata(out.join("policy/set/summary-0-of-4.json"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(first, modified, "a finished shard is not run again");
+        let threads = run(2)
+            .threads_per_job()
+            .map_or(String::new(), |t| t.to_string());
+        for index in 1..4 {
+            let summary = summary(&out, index).unwrap();
+            assert_eq!(summary["shard"], index);
+            assert_eq!(summary["threads"], threads.as_str());
+            assert!(summary["beside"].as_u64().unwrap() <= 2, "{summary}");
+        }
+    }
+
+    #[test]
+    fn one_job_leaves_the_thread_count_alone() {
+        let run = EvalRun {
+            coe: Path::new("coe"),
+            coe_sha256: String::new(),
+            resumable: false,
+            out: Path::new("out"),
+            name: "policy",
+            direct: false,
+            shards: 2,
+            jobs: 1,
+            extra: &[],
+        };
+        assert_eq!(run.threads_per_job(), None);
+    }
+}
