@@ -6,13 +6,13 @@
 use burn::module::{Module, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use burn::tensor::activation::{silu, softmax};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::PolicyError;
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
+use crate::kernels::{silu, softmax_last};
 use crate::lora::{Adapters, LoraConfig, LoraLinear};
 
 /// Root-mean-square layer norm.
@@ -195,7 +195,7 @@ fn attend_one<B: Backend>(q: Tensor<B, 4>, layer: &LayerKv<B>, head_dim: usize) 
     let (bulk_k, bulk_v) = &layer.bulk;
     let q = q.mul_scalar(1.0 / (head_dim as f64).sqrt());
     match &layer.tail {
-        None => softmax(q.matmul(bulk_k.clone().swap_dims(2, 3)), 3).matmul(bulk_v.clone()),
+        None => softmax_last(q.matmul(bulk_k.clone().swap_dims(2, 3))).matmul(bulk_v.clone()),
         Some((tail_k, tail_v)) => {
             let bulk_len = bulk_k.dims()[2];
             let scores = Tensor::cat(
@@ -205,7 +205,7 @@ fn attend_one<B: Backend>(q: Tensor<B, 4>, layer: &LayerKv<B>, head_dim: usize) 
                 ],
                 3,
             );
-            split_weighted(softmax(scores, 3), bulk_len, bulk_v, tail_v)
+            split_weighted(softmax_last(scores), bulk_len, bulk_v, tail_v)
         }
     }
 }
@@ -318,10 +318,10 @@ fn attend_causal<B: Backend>(
         let own_v = values.clone().narrow(2, seen, b);
         let own_scores = qb.clone().matmul(own_k.swap_dims(2, 3)) + mask;
         let out = if seen == 0 {
-            softmax(own_scores, 3).matmul(own_v)
+            softmax_last(own_scores).matmul(own_v)
         } else {
             let past_scores = qb.matmul(keys.clone().narrow(2, 0, seen).swap_dims(2, 3));
-            let weights = softmax(Tensor::cat(vec![past_scores, own_scores], 3), 3);
+            let weights = softmax_last(Tensor::cat(vec![past_scores, own_scores], 3));
             split_weighted(weights, seen, &values.clone().narrow(2, 0, seen), &own_v)
         };
         outs.push(out.reshape([batch, heads, b, head_dim]));
@@ -816,6 +816,7 @@ impl<B: Backend> Block<B> {
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
+    use burn::tensor::activation::softmax;
 
     type Grad = burn::backend::Autodiff<crate::CpuBackend>;
 
