@@ -13,7 +13,7 @@
 pub mod cache;
 pub mod config;
 pub mod generate;
-pub mod kernels;
+mod kernels;
 // Internal: public only so the fuzz target can drive the parser (`fuzz/fuzz_targets/gguf_read.rs`).
 #[doc(hidden)]
 pub mod gguf;

@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use crate::PolicyError;
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
-use crate::kernels::{silu, softmax_last};
+use crate::kernels::{silu, softmax_joined, softmax_last};
 use crate::lora::{Adapters, LoraConfig, LoraLinear};
 
 /// Root-mean-square layer norm.
@@ -189,38 +189,22 @@ struct RowPositions<B: Backend> {
 
 /// `softmax(q k^T / sqrt(head_dim)) v` for one new position against a layer's cached keys
 /// and values (`q`: `[batch, kv_heads, groups, head_dim]`, query heads folded into the rows).
-/// Scores are taken against each block of the cache and joined for one softmax, then each
-/// block's values are weighted by their share, so the blocks are never joined.
+/// Scores are taken against each block of the cache and normalised together
+/// ([`softmax_joined`]), then each block's values are weighted by their share, so the blocks
+/// are never joined (nor, on the CPU backend, their scores).
 fn attend_one<B: Backend>(q: Tensor<B, 4>, layer: &LayerKv<B>, head_dim: usize) -> Tensor<B, 4> {
     let (bulk_k, bulk_v) = &layer.bulk;
     let q = q.mul_scalar(1.0 / (head_dim as f64).sqrt());
     match &layer.tail {
         None => softmax_last(q.matmul(bulk_k.clone().swap_dims(2, 3))).matmul(bulk_v.clone()),
         Some((tail_k, tail_v)) => {
-            let bulk_len = bulk_k.dims()[2];
-            let scores = Tensor::cat(
-                vec![
-                    q.clone().matmul(bulk_k.clone().swap_dims(2, 3)),
-                    q.matmul(tail_k.clone().swap_dims(2, 3)),
-                ],
-                3,
+            let (bulk_weights, tail_weights) = softmax_joined(
+                q.clone().matmul(bulk_k.clone().swap_dims(2, 3)),
+                q.matmul(tail_k.clone().swap_dims(2, 3)),
             );
-            split_weighted(softmax_last(scores), bulk_len, bulk_v, tail_v)
+            bulk_weights.matmul(bulk_v.clone()) + tail_weights.matmul(tail_v.clone())
         }
     }
-}
-
-/// `weights[.., ..split] first + weights[.., split..] second`: attention weights over two
-/// blocks of values, applied without joining the blocks.
-fn split_weighted<B: Backend>(
-    weights: Tensor<B, 4>,
-    split: usize,
-    first: &Tensor<B, 4>,
-    second: &Tensor<B, 4>,
-) -> Tensor<B, 4> {
-    let rest = weights.dims()[3] - split;
-    let tail = weights.clone().narrow(3, split, rest);
-    weights.narrow(3, 0, split).matmul(first.clone()) + tail.matmul(second.clone())
 }
 
 /// Query positions per block of causal attention: small enough that the diagonal blocks waste
@@ -321,8 +305,8 @@ fn attend_causal<B: Backend>(
             softmax_last(own_scores).matmul(own_v)
         } else {
             let past_scores = qb.matmul(keys.clone().narrow(2, 0, seen).swap_dims(2, 3));
-            let weights = softmax_last(Tensor::cat(vec![past_scores, own_scores], 3));
-            split_weighted(weights, seen, &values.clone().narrow(2, 0, seen), &own_v)
+            let (past_weights, own_weights) = softmax_joined(past_scores, own_scores);
+            past_weights.matmul(values.clone().narrow(2, 0, seen)) + own_weights.matmul(own_v)
         };
         outs.push(out.reshape([batch, heads, b, head_dim]));
     }
@@ -894,6 +878,20 @@ mod tests {
             assert!(
                 forward < 1e-5,
                 "t {t}, offset {offset}: outputs differ by {forward}"
+            );
+            // Without autodiff (inference: the vectorised softmax over the two key blocks).
+            let causal = CausalBlocks::<crate::CpuBackend>::new(
+                [batch, kv_heads, groups],
+                t,
+                block,
+                &q.device(),
+            );
+            let [q_, keys_, values_] = [&q, &keys, &values].map(|x| x.clone().inner());
+            let inference = attend_causal(q_, t, &keys_, &values_, &causal, hd);
+            let forward = max_difference(inference, square.clone().inner());
+            assert!(
+                forward < 1e-5,
+                "t {t}, offset {offset}: inference outputs differ by {forward}"
             );
 
             // The same weighted sum of outputs through each: equal gradients at every input.
