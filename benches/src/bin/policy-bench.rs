@@ -31,10 +31,22 @@ struct Args {
     /// Tokens decoded per run.
     #[arg(long, default_value_t = 128, value_parser = at_least_one)]
     decode_tokens: usize,
+    /// The float type the weights and activations are held in (the backend's default float
+    /// type, set before the model loads): float32, or float16 to measure half-size weights.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    float: String,
 }
 
 fn measure<B: Backend>(args: &Args) -> Result<()> {
     let device = B::Device::default();
+    if args.float == "f16" {
+        burn::tensor::set_default_dtypes::<B>(
+            &device,
+            burn::tensor::DType::F16,
+            burn::tensor::DType::I32,
+        )
+        .map_err(|e| anyhow::anyhow!("float16 on backend {}: {e:?}", args.backend))?;
+    }
     let load = Instant::now();
     let policy = Policy::<B>::load(&args.model, &device)?;
     let load_s = load.elapsed().as_secs_f64();
@@ -83,7 +95,7 @@ fn measure<B: Backend>(args: &Args) -> Result<()> {
         "{}",
         serde_json::json!({
             "engine": format!("coe (burn {})", args.backend),
-            "weights": "float32 (from Q4_1)",
+            "weights": format!("{} (from Q4_1)", if args.float == "f16" { "float16" } else { "float32" }),
             "prompt_tokens": ids.len(),
             "generated_tokens": generated,
             "prefill_tok_s": median(&prefill),
