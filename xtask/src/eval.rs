@@ -116,7 +116,8 @@ impl EvalRun<'_> {
             })
             .collect();
         let jobs = (self.jobs.max(1) as usize).min(pending.len());
-        let threads = self.threads_per_job();
+        // Fewer shards left than jobs: the cores go to those there are.
+        let threads = Self::threads_per_job(jobs);
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
         std::thread::scope(|scope| {
@@ -176,14 +177,14 @@ impl EvalRun<'_> {
         format!("{} shard {index}/{}", self.name, self.shards)
     }
 
-    /// RAYON_NUM_THREADS for each `coe` when shards run side by side (the machine's cores
-    /// shared out, at least one each), unless the caller set it; `None` leaves it alone.
-    fn threads_per_job(&self) -> Option<usize> {
-        if self.jobs <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
+    /// RAYON_NUM_THREADS for each `coe` when `jobs` shards run side by side (the machine's
+    /// cores shared out, at least one each), unless the caller set it; `None` leaves it alone.
+    fn threads_per_job(jobs: usize) -> Option<usize> {
+        if jobs <= 1 || std::env::var_os("RAYON_NUM_THREADS").is_some() {
             return None;
         }
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Some((cores / self.jobs as usize).max(1))
+        Some((cores / jobs).max(1))
     }
 
     /// Runs one shard's `coe eval`, its progress lines on stderr marked with the shard, and
@@ -383,9 +384,11 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
             .modified()
             .unwrap();
         assert_eq!(first, modified, "a finished shard is not run again");
-        let threads = run(2)
-            .threads_per_job()
-            .map_or(String::new(), |t| t.to_string());
+        // (A RAYON_NUM_THREADS the caller set is passed through as it is.)
+        let threads = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .or_else(|| EvalRun::threads_per_job(2).map(|t| t.to_string()))
+            .unwrap_or_default();
         for index in 1..4 {
             let summary = summary(&out, index).unwrap();
             assert_eq!(summary["shard"], index);
@@ -396,17 +399,6 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
 
     #[test]
     fn one_job_leaves_the_thread_count_alone() {
-        let run = EvalRun {
-            coe: Path::new("coe"),
-            coe_sha256: String::new(),
-            resumable: false,
-            out: Path::new("out"),
-            name: "policy",
-            direct: false,
-            shards: 2,
-            jobs: 1,
-            extra: &[],
-        };
-        assert_eq!(run.threads_per_job(), None);
+        assert_eq!(EvalRun::threads_per_job(1), None);
     }
 }
