@@ -301,6 +301,15 @@ mod tests {
         assert!(exp(f32::NAN).is_nan());
     }
 
+    /// The largest absolute difference between two equally long lists of values.
+    fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     fn values(n: usize, seed: u32) -> Vec<f32> {
         // Deterministic values of both signs and several magnitudes.
         (0..n)
@@ -342,11 +351,7 @@ mod tests {
                 .into_data()
                 .to_vec::<f32>()
                 .unwrap();
-            let worst = fast
-                .iter()
-                .zip(&burn)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let worst = largest_difference(&fast, &burn);
             assert!(worst < 1e-6, "softmax {rows}x{width}: {worst:e}");
             assert_eq!(fast[width / 2], 0.0);
             for row in fast.chunks(width) {
@@ -398,11 +403,7 @@ mod tests {
                 assert_eq!(fast.dims(), expected.dims());
                 let fast = fast.into_data().to_vec::<f32>().unwrap();
                 let expected = expected.into_data().to_vec::<f32>().unwrap();
-                let worst = fast
-                    .iter()
-                    .zip(&expected)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0, f32::max);
+                let worst = largest_difference(&fast, &expected);
                 assert!(worst < 1e-6, "{rows} rows of {widths:?}: {worst:e}");
             }
         }
@@ -439,9 +440,7 @@ mod tests {
             .into_data()
             .to_vec::<f32>()
             .unwrap();
-        for (a, b) in fast.iter().zip(&burn) {
-            assert!((a - b).abs() < 1e-6);
-        }
+        assert!(largest_difference(&fast, &burn) < 1e-6);
     }
 
     #[test]
