@@ -8,6 +8,8 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rand::Rng;
+
+use crate::kernels;
 use rand::rngs::StdRng;
 
 pub use file::{load_adapters, save_adapters};
@@ -107,7 +109,7 @@ impl<B: Backend> LoraLinear<B> {
 
     /// `x` is `[n, d_in]`.
     pub(crate) fn forward(&self, x: Tensor<B, 2>, adapters: Adapters) -> Tensor<B, 2> {
-        let base = x.clone().matmul(self.weight.val());
+        let base = kernels::matmul(x.clone(), self.weight.val());
         match (&self.lora, adapters) {
             (Some(lora), Adapters::On) => {
                 let low = lora.dropout.forward(x).matmul(lora.a.val());

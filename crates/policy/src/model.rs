@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 use crate::PolicyError;
 use crate::cache::{KvCache, LayerKv};
 use crate::config::LlamaConfig;
-use crate::kernels::{silu, softmax_joined, softmax_last};
+use crate::kernels::{self, silu, softmax_joined, softmax_last};
 use crate::lora::{Adapters, LoraConfig, LoraLinear};
 
 /// Root-mean-square layer norm.
@@ -696,10 +696,8 @@ impl<B: Backend> Llama<B> {
     /// Output logits `[n, vocab]` for hidden states `[n, d]`.
     pub fn logits(&self, hidden: Tensor<B, 2>) -> Tensor<B, 2> {
         match &self.lm_head {
-            Some(head) => hidden.matmul(head.val()),
-            // `E h^T` keeps the big embedding as the contiguous left operand: multiplying by a
-            // transposed view of it made a backend copy all of it on every call.
-            None => self.embed.val().matmul(hidden.transpose()).transpose(),
+            Some(head) => kernels::matmul(hidden, head.val()),
+            None => kernels::matmul_transposed(hidden, self.embed.val()),
         }
     }
 

@@ -1,4 +1,5 @@
-//! Vectorised softmax and SiLU for inference on the CPU backend.
+//! Vectorised softmax and SiLU, and few-row products on every core ([`products`]), for
+//! inference on the CPU backend.
 //!
 //! burn-flex 0.21 computes `exp` one element at a time through libm, in its softmax and in
 //! every unary op; in an evaluation on one core that was 18% of all cycles for attention's
@@ -8,7 +9,7 @@
 //! instructions at run time through `pulp` (already built for gemm), and rows are split over
 //! rayon's threads as burn-flex does.
 //!
-//! [`softmax_last`], [`softmax_joined`] and [`silu`] take this path only for burn-flex tensors of
+//! [`softmax_last`], [`softmax_joined`], [`silu`] and the products take this path only for burn-flex tensors of
 //! `f32`, that is for inference: under autodiff (training), on the GPU or for other element
 //! types they are burn's own ops (for `softmax_joined`: join, softmax, split), so gradients never
 //! go through a kernel that has none.
@@ -21,6 +22,10 @@ use burn::tensor::{DType, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+mod products;
+
+pub(crate) use products::{matmul, matmul_transposed};
+
 /// `softmax` over the last dimension.
 pub(crate) fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let width = x.dims()[D - 1];
@@ -29,7 +34,7 @@ pub(crate) fn softmax_last<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tenso
     {
         let mut output = vec![0.0f32; values.len()];
         softmax_rows([values, &[]], [&mut output, &mut []], [width, 0]);
-        return from_values(output, &x);
+        return from_values(output, x.shape(), &x.device());
     }
     activation::softmax(x, D - 1)
 }
@@ -58,7 +63,10 @@ pub(crate) fn softmax_joined<B: Backend, const D: usize>(
     {
         let (mut out_a, mut out_b) = (vec![0.0f32; a.len()], vec![0.0f32; b.len()]);
         softmax_rows([a, b], [&mut out_a, &mut out_b], widths);
-        return (from_values(out_a, &first), from_values(out_b, &second));
+        return (
+            from_values(out_a, first.shape(), &first.device()),
+            from_values(out_b, second.shape(), &second.device()),
+        );
     }
     let joined = activation::softmax(Tensor::cat(vec![first, second], D - 1), D - 1);
     (
@@ -74,7 +82,7 @@ pub(crate) fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> 
     {
         let mut output = vec![0.0f32; values.len()];
         silu_slice(values, &mut output);
-        return from_values(output, &x);
+        return from_values(output, x.shape(), &x.device());
     }
     activation::silu(x)
 }
@@ -89,13 +97,14 @@ fn cpu_f32<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<FlexTensor> {
     (flex.dtype() == DType::F32).then(|| flex.to_contiguous())
 }
 
-/// A tensor of `like`'s shape and device holding `values` as `f32` (whatever the device's
-/// default float type).
-fn from_values<B: Backend, const D: usize>(values: Vec<f32>, like: &Tensor<B, D>) -> Tensor<B, D> {
-    Tensor::from_data(
-        TensorData::new(values, like.shape()),
-        (&like.device(), DType::F32),
-    )
+/// A tensor of `shape` on `device` holding `values` as `f32` (whatever the device's default
+/// float type).
+fn from_values<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: impl Into<Shape>,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values, shape), (device, DType::F32))
 }
 
 /// Values per rayon task: below this a row block is not worth a thread.
@@ -302,7 +311,7 @@ mod tests {
     }
 
     /// The largest absolute difference between two equally long lists of values.
-    fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
+    pub(super) fn largest_difference(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(b)
@@ -310,7 +319,7 @@ mod tests {
             .fold(0.0, f32::max)
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    pub(super) fn values(n: usize, seed: u32) -> Vec<f32> {
         // Deterministic values of both signs and several magnitudes.
         (0..n)
             .map(|i| {
