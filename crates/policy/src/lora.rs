@@ -8,9 +8,9 @@ use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rand::Rng;
+use rand::rngs::StdRng;
 
 use crate::kernels;
-use rand::rngs::StdRng;
 
 pub use file::{load_adapters, save_adapters};
 

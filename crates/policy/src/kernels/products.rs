@@ -61,85 +61,98 @@ fn few_rows<B: Backend>(
         return None;
     }
     let (xs, ws) = (cpu_f32(x)?, cpu_f32(w)?);
-    let (xs, ws) = (xs.as_slice::<f32>()?, ws.as_slice::<f32>()?);
-    let mut output = vec![0.0f32; m * n];
-    product(xs, ws, &mut output, [m, k, n], weight, threads);
-    Some(from_values(output, [m, n], &x.device()))
+    let operands = Operands::new(
+        xs.as_slice::<f32>()?,
+        ws.as_slice::<f32>()?,
+        [m, k, n],
+        weight,
+    )?;
+    Some(from_values(operands.product(threads), [m, n], &x.device()))
 }
 
-/// `output` `[m, n]` = the product of `x` `[m, k]` and `w` (stored as `weight` says), in
-/// `threads` blocks of columns at once. The lengths must match the shape.
-fn product(
-    x: &[f32],
-    w: &[f32],
-    output: &mut [f32],
-    [m, k, n]: [usize; 3],
+/// The two sides of a product `[m, k] x [k, n]`, their lengths checked against the shape.
+struct Operands<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    shape: [usize; 3],
     weight: Weight,
-    threads: usize,
-) {
-    assert!(x.len() == m * k && w.len() == k * n && output.len() == m * n);
-    let width = n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN);
-    // Each block is written `[m, its width]` into its own part, then copied into place: blocks
-    // of columns are not contiguous in `output`.
-    let mut parts = vec![0.0f32; m * n];
-    parts
-        .par_chunks_mut(m * width)
-        .enumerate()
-        .for_each(|(b, part)| {
-            let first = b * width;
-            block(x, w, part, [m, k, n], weight, first..first + part.len() / m)
-        });
-    for (b, part) in parts.chunks(m * width).enumerate() {
-        let block_width = part.len() / m;
-        for (r, values) in part.chunks(block_width).enumerate() {
-            output[r * n + b * width..][..block_width].copy_from_slice(values);
-        }
+}
+
+impl<'a> Operands<'a> {
+    /// `None` when a length does not match the shape `[m, k, n]`.
+    fn new(x: &'a [f32], w: &'a [f32], shape: [usize; 3], weight: Weight) -> Option<Self> {
+        let [m, k, n] = shape;
+        (x.len() == m * k && w.len() == k * n).then_some(Self {
+            x,
+            w,
+            shape,
+            weight,
+        })
     }
-}
 
-/// Columns `columns` of the product for every row, into `part` `[m, columns.len()]`, by one
-/// single-threaded gemm call.
-fn block(
-    x: &[f32],
-    w: &[f32],
-    part: &mut [f32],
-    [m, k, n]: [usize; 3],
-    weight: Weight,
-    columns: std::ops::Range<usize>,
-) {
-    let width = columns.len();
-    assert!(part.len() == m * width && columns.end <= n);
-    // (column stride, row stride) of the block of `w` as a `[k, width]` matrix.
-    let (w_start, w_cs, w_rs) = match weight {
-        Weight::InputsByOutputs => (columns.start, 1, n),
-        Weight::OutputsByInputs => (columns.start * k, k, 1),
-    };
-    // SAFETY: with the lengths asserted above, every element gemm reads lies in `x` (`m` rows
-    // of `k`) and in `w` (row `i < k`, column `c < n` at `w_start + c w_cs + i w_rs < k n` for
-    // either layout), and every element it writes lies in `part`, which this call owns.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            width,
-            k,
-            part.as_mut_ptr(),
-            1,
-            width as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr().add(w_start),
-            w_cs as isize,
-            w_rs as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
+    /// The product `[m, n]`, in `threads` blocks of columns at once.
+    fn product(&self, threads: usize) -> Vec<f32> {
+        let [m, _, n] = self.shape;
+        let width = n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN);
+        // Each block is written `[m, its width]` into its own part, then copied into place:
+        // blocks of columns are not contiguous in the output.
+        let mut parts = vec![0.0f32; m * n];
+        parts
+            .par_chunks_mut(m * width)
+            .enumerate()
+            .for_each(|(b, part)| {
+                let first = b * width;
+                self.block(part, first..first + part.len() / m)
+            });
+        let mut output = vec![0.0f32; m * n];
+        for (b, part) in parts.chunks(m * width).enumerate() {
+            let block_width = part.len() / m;
+            for (r, values) in part.chunks(block_width).enumerate() {
+                output[r * n + b * width..][..block_width].copy_from_slice(values);
+            }
+        }
+        output
+    }
+
+    /// Columns `columns` of the product for every row, into `part` `[m, columns.len()]`, by one
+    /// single-threaded gemm call.
+    fn block(&self, part: &mut [f32], columns: std::ops::Range<usize>) {
+        let [m, k, n] = self.shape;
+        let width = columns.len();
+        assert!(part.len() == m * width && columns.end <= n);
+        // (column stride, row stride) of the block of `w` as a `[k, width]` matrix.
+        let (w_start, w_cs, w_rs) = match self.weight {
+            Weight::InputsByOutputs => (columns.start, 1, n),
+            Weight::OutputsByInputs => (columns.start * k, k, 1),
+        };
+        // SAFETY: the lengths were checked in `new` and above: every element gemm reads lies in
+        // `x` (`m` rows of `k`) and in `w` (row `i < k`, column `c < n` at `w_start + c w_cs +
+        // i w_rs < k n` for either layout), and every element it writes lies in `part`, which
+        // this call owns.
+        #[allow(unsafe_code)]
+        unsafe {
+            gemm::gemm(
+                m,
+                width,
+                k,
+                part.as_mut_ptr(),
+                1,
+                width as isize,
+                false,
+                self.x.as_ptr(),
+                1,
+                k as isize,
+                self.w.as_ptr().add(w_start),
+                w_cs as isize,
+                w_rs as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
     }
 }
 
