@@ -23,6 +23,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 mod products;
+mod team;
 
 pub(crate) use products::{matmul, matmul_transposed};
 

@@ -1,32 +1,46 @@
 //! Products of a few rows by a large matrix on every core: the projections and logits of a
-//! batched decode step (one row per live episode).
+//! decode step (one row per live episode).
 //!
 //! burn-flex runs a product below 192^3 multiply-adds (every projection of a decode step) on one
-//! thread. Here the weight's output columns are cut into one block per thread, and each thread
-//! runs gemm (single-threaded, its own AVX-512/AVX2 kernels) on its block for all rows. Nothing
-//! here computes: the split is the whole change, and gemm is the crate burn-flex already uses.
+//! thread. Here the product is cut into a few parts per thread and each part is one
+//! single-threaded gemm call (its own AVX-512/AVX2 kernels): gemm is the crate burn-flex already
+//! uses, and nothing here multiplies by itself.
 //!
-//! Measured (`policy-bench`, alternated with the build before, nothing else running; benches
-//! README): aggregate decode at batch 4 / 8 / 16 1.20x / 1.05x / 1.03x. A single row stays on
-//! burn's path: split, its products (20-60 us each, 211 a token) wait for a woken rayon thread
-//! each time, and single-stream decode fell from 35.5 to 24.4 tokens/s.
+//! - Several rows (a batched step): blocks of output columns, on rayon's threads.
+//! - One row (a single stream): each part reads a contiguous block of the weight's memory, since
+//!   a matrix-vector product is bound by memory, not arithmetic: for a projection `[k, n]`, a
+//!   block of its rows (of the inputs) gives a partial sum of the whole output, and the parts
+//!   are added; for the logits `[n, k]`, a block of its rows gives a block of the output.
+//!   A block of columns of `[k, n]` instead took as long as the whole product (measured: 576 x
+//!   1536, one core, 170 us either way; a block of rows, 80-106 us). The parts run on
+//!   [`team`]'s spinning helpers: a product takes 20-220 us, about what waking a rayon thread
+//!   costs on these machines.
+//!
+//! Measured (`policy-bench`, alternated with the build before, nothing else running; policy
+//! README): see the README's "Products on both cores for a single stream".
+
+use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
 
 use burn::prelude::*;
 use rayon::prelude::*;
 
-use super::{cpu_f32, from_values};
+use super::{cpu_f32, from_values, team};
 
-/// The rows a product must have to be split by columns: at least two (see the module docs), at
-/// most a batched decode step's (prefill's packed observations have hundreds of rows, where
-/// burn-flex's gemm call already uses every core).
-const SPLIT_ROWS: std::ops::RangeInclusive<usize> = 2..=16;
+/// The rows a product must have to be split: at most a batched decode step's (prefill's packed
+/// observations have hundreds of rows, where burn-flex's gemm call already uses every core).
+const SPLIT_ROWS: std::ops::RangeInclusive<usize> = 1..=16;
+
+/// Parts per thread: more parts than threads, so that a thread the machine is slow to run
+/// leaves its share to the others.
+const PARTS_PER_THREAD: usize = 2;
 
 /// Block widths are multiples of this, so that blocks start on whole vectors (16 `f32` in an
 /// AVX-512 register) and cache lines.
 const COLUMN_ALIGN: usize = 16;
 
 /// How the weight is stored.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Weight {
     /// `[k, n]`: the product is `x w` (a projection).
     InputsByOutputs,
@@ -90,20 +104,47 @@ impl<'a> Operands<'a> {
         })
     }
 
-    /// The product `[m, n]`, in `threads` blocks of columns at once.
+    /// The product `[m, n]`, split over `threads` threads.
     fn product(&self, threads: usize) -> Vec<f32> {
+        match (self.shape[0], self.weight) {
+            (1, Weight::InputsByOutputs) => self.one_row_by_inputs(threads),
+            _ => self.by_columns(threads),
+        }
+    }
+
+    /// The product in blocks of output columns: for several rows on rayon's threads (the rest of
+    /// a batched step runs there too, where a spinning helper would compete with them for the
+    /// cores); for one row (only with `[n, k]` weights: a contiguous block of rows each) on the
+    /// team.
+    fn by_columns(&self, threads: usize) -> Vec<f32> {
         let [m, _, n] = self.shape;
-        let width = n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN);
+        let blocks = if m == 1 {
+            (threads * PARTS_PER_THREAD).min(team::MAX_PARTS)
+        } else {
+            threads
+        };
+        let width = n.div_ceil(blocks).next_multiple_of(COLUMN_ALIGN);
         // Each block is written `[m, its width]` into its own part, then copied into place:
-        // blocks of columns are not contiguous in the output.
+        // blocks of columns are not contiguous in the output (but are for one row).
         let mut parts = vec![0.0f32; m * n];
-        parts
-            .par_chunks_mut(m * width)
-            .enumerate()
-            .for_each(|(b, part)| {
+        {
+            let chunks: Vec<Mutex<&mut [f32]>> =
+                parts.chunks_mut(m * width).map(Mutex::new).collect();
+            let block = |b: usize| {
+                let mut part = chunks[b].lock().unwrap_or_else(PoisonError::into_inner);
                 let first = b * width;
-                self.block(part, first..first + part.len() / m)
-            });
+                let columns = first..first + part.len() / m;
+                self.block(&mut part, columns, 0..self.shape[1]);
+            };
+            if m == 1 {
+                team::for_each_part(chunks.len(), &block);
+            } else {
+                (0..chunks.len()).into_par_iter().for_each(block);
+            }
+        }
+        if m == 1 {
+            return parts;
+        }
         let mut output = vec![0.0f32; m * n];
         for (b, part) in parts.chunks(m * width).enumerate() {
             let block_width = part.len() / m;
@@ -114,32 +155,64 @@ impl<'a> Operands<'a> {
         output
     }
 
-    /// Columns `columns` of the product for every row, into `part` `[m, columns.len()]`, by one
-    /// single-threaded gemm call.
-    fn block(&self, part: &mut [f32], columns: std::ops::Range<usize>) {
+    /// One row by a `[k, n]` weight on the team: each part takes a block of the weight's rows
+    /// (contiguous in memory) and the matching inputs, for a partial sum of the whole output;
+    /// the partial sums are then added in part order (so the result does not depend on which
+    /// thread ran which part).
+    fn one_row_by_inputs(&self, threads: usize) -> Vec<f32> {
+        let [_, k, n] = self.shape;
+        let parts = (threads * PARTS_PER_THREAD).min(team::MAX_PARTS).min(k);
+        let depth = k.div_ceil(parts);
+        let mut partials = vec![0.0f32; parts * n];
+        {
+            let chunks: Vec<Mutex<&mut [f32]>> = partials.chunks_mut(n).map(Mutex::new).collect();
+            team::for_each_part(parts, &|p| {
+                let inputs = (p * depth).min(k)..((p + 1) * depth).min(k);
+                let mut partial = chunks[p].lock().unwrap_or_else(PoisonError::into_inner);
+                self.block(&mut partial, 0..n, inputs);
+            });
+        }
+        let (output, rest) = partials.split_at_mut(n);
+        for partial in rest.chunks(n) {
+            output.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
+        }
+        partials.truncate(n);
+        partials
+    }
+
+    /// Columns `columns` of the product for every row, summed over the inputs `inputs` only
+    /// (all of them but in [`Operands::one_row_by_inputs`]), into `part` `[m, columns.len()]`,
+    /// by one single-threaded gemm call. Nothing is summed over an empty range: `part` is zeroed.
+    fn block(&self, part: &mut [f32], columns: Range<usize>, inputs: Range<usize>) {
         let [m, k, n] = self.shape;
         let width = columns.len();
-        assert!(part.len() == m * width && columns.end <= n);
-        // (column stride, row stride) of the block of `w` as a `[k, width]` matrix.
-        let (w_start, w_cs, w_rs) = match self.weight {
-            Weight::InputsByOutputs => (columns.start, 1, n),
-            Weight::OutputsByInputs => (columns.start * k, k, 1),
+        assert!(part.len() == m * width && columns.end <= n && inputs.end <= k);
+        if inputs.is_empty() {
+            part.fill(0.0);
+            return;
+        }
+        // (column stride, row stride) of the block of `w` as a `[inputs.len(), width]` matrix,
+        // and where it starts.
+        let (w_cs, w_rs) = match self.weight {
+            Weight::InputsByOutputs => (1, n),
+            Weight::OutputsByInputs => (k, 1),
         };
+        let w_start = columns.start * w_cs + inputs.start * w_rs;
         // SAFETY: the lengths were checked in `new` and above: every element gemm reads lies in
-        // `x` (`m` rows of `k`) and in `w` (row `i < k`, column `c < n` at `w_start + c w_cs +
-        // i w_rs < k n` for either layout), and every element it writes lies in `part`, which
-        // this call owns.
+        // `x` (`m` rows of `k`, from column `inputs.start` to `inputs.end`) and in `w` (input
+        // `i < k`, output `c < n` at `c w_cs + i w_rs < k n` for either layout), and every
+        // element it writes lies in `part`, which this call owns.
         #[allow(unsafe_code)]
         unsafe {
             gemm::gemm(
                 m,
                 width,
-                k,
+                inputs.len(),
                 part.as_mut_ptr(),
                 1,
                 width as isize,
                 false,
-                self.x.as_ptr(),
+                self.x.as_ptr().add(inputs.start),
                 1,
                 k as isize,
                 self.w.as_ptr().add(w_start),
@@ -197,9 +270,14 @@ mod tests {
 
     #[test]
     fn few_row_products_on_several_threads_equal_burns() {
-        // One row and the most, ragged last blocks, the decode step's shapes (SmolLM2-135M:
-        // 576 wide, 192 for keys and values, 1536 in the MLP, 49152 logits).
+        // One row and the most, ragged last blocks, fewer inputs than parts, the decode step's
+        // shapes (SmolLM2-135M: 576 wide, 192 for keys and values, 1536 in the MLP, 49152
+        // logits).
         let shapes = [
+            (1, 3, 40),
+            (1, 576, 1536),
+            (1, 1536, 576),
+            (1, 70, 130),
             (2, 3, 40),
             (2, 64, 64),
             (3, 70, 130),
@@ -223,20 +301,23 @@ mod tests {
                 assert_close(&ours_transposed.expect("the split path"), &burns, &what);
             }
         }
-        let (x, e) = (tensor::<Cpu>(2, 576, 3), tensor::<Cpu>(49_152, 576, 4));
-        let ours = with_threads(2, || list(matmul_transposed(x.clone(), e.clone())));
-        assert_close(&ours, &list(x.matmul(e.transpose())), "logits");
+        for rows in [1, 2] {
+            let (x, e) = (tensor::<Cpu>(rows, 576, 3), tensor::<Cpu>(49_152, 576, 4));
+            let ours = with_threads(2, || list(matmul_transposed(x.clone(), e.clone())));
+            assert_close(&ours, &list(x.matmul(e.transpose())), "logits");
+        }
     }
 
     #[test]
-    fn one_thread_one_row_many_rows_narrow_weights_and_autodiff_go_to_burn() {
+    fn one_thread_many_rows_narrow_weights_and_autodiff_go_to_burn() {
         let (x, w) = (tensor::<Cpu>(2, 8, 1), tensor::<Cpu>(8, 64, 2));
         assert!(with_threads(2, || few_rows(&x, &w, Weight::InputsByOutputs)).is_some());
         assert!(with_threads(1, || few_rows(&x, &w, Weight::InputsByOutputs)).is_none());
         let many = tensor::<Cpu>(SPLIT_ROWS.end() + 1, 8, 3);
         assert!(with_threads(2, || few_rows(&many, &w, Weight::InputsByOutputs)).is_none());
         let one = tensor::<Cpu>(1, 8, 11);
-        assert!(with_threads(2, || few_rows(&one, &w, Weight::InputsByOutputs)).is_none());
+        assert!(with_threads(2, || few_rows(&one, &w, Weight::InputsByOutputs)).is_some());
+        assert!(with_threads(1, || few_rows(&one, &w, Weight::InputsByOutputs)).is_none());
         let narrow = tensor::<Cpu>(8, 2 * COLUMN_ALIGN - 1, 4);
         assert!(with_threads(2, || few_rows(&x, &narrow, Weight::InputsByOutputs)).is_none());
         let (xg, wg) = (tensor::<Grad>(2, 8, 5), tensor::<Grad>(8, 64, 6));
@@ -248,6 +329,20 @@ mod tests {
                 let ours = with_threads(threads, || list(matmul(x.clone(), w.clone())));
                 assert_close(&ours, &burns, "matmul");
             }
+        }
+    }
+
+    #[test]
+    fn a_split_product_is_the_same_bits_every_time() {
+        // Whichever thread runs which part, partial sums are added in part order: sampling
+        // and greedy decoding are reproducible.
+        let (x, w) = (tensor::<Cpu>(1, 576, 16), tensor::<Cpu>(576, 1536, 17));
+        let first = with_threads(2, || list(matmul(x.clone(), w.clone())));
+        for _ in 0..20 {
+            assert_eq!(
+                with_threads(2, || list(matmul(x.clone(), w.clone()))),
+                first
+            );
         }
     }
 
