@@ -158,11 +158,12 @@ impl<'a> Operands<'a> {
     /// One row by a `[k, n]` weight on the team: each part takes a block of the weight's rows
     /// (contiguous in memory) and the matching inputs, for a partial sum of the whole output;
     /// the partial sums are then added in part order (so the result does not depend on which
-    /// thread ran which part).
+    /// thread ran which part; it does, in the last bits, on the number of threads).
     fn one_row_by_inputs(&self, threads: usize) -> Vec<f32> {
         let [_, k, n] = self.shape;
-        let parts = (threads * PARTS_PER_THREAD).min(team::MAX_PARTS).min(k);
-        let depth = k.div_ceil(parts);
+        let depth = k.div_ceil((threads * PARTS_PER_THREAD).min(team::MAX_PARTS));
+        // No part without inputs (5 inputs in 4 parts: depths 2, 2, 1).
+        let parts = k.div_ceil(depth);
         let mut partials = vec![0.0f32; parts * n];
         {
             let chunks: Vec<Mutex<&mut [f32]>> = partials.chunks_mut(n).map(Mutex::new).collect();
@@ -275,6 +276,7 @@ mod tests {
         // logits).
         let shapes = [
             (1, 3, 40),
+            (1, 5, 40),
             (1, 576, 1536),
             (1, 1536, 576),
             (1, 70, 130),
@@ -335,7 +337,8 @@ mod tests {
     #[test]
     fn a_split_product_is_the_same_bits_every_time() {
         // Whichever thread runs which part, partial sums are added in part order: sampling
-        // and greedy decoding are reproducible.
+        // and greedy decoding are reproducible for a given thread count (the parts, and so
+        // the last bits, follow the number of threads).
         let (x, w) = (tensor::<Cpu>(1, 576, 16), tensor::<Cpu>(576, 1536, 17));
         let first = with_threads(2, || list(matmul(x.clone(), w.clone())));
         for _ in 0..20 {

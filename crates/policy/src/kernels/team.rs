@@ -14,9 +14,10 @@
 //! Helpers spin for [`SPIN`] after their last part, then park until the next call unparks them.
 //! Only one call uses the team at a time; a concurrent or nested call runs its parts inline.
 
+use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Mutex, OnceLock, TryLockError};
+use std::sync::{Mutex, OnceLock, PoisonError, TryLockError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -51,8 +52,8 @@ struct Shared {
     task: AtomicPtr<()>,
     /// Parts of the current call finished (run, or panicked).
     finished: AtomicUsize,
-    /// Whether a part of the current call panicked.
-    panicked: AtomicBool,
+    /// The first panic of a part of the current call.
+    panic: FirstPanic,
     /// Per helper: parked (or about to park), so a new call must unpark it.
     parked: Vec<AtomicBool>,
 }
@@ -77,18 +78,42 @@ impl Shared {
             // `finished` counts this part, so the task outlives this use.
             #[allow(unsafe_code)]
             let task: Task = unsafe { *(self.task.load(SeqCst) as *const Task) };
-            if catch_unwind(AssertUnwindSafe(|| task(next_part(word)))).is_err() {
-                self.panicked.store(true, SeqCst);
-            }
+            self.panic.run(task, next_part(word));
             self.finished.fetch_add(1, SeqCst);
         }
     }
 }
 
-/// The process's team: its helpers live as long as the process.
+/// Where the first panic of a call's parts is kept, to be raised by the caller once every part
+/// has finished (a part that panics must not end the call early: others may still be running).
+#[derive(Default)]
+struct FirstPanic(Mutex<Option<Box<dyn Any + Send>>>);
+
+impl FirstPanic {
+    /// Runs `task(part)`, keeping its panic if it is the first.
+    fn run(&self, task: Task, part: usize) {
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| task(part))) {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert(payload);
+        }
+    }
+
+    /// Raises the kept panic, if any, and forgets it.
+    fn raise(&self) {
+        let payload = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(payload) = payload {
+            resume_unwind(payload);
+        }
+    }
+}
+
+/// A team of helpers; the process's ([`team`]) lives as long as the process.
 struct Team {
     shared: &'static Shared,
-    helpers: Vec<Thread>,
+    /// Each started helper with its index in `shared.parked`.
+    helpers: Vec<(usize, Thread)>,
     /// Held by the call using the team.
     caller: Mutex<()>,
 }
@@ -99,7 +124,7 @@ impl Team {
             claim: AtomicU64::new(0),
             task: AtomicPtr::new(std::ptr::null_mut()),
             finished: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
+            panic: FirstPanic::default(),
             parked: (0..helpers).map(|_| AtomicBool::new(false)).collect(),
         }));
         let helpers = (0..helpers)
@@ -108,7 +133,7 @@ impl Team {
                     .name(format!("coe-team-{i}"))
                     .spawn(move || help(shared, i))
                     .ok()
-                    .map(|handle| handle.thread().clone())
+                    .map(|handle| (i, handle.thread().clone()))
             })
             .collect();
         Self {
@@ -121,7 +146,9 @@ impl Team {
 
 /// A helper's life: wait for a call (spin, then park), work on it, again.
 fn help(shared: &Shared, index: usize) {
-    let mut seen = epoch(shared.claim.load(SeqCst));
+    // The epoch the team started with, not the current one: a call made before this thread
+    // first ran is still joined.
+    let mut seen = 0;
     loop {
         let mut since = Instant::now();
         let mut spins = 0u32;
@@ -145,8 +172,10 @@ fn help(shared: &Shared, index: usize) {
     }
 }
 
-/// The team, started on first use with one helper fewer than the threads rayon's global pool
-/// is given (`RAYON_NUM_THREADS`, else one per core; `RAYON_NUM_THREADS=1`: no helper).
+/// The process's team, started on first use with one helper fewer than the threads rayon's
+/// global pool is given (`RAYON_NUM_THREADS`, else one per core; `RAYON_NUM_THREADS=1`: no
+/// helper). Callers choose their part counts from the rayon pool they run in, which may differ:
+/// any count is correct, a count matching the threads is fastest.
 fn team() -> &'static Team {
     static TEAM: OnceLock<Team> = OnceLock::new();
     TEAM.get_or_init(|| {
@@ -160,49 +189,57 @@ fn team() -> &'static Team {
     })
 }
 
-/// Runs `task(i)` for every `i` in `0..parts` on the calling thread and the team's helpers,
-/// returning when all have run. Parts beyond [`MAX_PARTS`], a team without helpers and a call
-/// made while another uses the team all run inline. A panic in a part is raised here, after
-/// every part has finished.
+/// Runs `task(i)` for every `i` in `0..parts` on the calling thread and the process's team
+/// (see [`Team::for_each_part`]).
 pub(crate) fn for_each_part(parts: usize, task: &(dyn Fn(usize) + Sync)) {
-    let team = team();
-    let inline = || (0..parts).for_each(task);
-    if !(2..=MAX_PARTS).contains(&parts) || team.helpers.is_empty() {
-        return inline();
-    }
-    let _guard = match team.caller.try_lock() {
-        Ok(guard) => guard,
-        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return inline(),
-    };
-    let shared = team.shared;
-    shared.finished.store(0, SeqCst);
-    shared.panicked.store(false, SeqCst);
-    let task_ref: Task = task;
-    shared
-        .task
-        .store(&task_ref as *const Task as *mut (), SeqCst);
-    let call_epoch = (epoch(shared.claim.load(SeqCst)) + 1) & 0xffff_ffff;
-    shared.claim.store(call_epoch << 32 | parts as u64, SeqCst);
-    for (helper, parked) in team.helpers.iter().zip(&shared.parked) {
-        if parked.load(SeqCst) {
-            helper.unpark();
+    team().for_each_part(parts, task);
+}
+
+impl Team {
+    /// Runs `task(i)` for every `i` in `0..parts` on the calling thread and the helpers,
+    /// returning when all have run. Parts beyond [`MAX_PARTS`], a team without helpers and a
+    /// call made while another uses the team all run inline. On every path, a panic in a part
+    /// is raised here after every part has finished (the first one, if several panic).
+    fn for_each_part(&self, parts: usize, task: Task) {
+        let inline = || {
+            let panic = FirstPanic::default();
+            (0..parts).for_each(|part| panic.run(task, part));
+            panic.raise();
+        };
+        if !(2..=MAX_PARTS).contains(&parts) || self.helpers.is_empty() {
+            return inline();
         }
-    }
-    shared.work(call_epoch);
-    // The caller claimed until none was left: what remains are parts a helper is running.
-    let mut spins = 0u32;
-    while shared.finished.load(SeqCst) < parts {
-        spins = spins.wrapping_add(1);
-        if spins.is_multiple_of(1024) {
-            // A helper descheduled by a busy machine: let it run.
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
+        let _guard = match self.caller.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return inline(),
+        };
+        let shared = self.shared;
+        shared.finished.store(0, SeqCst);
+        let task_ref: Task = task;
+        shared
+            .task
+            .store(&task_ref as *const Task as *mut (), SeqCst);
+        let call_epoch = (epoch(shared.claim.load(SeqCst)) + 1) & 0xffff_ffff;
+        shared.claim.store(call_epoch << 32 | parts as u64, SeqCst);
+        for (index, helper) in &self.helpers {
+            if shared.parked[*index].load(SeqCst) {
+                helper.unpark();
+            }
         }
-    }
-    if shared.panicked.load(SeqCst) {
-        resume_unwind(Box::new("a part of a team call panicked"));
+        shared.work(call_epoch);
+        // The caller claimed until none was left: what remains are parts a helper is running.
+        let mut spins = 0u32;
+        while shared.finished.load(SeqCst) < parts {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(1024) {
+                // A helper descheduled by a busy machine: let it run.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        shared.panic.raise();
     }
 }
 
@@ -243,37 +280,62 @@ mod tests {
         assert_eq!(total.load(SeqCst), 4 * 100 * 4 * 3);
     }
 
-    #[test]
-    fn a_parked_team_wakes_for_the_next_call() {
-        let count = AtomicUsize::new(0);
-        for _ in 0..3 {
-            // Longer than SPIN: the helpers have parked.
-            std::thread::sleep(SPIN * 4);
-            for_each_part(8, &|_| {
-                count.fetch_add(1, SeqCst);
-            });
-        }
-        assert_eq!(count.load(SeqCst), 24);
+    /// Runs `parts` parts of about 500 us each on `team` and returns how many ran on a thread
+    /// other than the caller's.
+    fn parts_run_by_helpers(team: &Team, parts: usize) -> usize {
+        let caller = std::thread::current().id();
+        let by_helpers = AtomicUsize::new(0);
+        team.for_each_part(parts, &|_| {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_micros(500) {
+                std::hint::spin_loop();
+            }
+            if std::thread::current().id() != caller {
+                by_helpers.fetch_add(1, SeqCst);
+            }
+        });
+        by_helpers.load(SeqCst)
     }
 
     #[test]
-    fn a_panicking_part_is_raised_to_the_caller_after_the_others_finish() {
-        let finished = AtomicUsize::new(0);
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            for_each_part(16, &|i| {
-                if i == 5 {
-                    panic!("part 5");
-                }
-                finished.fetch_add(1, SeqCst);
-            })
-        }));
-        assert!(result.is_err());
-        assert_eq!(finished.load(SeqCst), 15);
-        // And the team still works.
-        let count = AtomicUsize::new(0);
-        for_each_part(8, &|_| {
-            count.fetch_add(1, SeqCst);
-        });
-        assert_eq!(count.load(SeqCst), 8);
+    fn helpers_take_parts_and_a_parked_team_wakes_for_the_next_call() {
+        // A team of its own: the process's may be busy with other tests' calls (then inline).
+        let team = Team::start(1);
+        for _ in 0..3 {
+            assert!(parts_run_by_helpers(&team, 32) > 0, "a helper ran no part");
+            // Longer than SPIN: the helper parks, and the next call must unpark it.
+            std::thread::sleep(SPIN * 4);
+        }
+        // Without helpers everything runs on the caller.
+        assert_eq!(parts_run_by_helpers(&Team::start(0), 8), 0);
+    }
+
+    #[test]
+    fn the_first_panic_of_a_part_is_raised_after_every_other_part_ran_on_every_path() {
+        let with_helper = Team::start(1);
+        let without = Team::start(0);
+        for (team, parts) in [(&with_helper, 16), (&without, 16), (&with_helper, 1)] {
+            let finished = AtomicUsize::new(0);
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                team.for_each_part(parts, &|i| {
+                    if i == parts / 3 {
+                        panic!("part {i}");
+                    }
+                    finished.fetch_add(1, SeqCst);
+                })
+            }));
+            let payload = result.expect_err("the panic reaches the caller");
+            let message = payload
+                .downcast_ref::<String>()
+                .expect("the part's own payload");
+            assert_eq!(message, &format!("part {}", parts / 3));
+            assert_eq!(finished.load(SeqCst), parts - 1);
+            // And the team still works.
+            let count = AtomicUsize::new(0);
+            team.for_each_part(8, &|_| {
+                count.fetch_add(1, SeqCst);
+            });
+            assert_eq!(count.load(SeqCst), 8);
+        }
     }
 }
