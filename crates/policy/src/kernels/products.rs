@@ -84,6 +84,22 @@ fn few_rows<B: Backend>(
     Some(from_values(operands.product(threads), [m, n], &x.device()))
 }
 
+/// Parts for a call on the team with `threads` threads.
+fn team_parts(threads: usize) -> usize {
+    (threads * PARTS_PER_THREAD).min(team::MAX_PARTS)
+}
+
+/// Runs `task(i, chunks[i])` for every chunk on the team; each chunk is written by one part.
+fn on_team(chunks: Vec<&mut [f32]>, task: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let chunks: Vec<Mutex<&mut [f32]>> = chunks.into_iter().map(Mutex::new).collect();
+    team::for_each_part(chunks.len(), &|i| {
+        task(
+            i,
+            &mut chunks[i].lock().unwrap_or_else(PoisonError::into_inner),
+        );
+    });
+}
+
 /// The two sides of a product `[m, k] x [k, n]`, their lengths checked against the shape.
 struct Operands<'a> {
     x: &'a [f32],
@@ -117,30 +133,23 @@ impl<'a> Operands<'a> {
     /// cores); for one row (only with `[n, k]` weights: a contiguous block of rows each) on the
     /// team.
     fn by_columns(&self, threads: usize) -> Vec<f32> {
-        let [m, _, n] = self.shape;
-        let blocks = if m == 1 {
-            (threads * PARTS_PER_THREAD).min(team::MAX_PARTS)
-        } else {
-            threads
-        };
+        let [m, k, n] = self.shape;
+        let blocks = if m == 1 { team_parts(threads) } else { threads };
         let width = n.div_ceil(blocks).next_multiple_of(COLUMN_ALIGN);
         // Each block is written `[m, its width]` into its own part, then copied into place:
         // blocks of columns are not contiguous in the output (but are for one row).
         let mut parts = vec![0.0f32; m * n];
-        {
-            let chunks: Vec<Mutex<&mut [f32]>> =
-                parts.chunks_mut(m * width).map(Mutex::new).collect();
-            let block = |b: usize| {
-                let mut part = chunks[b].lock().unwrap_or_else(PoisonError::into_inner);
-                let first = b * width;
-                let columns = first..first + part.len() / m;
-                self.block(&mut part, columns, 0..self.shape[1]);
-            };
-            if m == 1 {
-                team::for_each_part(chunks.len(), &block);
-            } else {
-                (0..chunks.len()).into_par_iter().for_each(block);
-            }
+        let block = |b: usize, part: &mut [f32]| {
+            let first = b * width;
+            self.block(part, first..first + part.len() / m, 0..k);
+        };
+        if m == 1 {
+            on_team(parts.chunks_mut(width).collect(), &block);
+        } else {
+            parts
+                .par_chunks_mut(m * width)
+                .enumerate()
+                .for_each(|(b, part)| block(b, part));
         }
         if m == 1 {
             return parts;
@@ -161,18 +170,14 @@ impl<'a> Operands<'a> {
     /// thread ran which part; it does, in the last bits, on the number of threads).
     fn one_row_by_inputs(&self, threads: usize) -> Vec<f32> {
         let [_, k, n] = self.shape;
-        let depth = k.div_ceil((threads * PARTS_PER_THREAD).min(team::MAX_PARTS));
+        let depth = k.div_ceil(team_parts(threads));
         // No part without inputs (5 inputs in 4 parts: depths 2, 2, 1).
         let parts = k.div_ceil(depth);
         let mut partials = vec![0.0f32; parts * n];
-        {
-            let chunks: Vec<Mutex<&mut [f32]>> = partials.chunks_mut(n).map(Mutex::new).collect();
-            team::for_each_part(parts, &|p| {
-                let inputs = (p * depth).min(k)..((p + 1) * depth).min(k);
-                let mut partial = chunks[p].lock().unwrap_or_else(PoisonError::into_inner);
-                self.block(&mut partial, 0..n, inputs);
-            });
-        }
+        on_team(partials.chunks_mut(n).collect(), &|p, partial| {
+            let inputs = p * depth..((p + 1) * depth).min(k);
+            self.block(partial, 0..n, inputs);
+        });
         let (output, rest) = partials.split_at_mut(n);
         for partial in rest.chunks(n) {
             output.iter_mut().zip(partial).for_each(|(o, p)| *o += p);
@@ -183,15 +188,11 @@ impl<'a> Operands<'a> {
 
     /// Columns `columns` of the product for every row, summed over the inputs `inputs` only
     /// (all of them but in [`Operands::one_row_by_inputs`]), into `part` `[m, columns.len()]`,
-    /// by one single-threaded gemm call. Nothing is summed over an empty range: `part` is zeroed.
+    /// by one single-threaded gemm call.
     fn block(&self, part: &mut [f32], columns: Range<usize>, inputs: Range<usize>) {
         let [m, k, n] = self.shape;
         let width = columns.len();
         assert!(part.len() == m * width && columns.end <= n && inputs.end <= k);
-        if inputs.is_empty() {
-            part.fill(0.0);
-            return;
-        }
         // (column stride, row stride) of the block of `w` as a `[inputs.len(), width]` matrix,
         // and where it starts.
         let (w_cs, w_rs) = match self.weight {
