@@ -57,6 +57,21 @@ fn existing(path: String, what: &str) -> Result<String> {
     Ok(path)
 }
 
+/// `args` with the file after `--adapter` (unless `none`) replaced by `sha256:<its checksum>`.
+fn args_by_content(args: &[String]) -> Result<Vec<String>> {
+    let mut named = Vec::with_capacity(args.len());
+    let mut adapter_next = false;
+    for arg in args {
+        named.push(if adapter_next && arg != "none" {
+            format!("sha256:{}", sha256_file(Path::new(arg))?)
+        } else {
+            arg.clone()
+        });
+        adapter_next = arg == "--adapter";
+    }
+    Ok(named)
+}
+
 /// Whether DIR holds any `summary*.json`.
 fn dir_has_summaries(dir: &Path) -> Result<bool> {
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
@@ -256,26 +271,17 @@ impl EvalRun<'_> {
 
     /// The run's settings, kept in DIR/run.json: finished shards are only reused by a run
     /// with the same settings, since a folder mixing two runs' results would report neither.
-    /// The settings include the checksums of the `coe` binary (a rebuild may change the code or
-    /// the built-in default policy), of the task file and of an `--adapter` file (retrained in
-    /// place, it would be another policy under the same path).
+    /// Files are named by their checksums, not their paths: the `coe` binary (a rebuild may
+    /// change the code or the built-in default policy), the task file and an `--adapter` file
+    /// (retrained in place, it would be another policy under the same path; a copy elsewhere,
+    /// or the same file named relatively, is the same policy).
     fn check_record(&self, dir: &Path, tasks: &str) -> Result<()> {
-        let adapter = self
-            .extra
-            .iter()
-            .position(|a| a == "--adapter")
-            .and_then(|i| self.extra.get(i + 1))
-            .filter(|a| *a != "none")
-            .map(|a| sha256_file(Path::new(a)))
-            .transpose()?;
         let record = serde_json::json!({
             "shards": self.shards,
             "direct": self.direct,
-            "coe": self.coe,
             "coe_sha256": self.coe_sha256,
             "tasks_sha256": sha256_file(Path::new(tasks))?,
-            "adapter_sha256": adapter,
-            "args": self.extra,
+            "args": args_by_content(self.extra)?,
         });
         let path = dir.join("run.json");
         match std::fs::read(&path) {
@@ -395,6 +401,46 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
             assert_eq!(summary["threads"], threads.as_str());
             assert!(summary["beside"].as_u64().unwrap() <= 2, "{summary}");
         }
+    }
+
+    #[test]
+    fn a_run_is_recognised_by_its_files_contents_not_their_paths() {
+        let root = tempfile::tempdir().unwrap();
+        let coe = fake_coe(root.path());
+        let tasks = root.path().join("tasks.jsonl");
+        std::fs::write(&tasks, "{}\n").unwrap();
+        let adapter = root.path().join("adapter.safetensors");
+        std::fs::write(&adapter, "weights").unwrap();
+        let copy = root.path().join("copy.safetensors");
+        std::fs::copy(&adapter, &copy).unwrap();
+        let out = root.path().join("out");
+        let dir = out.join("policy/set");
+        std::fs::create_dir_all(&dir).unwrap();
+        let check = |coe: &Path, adapter: &Path| {
+            let extra = [
+                "--adapter".to_owned(),
+                adapter.to_string_lossy().into_owned(),
+            ];
+            EvalRun {
+                coe,
+                coe_sha256: "fake".into(),
+                resumable: true,
+                out: &out,
+                name: "policy",
+                direct: false,
+                shards: 4,
+                jobs: 1,
+                extra: &extra,
+            }
+            .check_record(&dir, &tasks.to_string_lossy())
+        };
+        check(&coe, &adapter).unwrap();
+        // The same binary and adapter elsewhere: the same run.
+        check(&root.path().join("moved-coe"), &copy).unwrap();
+        // The adapter retrained in place: another run.
+        std::fs::write(&adapter, "other weights").unwrap();
+        let error = check(&coe, &adapter).unwrap_err();
+        assert!(error.to_string().contains("other settings"), "{error:#}");
     }
 
     #[test]
