@@ -350,6 +350,21 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
         Some(serde_json::from_str(&text).unwrap())
     }
 
+    /// A 4-shard run of policy `policy` with the fake `coe`.
+    fn fake_run<'a>(coe: &'a Path, out: &'a Path, jobs: u32, extra: &'a [String]) -> EvalRun<'a> {
+        EvalRun {
+            coe,
+            coe_sha256: "fake".into(),
+            resumable: true,
+            out,
+            name: "policy",
+            direct: false,
+            shards: 4,
+            jobs,
+            extra,
+        }
+    }
+
     #[test]
     fn shards_run_side_by_side_up_to_jobs_and_a_failure_stops_new_ones() {
         let root = tempfile::tempdir().unwrap();
@@ -358,17 +373,7 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
         std::fs::write(&tasks, "{}\n").unwrap();
         let out = root.path().join("out");
         let tasks = tasks.to_string_lossy();
-        let run = |jobs| EvalRun {
-            coe: &coe,
-            coe_sha256: "fake".into(),
-            resumable: true,
-            out: &out,
-            name: "policy",
-            direct: false,
-            shards: 4,
-            jobs,
-            extra: &[],
-        };
+        let run = |jobs| fake_run(&coe, &out, jobs, &[]);
 
         // One job: shard 1 fails, so shards 2 and 3 never start.
         std::fs::write(root.path().join("FAIL"), "1").unwrap();
@@ -421,18 +426,7 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
                 "--adapter".to_owned(),
                 adapter.to_string_lossy().into_owned(),
             ];
-            EvalRun {
-                coe,
-                coe_sha256: "fake".into(),
-                resumable: true,
-                out: &out,
-                name: "policy",
-                direct: false,
-                shards: 4,
-                jobs: 1,
-                extra: &extra,
-            }
-            .check_record(&dir, &tasks.to_string_lossy())
+            fake_run(coe, &out, 1, &extra).check_record(&dir, &tasks.to_string_lossy())
         };
         check(&coe, &adapter).unwrap();
         // The same binary and adapter elsewhere: the same run.
