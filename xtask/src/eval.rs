@@ -57,17 +57,32 @@ fn existing(path: String, what: &str) -> Result<String> {
     Ok(path)
 }
 
-/// `args` with the file after `--adapter` (unless `none`) replaced by `sha256:<its checksum>`.
+/// Options of `coe eval` that name a file whose contents make the policy.
+const FILE_OPTIONS: [&str; 2] = ["--adapter", "--model"];
+
+/// `args` with each file a [`FILE_OPTIONS`] option names (`--adapter F` or `--adapter=F`)
+/// replaced by `sha256:<its checksum>`; `none` and folders (a Hugging Face model) stay as they are.
 fn args_by_content(args: &[String]) -> Result<Vec<String>> {
-    let mut named = Vec::with_capacity(args.len());
-    let mut adapter_next = false;
-    for arg in args {
-        named.push(if adapter_next && arg != "none" {
-            format!("sha256:{}", sha256_file(Path::new(arg))?)
+    let by_content = |value: &str| -> Result<String> {
+        let path = Path::new(value);
+        Ok(if path.is_file() {
+            format!("sha256:{}", sha256_file(path)?)
         } else {
-            arg.clone()
+            value.to_owned()
+        })
+    };
+    let mut named = Vec::with_capacity(args.len());
+    let mut file_next = false;
+    for arg in args {
+        let joined = FILE_OPTIONS
+            .iter()
+            .find_map(|option| Some((option, arg.strip_prefix(option)?.strip_prefix('=')?)));
+        named.push(match joined {
+            Some((option, value)) => format!("{option}={}", by_content(value)?),
+            None if file_next => by_content(arg)?,
+            None => arg.clone(),
         });
-        adapter_next = arg == "--adapter";
+        file_next = FILE_OPTIONS.contains(&arg.as_str());
     }
     Ok(named)
 }
@@ -119,7 +134,7 @@ impl EvalRun<'_> {
     fn run_set(&self, set: &str, tasks: &str, direct: Option<&str>) -> Result<()> {
         let dir = self.out.join(self.name).join(set);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        self.check_record(&dir, tasks)?;
+        self.check_record(&dir, tasks, direct)?;
         let pending: Vec<ShardFiles> = (0..self.shards)
             .map(|index| self.shard_files(&dir, index))
             .filter(|shard| {
@@ -272,15 +287,17 @@ impl EvalRun<'_> {
     /// The run's settings, kept in DIR/run.json: finished shards are only reused by a run
     /// with the same settings, since a folder mixing two runs' results would report neither.
     /// Files are named by their checksums, not their paths: the `coe` binary (a rebuild may
-    /// change the code or the built-in default policy), the task file and an `--adapter` file
-    /// (retrained in place, it would be another policy under the same path; a copy elsewhere,
-    /// or the same file named relatively, is the same policy).
-    fn check_record(&self, dir: &Path, tasks: &str) -> Result<()> {
+    /// change the code or the built-in default policy), the task file, the direct-answer
+    /// prompts and the `--adapter` and `--model` files (retrained in place, it would be another
+    /// policy under the same path; a copy elsewhere, or the same file named relatively, is the
+    /// same policy).
+    fn check_record(&self, dir: &Path, tasks: &str, direct: Option<&str>) -> Result<()> {
         let record = serde_json::json!({
             "shards": self.shards,
             "direct": self.direct,
             "coe_sha256": self.coe_sha256,
             "tasks_sha256": sha256_file(Path::new(tasks))?,
+            "direct_sha256": direct.map(|file| sha256_file(Path::new(file))).transpose()?,
             "args": args_by_content(self.extra)?,
         });
         let path = dir.join("run.json");
@@ -414,6 +431,7 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
         let coe = fake_coe(root.path());
         let tasks = root.path().join("tasks.jsonl");
         std::fs::write(&tasks, "{}\n").unwrap();
+        let tasks = tasks.to_string_lossy();
         let adapter = root.path().join("adapter.safetensors");
         std::fs::write(&adapter, "weights").unwrap();
         let copy = root.path().join("copy.safetensors");
@@ -421,20 +439,64 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
         let out = root.path().join("out");
         let dir = out.join("policy/set");
         std::fs::create_dir_all(&dir).unwrap();
-        let check = |coe: &Path, adapter: &Path| {
-            let extra = [
-                "--adapter".to_owned(),
-                adapter.to_string_lossy().into_owned(),
-            ];
-            fake_run(coe, &out, 1, &extra).check_record(&dir, &tasks.to_string_lossy())
+        let check = |coe_sha256: &str, extra: &[String]| {
+            let mut run = fake_run(&coe, &out, 1, extra);
+            run.coe_sha256 = coe_sha256.into();
+            run.check_record(&dir, &tasks, None)
         };
-        check(&coe, &adapter).unwrap();
-        // The same binary and adapter elsewhere: the same run.
-        check(&root.path().join("moved-coe"), &copy).unwrap();
+        let args = |adapter: &Path| ["--adapter".to_owned(), adapter.display().to_string()];
+        check("fake", &args(&adapter)).unwrap();
+        // The same binary and adapter under another path, or named with `=`: the same run.
+        check("fake", &args(&copy)).unwrap();
+        let joined = [format!("--adapter={}", copy.display())];
+        let refused = |result: Result<()>| {
+            let error = result.unwrap_err();
+            assert!(error.to_string().contains("other settings"), "{error:#}");
+        };
+        // (`=` is another spelling in the arguments `coe` gets, so it is another record.)
+        refused(check("fake", &joined));
+        // Another binary: another run.
+        refused(check("rebuilt", &args(&adapter)));
         // The adapter retrained in place: another run.
         std::fs::write(&adapter, "other weights").unwrap();
-        let error = check(&coe, &adapter).unwrap_err();
-        assert!(error.to_string().contains("other settings"), "{error:#}");
+        refused(check("fake", &args(&adapter)));
+    }
+
+    #[test]
+    fn adapter_and_model_files_are_named_by_checksum_in_either_spelling() {
+        let root = tempfile::tempdir().unwrap();
+        let file = root.path().join("adapter.safetensors");
+        std::fs::write(&file, "weights").unwrap();
+        let sum = format!("sha256:{}", sha256_file(&file).unwrap());
+        let path = file.display().to_string();
+        let folder = root.path().display().to_string();
+        let args: Vec<String> = [
+            "--adapter",
+            &path,
+            &format!("--model={path}"),
+            "--adapter",
+            "none",
+            "--model",
+            &folder,
+            "--samples",
+            "4",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            args_by_content(&args).unwrap(),
+            [
+                "--adapter",
+                &sum,
+                &format!("--model={sum}"),
+                "--adapter",
+                "none",
+                "--model",
+                &folder,
+                "--samples",
+                "4",
+            ]
+        );
     }
 
     #[test]
