@@ -367,6 +367,16 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
         Some(serde_json::from_str(&text).unwrap())
     }
 
+    /// A temporary folder with the fake `coe`, a one-task file and the output folder's path.
+    fn fake_workspace() -> (tempfile::TempDir, PathBuf, String, PathBuf) {
+        let root = tempfile::tempdir().unwrap();
+        let coe = fake_coe(root.path());
+        let tasks = root.path().join("tasks.jsonl");
+        std::fs::write(&tasks, "{}\n").unwrap();
+        let out = root.path().join("out");
+        (root, coe, tasks.display().to_string(), out)
+    }
+
     /// A 4-shard run of policy `policy` with the fake `coe`.
     fn fake_run<'a>(coe: &'a Path, out: &'a Path, jobs: u32, extra: &'a [String]) -> EvalRun<'a> {
         EvalRun {
@@ -384,12 +394,7 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
 
     #[test]
     fn shards_run_side_by_side_up_to_jobs_and_a_failure_stops_new_ones() {
-        let root = tempfile::tempdir().unwrap();
-        let coe = fake_coe(root.path());
-        let tasks = root.path().join("tasks.jsonl");
-        std::fs::write(&tasks, "{}\n").unwrap();
-        let out = root.path().join("out");
-        let tasks = tasks.to_string_lossy();
+        let (root, coe, tasks, out) = fake_workspace();
         let run = |jobs| fake_run(&coe, &out, jobs, &[]);
 
         // One job: shard 1 fails, so shards 2 and 3 never start.
@@ -427,16 +432,11 @@ echo "{\"shard\":$shard,\"threads\":\"$RAYON_NUM_THREADS\",\"beside\":$beside}"
 
     #[test]
     fn a_run_is_recognised_by_its_files_contents_not_their_paths() {
-        let root = tempfile::tempdir().unwrap();
-        let coe = fake_coe(root.path());
-        let tasks = root.path().join("tasks.jsonl");
-        std::fs::write(&tasks, "{}\n").unwrap();
-        let tasks = tasks.to_string_lossy();
+        let (root, coe, tasks, out) = fake_workspace();
         let adapter = root.path().join("adapter.safetensors");
         std::fs::write(&adapter, "weights").unwrap();
         let copy = root.path().join("copy.safetensors");
         std::fs::copy(&adapter, &copy).unwrap();
-        let out = root.path().join("out");
         let dir = out.join("policy/set");
         std::fs::create_dir_all(&dir).unwrap();
         let check = |coe_sha256: &str, extra: &[String]| {
