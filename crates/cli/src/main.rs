@@ -155,7 +155,8 @@ enum Commands {
     /// Evaluate a policy on a task file: pass@1, pass@k (unbiased), mean turns, malformed rate.
     Eval(cmd::eval::EvalArgs),
     /// Gather evaluation summaries (DIR/<policy>/<set>/summary.json, from `coe eval --json`)
-    /// into DIR/report.md, a table next to the paper's numbers, and DIR/pass_at_k.svg.
+    /// into DIR/report.md, a table next to the paper's numbers and every two policies compared
+    /// task by task, and DIR/pass_at_k.svg.
     Report {
         /// The evaluation folder (`cargo xtask eval` writes runs/eval).
         dir: PathBuf,

@@ -146,10 +146,33 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
             trace.repeat(4).as_bytes(),
         );
     }
+    // Another policy on the same two tasks: 4 of 4 and 2 of 4, compared with sft task by task.
+    let grpo = dir.join("sft-grpo").join("mbpp-synthetic-test");
+    std::fs::create_dir_all(&grpo).unwrap();
+    let task = |i: usize, solved: usize| {
+        format!(
+            "{{\"index\":{i},\"task_id\":\"t{i}\",\"samples\":4,\"solved\":{solved},\"turns\":8,\"malformed_turns\":0,\"solved_then_broken\":0}}"
+        )
+    };
+    let grpo_summary = format!(
+        "{{\"tasks\":2,\"samples\":4,\"pass_at_1\":75,\"pass_at_k\":100,\"mean_turns\":2,\"malformed_rate\":0,\"solved_then_broken_rate\":0,\"per_task\":[{},{}]}}\n",
+        task(0, 4),
+        task(1, 2)
+    );
+    write(&grpo, "summary.json", grpo_summary.as_bytes());
     let out = coe(&["report", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(table.contains("| sft | 50.00 ["), "{table}");
+    // sft-grpo minus sft: +0 on t0, +50 on t1; better on 1 task, worse on none. Policies with
+    // no per-task counts (base here) have nothing to pair.
+    assert!(
+        table.contains(
+            "| mbpp-synthetic-test | sft-grpo - sft | +25.00 [+0.0 to +50.0] | 1 / 0 | 1.00 | 2 |"
+        ),
+        "{table}"
+    );
+    assert!(!table.contains("- base |"), "{table}");
     // The shards' episodes on one page, tasks in order, as one run's `--html` would write.
     let page = std::fs::read_to_string(shards.join("index.html")).unwrap();
     assert!(page.contains("2 shards merged"), "{page}");

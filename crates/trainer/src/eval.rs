@@ -211,6 +211,75 @@ impl EvalSummary {
     }
 }
 
+/// Two policies' results compared task by task on the tasks both played: how much better the
+/// first is, and how likely a gap that large is by chance. Pairing removes the tasks' own
+/// difficulty from the comparison, so it tells apart policies whose separate intervals overlap.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairedDifference {
+    /// Tasks in both summaries (matched by task id).
+    pub shared_tasks: usize,
+    /// Mean over the shared tasks of the first policy's pass@1 minus the second's, in
+    /// percentage points.
+    pub pass_at_1: f64,
+    /// 95% bootstrap interval of that difference, resampling source problems with their pairs
+    /// intact (as [`EvalSummary::pass_at_1_interval`] resamples them).
+    pub interval: Option<Interval>,
+    /// Shared tasks where the first policy solved a larger share of its episodes.
+    pub better: usize,
+    /// Shared tasks where it solved a smaller share.
+    pub worse: usize,
+    /// Two-sided exact sign test over `better` against `worse` (ties left out): the chance of a
+    /// split at least this uneven if neither policy were better.
+    pub sign_test_p: f64,
+}
+
+impl EvalSummary {
+    /// `self` against `other`, paired by task; `None` when they share no task.
+    pub fn paired_difference(&self, other: &EvalSummary) -> Option<PairedDifference> {
+        let theirs: std::collections::HashMap<&str, &TaskResult> = other
+            .per_task
+            .iter()
+            .map(|t| (t.task_id.as_str(), t))
+            .collect();
+        let pass1 = |t: &TaskResult| 100.0 * pass_at_k(t.samples, t.solved, 1);
+        let (mut shared, mut differences) = (Vec::new(), Vec::new());
+        for mine in &self.per_task {
+            if let Some(their) = theirs.get(mine.task_id.as_str()) {
+                shared.push(mine.clone());
+                differences.push(pass1(mine) - pass1(their));
+            }
+        }
+        if shared.is_empty() {
+            return None;
+        }
+        let better = differences.iter().filter(|&&d| d > 0.0).count();
+        let worse = differences.iter().filter(|&&d| d < 0.0).count();
+        Some(PairedDifference {
+            shared_tasks: shared.len(),
+            pass_at_1: mean(&differences),
+            interval: bootstrap_interval(&differences, &source_clusters(&shared)),
+            better,
+            worse,
+            sign_test_p: sign_test(better, worse),
+        })
+    }
+}
+
+/// Two-sided exact sign test: `P(min(X, n - X) <= min(a, b))` for `X ~ Binomial(a + b, 1/2)`,
+/// at most 1.
+fn sign_test(a: usize, b: usize) -> f64 {
+    let n = a + b;
+    let tail_end = a.min(b);
+    // P(X = i) term by term from P(X = 0) = 2^-n (above f64's smallest for any set here).
+    let mut term = 0.5f64.powi(i32::try_from(n).unwrap_or(i32::MAX));
+    let mut tail = 0.0;
+    for i in 0..=tail_end {
+        tail += term;
+        term *= (n - i) as f64 / (i + 1) as f64;
+    }
+    (2.0 * tail).min(1.0)
+}
+
 fn mean(values: &[f64]) -> f64 {
     if values.is_empty() {
         0.0
@@ -419,6 +488,76 @@ mod tests {
         let some = interval(&one, &(0..20).collect::<Vec<_>>()).unwrap();
         assert!(some.low <= 5.0 && some.high > 5.0, "{some:?}");
         assert!(interval(&[], &[]).is_none());
+    }
+
+    fn counted(task_id: &str, samples: usize, solved: usize) -> TaskResult {
+        TaskResult {
+            index: 0,
+            task_id: task_id.into(),
+            samples,
+            solved,
+            turns: samples,
+            malformed_turns: 0,
+            solved_then_broken: 0,
+        }
+    }
+
+    #[test]
+    fn a_policy_paired_with_itself_differs_by_nothing() {
+        let summary = EvalSummary::from_tasks(
+            (0..30)
+                .map(|i| counted(&format!("t{i}"), 4, i % 5))
+                .collect(),
+        );
+        let same = summary.paired_difference(&summary).unwrap();
+        assert_eq!(same.shared_tasks, 30);
+        assert_eq!(same.pass_at_1, 0.0);
+        assert_eq!((same.better, same.worse), (0, 0));
+        assert_eq!(same.sign_test_p, 1.0);
+        let interval = same.interval.unwrap();
+        assert_eq!((interval.low, interval.high), (0.0, 0.0));
+    }
+
+    #[test]
+    fn the_paired_difference_is_the_gap_on_shared_tasks_with_its_sign_test() {
+        // 14 tasks the first policy solves once in 4 and the second never; 86 both never; the
+        // second also played a task the first did not, which is left out.
+        let first = EvalSummary::from_tasks(
+            (0..100)
+                .map(|i| counted(&format!("t{i}"), 4, usize::from(i < 14)))
+                .collect(),
+        );
+        let mut second_tasks: Vec<TaskResult> =
+            (0..100).map(|i| counted(&format!("t{i}"), 4, 0)).collect();
+        second_tasks.push(counted("only-second", 4, 4));
+        let second = EvalSummary::from_tasks(second_tasks);
+        let gap = first.paired_difference(&second).unwrap();
+        assert_eq!(gap.shared_tasks, 100);
+        assert!((gap.pass_at_1 - 3.5).abs() < 1e-12, "{gap:?}");
+        assert_eq!((gap.better, gap.worse), (14, 0));
+        // Two-sided: 2 * 2^-14.
+        assert!((gap.sign_test_p - 2f64.powi(-13)).abs() < 1e-15);
+        let interval = gap.interval.unwrap();
+        assert!(interval.low > 0.0 && interval.high > 3.5, "{interval:?}");
+        // The other way round: the same gap, negated, and the same test.
+        let back = second.paired_difference(&first).unwrap();
+        assert!((back.pass_at_1 + 3.5).abs() < 1e-12);
+        assert_eq!((back.better, back.worse), (0, 14));
+        assert_eq!(back.sign_test_p, gap.sign_test_p);
+        // No shared task: nothing to compare.
+        let apart = EvalSummary::from_tasks(vec![counted("elsewhere", 1, 1)]);
+        assert!(first.paired_difference(&apart).is_none());
+    }
+
+    #[test]
+    fn the_sign_test_matches_binomial_tails() {
+        // 5 against 5 is as even as a split can be; 1 against 9: 2 * 11 / 1024.
+        assert_eq!(sign_test(5, 5), 1.0);
+        assert!((sign_test(1, 9) - 22.0 / 1024.0).abs() < 1e-15);
+        assert!((sign_test(9, 1) - 22.0 / 1024.0).abs() < 1e-15);
+        assert_eq!(sign_test(0, 0), 1.0);
+        // 0 against 400 stays above zero.
+        assert!(sign_test(0, 400) > 0.0);
     }
 
     #[test]

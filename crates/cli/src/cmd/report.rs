@@ -4,20 +4,22 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use coe_trainer::eval::{EvalSummary, Interval};
+use coe_trainer::eval::{EvalSummary, Interval, PairedDifference};
 use coe_trainer::plot::{PassRates, plot_pass_rates};
 
 use crate::Failure;
 use crate::output::print;
 
 /// Policies and sets in the order the report lists them; others follow by name.
-const POLICY_ORDER: [&str; 6] = [
+const POLICY_ORDER: [&str; 8] = [
     "base",
     "direct",
     "sft",
     "sft-grpo",
     "sft-more",
     "sft-more-grpo",
+    "ablation-old",
+    "ablation-new",
 ];
 const SET_ORDER: [&str; 3] = [
     "mbpp-synthetic-test",
@@ -67,6 +69,61 @@ fn write_table(md: &mut String, sets: &[String], rows: &[(String, Vec<String>)])
     for (label, cells) in rows {
         let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
     }
+}
+
+/// Appends, set by set, every pair of policies compared task by task (the later policy in the
+/// report's order minus the earlier), so that a reader sees whether a gap between two rows is
+/// more than chance even where their own intervals overlap.
+fn write_paired_differences<'a>(
+    md: &mut String,
+    sets: &[String],
+    policies: &[String],
+    find: &dyn Fn(&str, &str) -> Option<&'a SetResult>,
+) {
+    let mut lines = Vec::new();
+    for set in sets {
+        let played: Vec<(&String, &'a SetResult)> = policies
+            .iter()
+            .filter_map(|p| find(p, set).map(|r| (p, r)))
+            .collect();
+        for (later, (policy, result)) in played.iter().enumerate() {
+            for (earlier, earlier_result) in &played[..later] {
+                let Some(gap) = result.summary.paired_difference(&earlier_result.summary) else {
+                    continue;
+                };
+                lines.push(paired_line(set, policy, earlier, &gap));
+            }
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    md.push_str(
+        "
+Paired by task: pass@1 of one policy minus another's on the tasks both played, in          percentage points, with its 95% bootstrap interval (source problems resampled with          their pairs); tasks where the first solved a larger / smaller share of its episodes;          the two-sided exact sign test over those tasks:
+
+         | set | policies | pass@1 difference | tasks better / worse | sign test p | tasks |
+         |---|---|---:|---:|---:|---:|
+",
+    );
+    for line in lines {
+        md.push_str(&line);
+    }
+}
+
+fn paired_line(set: &str, first: &str, second: &str, gap: &PairedDifference) -> String {
+    let interval = gap.interval.map_or_else(String::new, |i| {
+        format!(" [{:+.1} to {:+.1}]", i.low, i.high)
+    });
+    let p = if gap.sign_test_p >= 0.01 {
+        format!("{:.2}", gap.sign_test_p)
+    } else {
+        format!("{:.1e}", gap.sign_test_p)
+    };
+    format!(
+        "| {set} | {first} - {second} | {:+.2}{interval} | {} / {} | {p} | {} |\n",
+        gap.pass_at_1, gap.better, gap.worse, gap.shared_tasks
+    )
 }
 
 /// One policy's result on one set, and how much of the set it covers.
@@ -329,6 +386,7 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
         "\nMean turns per episode / malformed-command rate (percent) / solved-then-broken rate (percent):\n\n",
     );
     write_table(&mut md, &sets, &behaviour_rows);
+    write_paired_differences(&mut md, &sets, &policies, &find);
     md.push_str(
         "\nThe paper's results, for comparison only: pass@1 / pass@4 on its own set of faulty MBPP \
          solutions (none of the sets above), Llama models 7-60x larger than SmolLM2-135M with LoRA \
