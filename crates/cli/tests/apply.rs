@@ -173,6 +173,10 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
         "{table}"
     );
     assert!(!table.contains("- base |"), "{table}");
+    assert!(
+        table.contains("\n| set | policies | pass@1 difference | tasks better / worse | sign test p | tasks |\n|---|"),
+        "{table}"
+    );
     // The shards' episodes on one page, tasks in order, as one run's `--html` would write.
     let page = std::fs::read_to_string(shards.join("index.html")).unwrap();
     assert!(page.contains("2 shards merged"), "{page}");

@@ -99,12 +99,12 @@ fn write_paired_differences<'a>(
         return;
     }
     md.push_str(
-        "
-Paired by task: pass@1 of one policy minus another's on the tasks both played, in          percentage points, with its 95% bootstrap interval (source problems resampled with          their pairs); tasks where the first solved a larger / smaller share of its episodes;          the two-sided exact sign test over those tasks:
-
-         | set | policies | pass@1 difference | tasks better / worse | sign test p | tasks |
-         |---|---|---:|---:|---:|---:|
-",
+        "\nPaired by task: pass@1 of one policy minus another's on the tasks both played, in \
+         percentage points, with its 95% bootstrap interval (source problems resampled with \
+         their pairs); tasks where the first solved a larger / smaller share of its episodes; \
+         the two-sided exact sign test over those tasks:\n\n\
+         | set | policies | pass@1 difference | tasks better / worse | sign test p | tasks |\n\
+         |---|---|---:|---:|---:|---:|\n",
     );
     for line in lines {
         md.push_str(&line);
