@@ -1,9 +1,10 @@
 //! `run_rl` as a whole, on the default model (SmolLM2-135M) with the default policy's adapters
 //! saved with LoRA dropout on: what the run itself must wire up, which the unit tests of its
 //! parts cannot see. Its first update scores every token with the policy that sampled it
-//! (dropout off), its KL reference is the policy it starts from (KL 0 at the first step), and
-//! a run stopped after a step and resumed takes the step a straight run takes. Needs `cargo
-//! xtask model`: without it the test says so and returns (under CI it fails).
+//! (dropout off), its KL reference is the policy it starts from (KL 0 at the first step), a
+//! run stopped after a step and resumed takes the step a straight run takes, and its adapter is
+//! saved with the settings it was loaded with. Needs `cargo xtask model`: without it the test
+//! says so and returns (under CI it fails).
 
 use std::path::{Path, PathBuf};
 
@@ -155,4 +156,11 @@ fn a_run_is_on_policy_anchored_to_its_start_and_resumes_exactly() {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max);
     assert!(gap < 1e-6, "the resumed run's adapters differ by {gap}");
+
+    // Saved with the settings the adapters were loaded with, not the config's defaults.
+    assert_ne!(RunConfig::default().lora.dropout, 0.1);
+    let base = Policy::<CpuTrainBackend>::load(&model, &Default::default()).unwrap();
+    let (_, saved) =
+        coe_policy::lora::load_adapters(base.model, &straight.join("adapter.safetensors")).unwrap();
+    assert_eq!(saved.dropout, 0.1);
 }
