@@ -288,8 +288,9 @@ fn mean(values: &[f64]) -> f64 {
     }
 }
 
-/// The source problem of each task (by id), as an index: tasks made from one program (`mbpp/511#0` and
-/// `mbpp/511#1`, two corruptions of MBPP 511) share one, since they are not independent draws.
+/// The source problem of each task (by id), as an index: tasks made from one program
+/// (`mbpp/511#0` and `mbpp/511#1`, two corruptions of MBPP 511) share one, since they are not
+/// independent draws.
 fn source_clusters<'a>(task_ids: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
     let mut sources: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     task_ids
