@@ -160,6 +160,11 @@ enum Commands {
     Report {
         /// The evaluation folder (`cargo xtask eval` writes runs/eval).
         dir: PathBuf,
+        /// A folder of evaluation sets (`fixtures/eval`): where `<TASKS>/<set>.jsonl` lists
+        /// each task's corrupting edits, the report adds each policy's solved episodes by the
+        /// number of edits.
+        #[arg(long, value_name = "TASKS")]
+        tasks: Option<PathBuf>,
     },
 }
 
@@ -260,7 +265,7 @@ fn main() -> ExitCode {
         Commands::Plot { dir } => cmd::plot::plot(&dir),
         Commands::Repair(args) => cmd::repair::repair(args),
         Commands::Eval(args) => cmd::eval::eval(args),
-        Commands::Report { dir } => cmd::report::report(&dir),
+        Commands::Report { dir, tasks } => cmd::report::report(&dir, tasks.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

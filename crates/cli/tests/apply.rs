@@ -213,6 +213,52 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     let svg = std::fs::read_to_string(dir.join("pass_at_k.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("pass@4"));
 
+    // With the evaluation sets (`--tasks`): solved episodes by the number of corrupting edits,
+    // for the policies with per-task counts; t0 was corrupted by 1 edit, t1 by 3.
+    let tasks = temp_dir();
+    let line = |id: &str, edits: &str| {
+        format!(
+            "{{\"task_id\":\"{id}\",\"text\":\"\",\"code\":\"x = 1\\n\",\"tests\":[\"assert x == 2\"],\"seed\":1,\"sample\":1,\"generator\":1,\"edits\":[{edits}]}}\n"
+        )
+    };
+    let set =
+        line("t0", "\"operator\"") + &line("t1", "\"operator\",\"off_by_one\",\"delete_line\"");
+    write(tasks.path(), "mbpp-synthetic-test.jsonl", set.as_bytes());
+    let out = coe(&[
+        "report",
+        dir.to_str().unwrap(),
+        "--tasks",
+        tasks.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        table.contains(
+            "| policy | mbpp-synthetic-test: 1 edit | mbpp-synthetic-test: 3 edits |\n|---|---:|---:|\n\
+             | sft | 4 of 4 (100.0) | 0 of 4 (0.0) |\n\
+             | sft-grpo | 4 of 4 (100.0) | 2 of 4 (50.0) |\n"
+        ),
+        "{table}"
+    );
+    // A summary whose tasks are not the set's lines is an input error naming both.
+    write(
+        tasks.path(),
+        "mbpp-synthetic-test.jsonl",
+        line("t0", "\"operator\"").as_bytes(),
+    );
+    let out = coe(&[
+        "report",
+        dir.to_str().unwrap(),
+        "--tasks",
+        tasks.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("task t1 (index 1) is not line 2 of"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A run whose shards are not all in is shown, but marked partial.
     let second = shards.join("summary-1-of-2.json");
     let kept = std::fs::read(&second).unwrap();

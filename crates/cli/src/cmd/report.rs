@@ -258,9 +258,115 @@ fn write_merged_page(dir: &Path, title: &str, summary: &EvalSummary) -> Result<(
     Ok(())
 }
 
+/// Each task's number of corrupting edits, by its index in `tasks/<set>.jsonl`, with its id;
+/// `None` where there is no such file or its tasks were not made by corrupting programs
+/// (HumanEvalFix's own bugs).
+fn edit_counts(tasks: &Path, set: &str) -> Result<Option<Vec<(String, usize)>>, Failure> {
+    let path = tasks.join(format!("{set}.jsonl"));
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let lines = coe_data::formats::read_json_lines::<coe_data::formats::EvalTask>(&path)
+        .and_then(|read| read.strict().map_err(std::io::Error::other))
+        .map_err(|e| Failure::Input(format!("coe: {e}")))?;
+    if lines.iter().all(|line| line.edits.is_empty()) {
+        return Ok(None);
+    }
+    Ok(Some(
+        lines
+            .into_iter()
+            .map(|line| (line.task.task_id, line.edits.len()))
+            .collect(),
+    ))
+}
+
+/// For each set with edit counts, each policy's solved episodes among its tasks of 1, 2, ...
+/// corrupting edits: where a policy's repairs come from, which a pass rate alone hides.
+fn write_by_edit_count<'a>(
+    md: &mut String,
+    tasks: &Path,
+    sets: &[String],
+    policies: &[String],
+    find: &dyn Fn(&str, &str) -> Option<&'a SetResult>,
+) -> Result<(), Failure> {
+    let mut intro_written = false;
+    for set in sets {
+        let Some(counts) = edit_counts(tasks, set)? else {
+            continue;
+        };
+        // edits -> policy -> (solved, episodes)
+        let mut cells: std::collections::BTreeMap<usize, Vec<(usize, usize)>> =
+            std::collections::BTreeMap::new();
+        let mut rows: Vec<&String> = Vec::new();
+        for policy in policies {
+            let Some(result) = find(policy, set) else {
+                continue;
+            };
+            if result.summary.per_task.is_empty() {
+                continue;
+            }
+            let row = rows.len();
+            rows.push(policy);
+            for task in &result.summary.per_task {
+                let edits = match counts.get(task.index) {
+                    Some((id, edits)) if *id == task.task_id => *edits,
+                    _ => {
+                        return Err(Failure::Input(format!(
+                            "coe: {policy}/{set}: task {} (index {}) is not line {} of {}",
+                            task.task_id,
+                            task.index,
+                            task.index + 1,
+                            tasks.join(format!("{set}.jsonl")).display()
+                        )));
+                    }
+                };
+                let cell = cells.entry(edits).or_default();
+                cell.resize(rows.len(), (0, 0));
+                cell[row].0 += task.solved;
+                cell[row].1 += task.samples;
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        if !intro_written {
+            md.push_str(
+                "\nSolved episodes by the number of edits that corrupted the task (of the \
+                 episodes played on such tasks, percent):\n",
+            );
+            intro_written = true;
+        }
+        let columns: Vec<String> = cells
+            .keys()
+            .map(|edits| format!("{set}: {edits} edit{}", if *edits == 1 { "" } else { "s" }))
+            .collect();
+        let table_rows: Vec<(String, Vec<String>)> = rows
+            .iter()
+            .enumerate()
+            .map(|(row, policy)| {
+                let cells = cells
+                    .values()
+                    .map(|cell| match cell.get(row) {
+                        Some(&(solved, episodes)) if episodes > 0 => format!(
+                            "{solved} of {episodes} ({:.1})",
+                            100.0 * solved as f64 / episodes as f64
+                        ),
+                        _ => "-".into(),
+                    })
+                    .collect();
+                ((*policy).clone(), cells)
+            })
+            .collect();
+        md.push('\n');
+        write_table(md, &columns, &table_rows);
+    }
+    Ok(())
+}
+
 /// Reads `dir/<policy>/<set>/summary.json` (what `coe eval --json` prints) or its shards, writes
-/// `dir/report.md` and `dir/pass_at_k.svg`, and prints the table.
-pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
+/// `dir/report.md` and `dir/pass_at_k.svg`, and prints the table; with `tasks`, the evaluation
+/// sets' folder, solved episodes by the number of corrupting edits as well.
+pub(crate) fn report(dir: &Path, tasks: Option<&Path>) -> Result<(), Failure> {
     let mut results: Vec<(String, String, SetResult)> = Vec::new();
     for policy in sorted_dirs(dir, &POLICY_ORDER)? {
         for set in sorted_dirs(&dir.join(&policy), &SET_ORDER)? {
@@ -387,6 +493,9 @@ pub(crate) fn report(dir: &Path) -> Result<(), Failure> {
     );
     write_table(&mut md, &sets, &behaviour_rows);
     write_paired_differences(&mut md, &sets, &policies, &find);
+    if let Some(tasks) = tasks {
+        write_by_edit_count(&mut md, tasks, &sets, &policies, &find)?;
+    }
     md.push_str(
         "\nThe paper's results, for comparison only: pass@1 / pass@4 on its own set of faulty MBPP \
          solutions (none of the sets above), Llama models 7-60x larger than SmolLM2-135M with LoRA \
