@@ -235,11 +235,32 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     assert!(
         table.contains(
             "| policy | mbpp-synthetic-test: 1 edit | mbpp-synthetic-test: 3 edits |\n|---|---:|---:|\n\
-             | sft | 4 of 4 (100.0) | 0 of 4 (0.0) |\n\
-             | sft-grpo | 4 of 4 (100.0) | 2 of 4 (50.0) |\n"
+             | sft | 4 of 4 (100.0); 1 of 1 tasks | 0 of 4 (0.0); 0 of 1 tasks |\n\
+             | sft-grpo | 4 of 4 (100.0); 1 of 1 tasks | 2 of 4 (50.0); 1 of 1 tasks |\n"
         ),
         "{table}"
     );
+    // A partial run is marked as in the pass table, and an edit count it has not played yet
+    // is a dash in its row while the other policy's row counts it.
+    let second_shard = shards.join("summary-1-of-2.json");
+    let kept_shard = std::fs::read(&second_shard).unwrap();
+    std::fs::remove_file(&second_shard).unwrap();
+    let out = coe(&[
+        "report",
+        dir.to_str().unwrap(),
+        "--tasks",
+        tasks.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        table.contains(
+            "| sft (partial: 1 of 2 shards) | 4 of 4 (100.0); 1 of 1 tasks | - |\n\
+             | sft-grpo | 4 of 4 (100.0); 1 of 1 tasks | 2 of 4 (50.0); 1 of 1 tasks |\n"
+        ),
+        "{table}"
+    );
+    std::fs::write(&second_shard, kept_shard).unwrap();
     // A summary whose tasks are not the set's lines is an input error naming both.
     write(
         tasks.path(),
@@ -254,7 +275,15 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("task t1 (index 1) is not line 2 of"),
+        text(&out.stderr).contains("task t1 (index 1) is not task 2 of"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A --tasks folder that is not there is named, not silently left out.
+    let out = coe(&["report", dir.to_str().unwrap(), "--tasks", "no/such/folder"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a folder"),
         "{}",
         text(&out.stderr)
     );

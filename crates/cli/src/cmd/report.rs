@@ -258,12 +258,17 @@ fn write_merged_page(dir: &Path, title: &str, summary: &EvalSummary) -> Result<(
     Ok(())
 }
 
-/// Each task's number of corrupting edits, by its index in `tasks/<set>.jsonl`, with its id;
-/// `None` where there is no such file or its tasks were not made by corrupting programs
-/// (HumanEvalFix's own bugs).
+/// Each task's number of corrupting edits, by its index in `tasks/<set>.jsonl` (an evaluation
+/// set `coe-data` made: one line per task, with its `edits`), with its id; `None` where there is
+/// no such file (said on stderr) or its tasks were not made by corrupting programs
+/// (HumanEvalFix's own bugs). A file that is not an evaluation set is an input error.
 fn edit_counts(tasks: &Path, set: &str) -> Result<Option<Vec<(String, usize)>>, Failure> {
     let path = tasks.join(format!("{set}.jsonl"));
     if !path.is_file() {
+        eprintln!(
+            "coe: no {}: {set} left out of the table by edit count",
+            path.display()
+        );
         return Ok(None);
     }
     let lines = coe_data::formats::read_json_lines::<coe_data::formats::EvalTask>(&path)
@@ -280,8 +285,46 @@ fn edit_counts(tasks: &Path, set: &str) -> Result<Option<Vec<(String, usize)>>, 
     ))
 }
 
+/// One policy's episodes on the tasks of one edit count.
+#[derive(Debug, Clone, Copy, Default)]
+struct EditCountTally {
+    solved: usize,
+    episodes: usize,
+    tasks_solved: usize,
+    tasks: usize,
+}
+
+impl EditCountTally {
+    /// Adds one task's counts; `None` where a count overflows (a summary no run wrote).
+    fn add(self, solved: usize, samples: usize) -> Option<Self> {
+        Some(Self {
+            solved: self.solved.checked_add(solved)?,
+            episodes: self.episodes.checked_add(samples)?,
+            tasks_solved: self.tasks_solved + usize::from(solved > 0),
+            tasks: self.tasks + 1,
+        })
+    }
+
+    fn cell(&self) -> String {
+        if self.tasks == 0 {
+            return "-".into();
+        }
+        let rate = if self.episodes == 0 {
+            0.0
+        } else {
+            100.0 * self.solved as f64 / self.episodes as f64
+        };
+        format!(
+            "{} of {} ({rate:.1}); {} of {} tasks",
+            self.solved, self.episodes, self.tasks_solved, self.tasks
+        )
+    }
+}
+
 /// For each set with edit counts, each policy's solved episodes among its tasks of 1, 2, ...
 /// corrupting edits: where a policy's repairs come from, which a pass rate alone hides.
+/// Tasks are matched to the set's lines by index and id (a summary does not record the file
+/// it was made from); a policy whose summary lists no tasks has no row.
 fn write_by_edit_count<'a>(
     md: &mut String,
     tasks: &Path,
@@ -294,10 +337,11 @@ fn write_by_edit_count<'a>(
         let Some(counts) = edit_counts(tasks, set)? else {
             continue;
         };
-        // edits -> policy -> (solved, episodes)
-        let mut cells: std::collections::BTreeMap<usize, Vec<(usize, usize)>> =
+        let set_file = || tasks.join(format!("{set}.jsonl")).display().to_string();
+        // edit count -> one tally per row
+        let mut cells: std::collections::BTreeMap<usize, Vec<EditCountTally>> =
             std::collections::BTreeMap::new();
-        let mut rows: Vec<&String> = Vec::new();
+        let mut rows: Vec<String> = Vec::new();
         for policy in policies {
             let Some(result) = find(policy, set) else {
                 continue;
@@ -306,24 +350,28 @@ fn write_by_edit_count<'a>(
                 continue;
             }
             let row = rows.len();
-            rows.push(policy);
+            rows.push(match result.missing_shards {
+                Some((found, of)) => format!("{policy} (partial: {found} of {of} shards)"),
+                None => policy.clone(),
+            });
             for task in &result.summary.per_task {
                 let edits = match counts.get(task.index) {
                     Some((id, edits)) if *id == task.task_id => *edits,
                     _ => {
                         return Err(Failure::Input(format!(
-                            "coe: {policy}/{set}: task {} (index {}) is not line {} of {}",
+                            "coe: {policy}/{set}: task {} (index {}) is not task {} of {}",
                             task.task_id,
                             task.index,
-                            task.index + 1,
-                            tasks.join(format!("{set}.jsonl")).display()
+                            task.index.saturating_add(1),
+                            set_file()
                         )));
                     }
                 };
                 let cell = cells.entry(edits).or_default();
-                cell.resize(rows.len(), (0, 0));
-                cell[row].0 += task.solved;
-                cell[row].1 += task.samples;
+                cell.resize(rows.len(), EditCountTally::default());
+                cell[row] = cell[row].add(task.solved, task.samples).ok_or_else(|| {
+                    Failure::Input(format!("coe: {policy}/{set}: episode counts overflow"))
+                })?;
             }
         }
         if rows.is_empty() {
@@ -331,8 +379,8 @@ fn write_by_edit_count<'a>(
         }
         if !intro_written {
             md.push_str(
-                "\nSolved episodes by the number of edits that corrupted the task (of the \
-                 episodes played on such tasks, percent):\n",
+                "\nSolved episodes by the number of edits that corrupted the task: of the \
+                 episodes played on such tasks (percent), and the tasks solved at least once:\n",
             );
             intro_written = true;
         }
@@ -341,20 +389,17 @@ fn write_by_edit_count<'a>(
             .map(|edits| format!("{set}: {edits} edit{}", if *edits == 1 { "" } else { "s" }))
             .collect();
         let table_rows: Vec<(String, Vec<String>)> = rows
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(row, policy)| {
+            .map(|(row, label)| {
                 let cells = cells
                     .values()
-                    .map(|cell| match cell.get(row) {
-                        Some(&(solved, episodes)) if episodes > 0 => format!(
-                            "{solved} of {episodes} ({:.1})",
-                            100.0 * solved as f64 / episodes as f64
-                        ),
-                        _ => "-".into(),
+                    .map(|cell| {
+                        cell.get(row)
+                            .map_or_else(|| "-".into(), EditCountTally::cell)
                     })
                     .collect();
-                ((*policy).clone(), cells)
+                (label, cells)
             })
             .collect();
         md.push('\n');
@@ -494,6 +539,12 @@ pub(crate) fn report(dir: &Path, tasks: Option<&Path>) -> Result<(), Failure> {
     write_table(&mut md, &sets, &behaviour_rows);
     write_paired_differences(&mut md, &sets, &policies, &find);
     if let Some(tasks) = tasks {
+        if !tasks.is_dir() {
+            return Err(Failure::Input(format!(
+                "coe: --tasks {}: not a folder (the evaluation sets, e.g. fixtures/eval)",
+                tasks.display()
+            )));
+        }
         write_by_edit_count(&mut md, tasks, &sets, &policies, &find)?;
     }
     md.push_str(
