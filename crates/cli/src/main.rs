@@ -138,10 +138,15 @@ enum Commands {
     /// Draw a training run's curves (DIR/metrics.jsonl to DIR/plots/*.svg).
     ///
     /// One SVG per metric the run logged: loss, reward, solve rate, KL, malformed rate,
-    /// throughput. Training draws them at each checkpoint and at the end.
+    /// throughput. Training draws them at each checkpoint and at the end. Then prints a table
+    /// of the run's metrics (solve rate, turns, context cuts, KL, skipped groups, ...) over
+    /// windows of --window steps: each one's mean, smallest and largest value a step.
     Plot {
         /// The run's output folder.
         dir: PathBuf,
+        /// Steps per row of the printed table.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        window: u64,
     },
     /// Repair a program with the policy: play episodes, print each turn and the diff.
     ///
@@ -262,7 +267,9 @@ fn main() -> ExitCode {
         } => cmd::replay::replay(&task, &edits, max_turns, limits.limits(), json),
         Commands::Generate(args) => cmd::generate::generate(args),
         Commands::Train(args) => cmd::train::train(args),
-        Commands::Plot { dir } => cmd::plot::plot(&dir),
+        Commands::Plot { dir, window } => {
+            cmd::plot::plot(&dir, usize::try_from(window).unwrap_or(usize::MAX))
+        }
         Commands::Repair(args) => cmd::repair::repair(args),
         Commands::Eval(args) => cmd::eval::eval(args),
         Commands::Report { dir, tasks } => cmd::report::report(&dir, tasks.as_deref()),

@@ -325,3 +325,34 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("summary.json"));
 }
+
+#[test]
+fn plot_redraws_a_runs_curves_and_prints_its_metrics_by_window() {
+    let dir = temp_dir();
+    let mut metrics = String::new();
+    for step in 1..=7 {
+        metrics.push_str(&format!(
+            "{{\"step\":{step},\"solve_rate\":0.{step},\"skipped_groups\":{step}}}\n"
+        ));
+    }
+    write(dir.path(), "metrics.jsonl", metrics.as_bytes());
+    let out = coe(&["plot", dir.path().to_str().unwrap(), "--window", "5"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(dir.path().join("plots").join("solve_rate.svg").is_file());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "| steps | solve_rate | skipped_groups |\n|---|---:|---:|\n\
+             | 1-5 | 0.300 (0.100-0.500) | 3.000 (1.000-5.000) |\n\
+             | 6-7 | 0.650 (0.600-0.700) | 6.500 (6.000-7.000) |\n"
+        ),
+        "{stdout}"
+    );
+    // Not a run's folder, or no window at all: usage errors.
+    let empty = temp_dir();
+    let out = coe(&["plot", empty.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("metrics.jsonl"));
+    let out = coe(&["plot", dir.path().to_str().unwrap(), "--window", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+}

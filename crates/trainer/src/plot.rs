@@ -12,7 +12,7 @@ const CURVES: [(&str, &str, &str); 6] = [
     ("loss", "loss", "Loss"),
     ("mean_return", "reward", "Mean episode return"),
     ("solve_rate", "solve_rate", "Solve rate"),
-    ("kl", "kl", "KL to the base model"),
+    ("kl", "kl", "KL to the reference policy"),
     ("malformed_rate", "malformed_rate", "Malformed-command rate"),
     ("tokens_per_s", "throughput", "Training tokens per second"),
 ];
@@ -21,30 +21,114 @@ fn plot_err(e: impl std::fmt::Display) -> TrainerError {
     TrainerError::Data(format!("plotting: {e}"))
 }
 
-/// Reads `metrics` and writes one SVG per metric it has (loss, reward, solve rate, KL, ...)
-/// into `out_dir`, named `<metric>.svg`; returns their paths. Lines that are not JSON objects
-/// with a numeric `step` are skipped, so a half-written last line does no harm.
-pub fn plot_metrics(metrics: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, TrainerError> {
+/// The metrics [`summarize_metrics`] tabulates, in its column order.
+const SUMMARISED: [&str; 8] = [
+    "loss",
+    "solve_rate",
+    "mean_turns",
+    "context_cut_rate",
+    "malformed_rate",
+    "kl",
+    "skipped_groups",
+    "tokens_per_s",
+];
+
+/// A metric's (step, value) points, by metric key.
+type Series<'k> = BTreeMap<&'k str, Vec<(f64, f64)>>;
+
+/// Each wanted key's (step, value) points in `metrics` (JSON Lines), in step order; a step
+/// logged twice (a run resumed before its checkpoint) counts once, with its last line. Lines
+/// that are not JSON objects with a numeric `step` are skipped, so a half-written last line
+/// does no harm.
+fn read_series<'k>(
+    metrics: &Path,
+    keys: impl Iterator<Item = &'k str> + Clone,
+) -> Result<Series<'k>, TrainerError> {
     let text = std::fs::read_to_string(metrics).map_err(|e| TrainerError::Io {
         path: metrics.display().to_string(),
         message: e.to_string(),
     })?;
-    let mut series: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut by_step: BTreeMap<u64, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
     for line in text.lines() {
         let Ok(serde_json::Value::Object(map)) = serde_json::from_str(line) else {
             continue;
         };
-        let Some(step) = map.get("step").and_then(serde_json::Value::as_f64) else {
+        let Some(step) = map.get("step").and_then(serde_json::Value::as_u64) else {
             continue;
         };
-        for (key, _, _) in CURVES {
+        by_step.insert(step, map);
+    }
+    let mut series = Series::new();
+    for (step, map) in &by_step {
+        for key in keys.clone() {
             if let Some(value) = map.get(key).and_then(serde_json::Value::as_f64)
                 && value.is_finite()
             {
-                series.entry(key).or_default().push((step, value));
+                series.entry(key).or_default().push((*step as f64, value));
             }
         }
     }
+    Ok(series)
+}
+
+/// A Markdown table of a run's metrics (`metrics.jsonl`) over windows of `window` steps (1-10,
+/// 11-20, ...) and over all steps: each metric's mean, with its smallest and largest value a
+/// step, for reading a run's course as figures rather than curves. `None` where the file has
+/// none of the tabulated metrics; `window` 0 counts as 1.
+pub fn summarize_metrics(metrics: &Path, window: usize) -> Result<Option<String>, TrainerError> {
+    let series = read_series(metrics, SUMMARISED.iter().copied())?;
+    let columns: Vec<&str> = SUMMARISED
+        .iter()
+        .copied()
+        .filter(|key| series.contains_key(key))
+        .collect();
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let window = window.max(1) as u64;
+    let mut windows: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for points in series.values() {
+        for &(step, _) in points {
+            let step = step as u64;
+            let first = step.saturating_sub(1) / window * window + 1;
+            let span = windows.entry(first).or_insert((step, step));
+            span.0 = span.0.min(step);
+            span.1 = span.1.max(step);
+        }
+    }
+    let cell = |key: &str, span: Option<(u64, u64)>| {
+        let values: Vec<f64> = series[key]
+            .iter()
+            .filter(|(step, _)| span.is_none_or(|(a, b)| (a..=b).contains(&(*step as u64))))
+            .map(|(_, value)| *value)
+            .collect();
+        if values.is_empty() {
+            return "-".to_string();
+        }
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        let low = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let high = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{mean:.3} ({low:.3}-{high:.3})")
+    };
+    let mut md = format!("| steps | {} |\n|---|", columns.join(" | "));
+    md.push_str(&"---:|".repeat(columns.len()));
+    md.push('\n');
+    let mut row = |label: String, span: Option<(u64, u64)>| {
+        let cells: Vec<String> = columns.iter().map(|key| cell(key, span)).collect();
+        md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+    };
+    for (first, (_, last)) in &windows {
+        row(format!("{first}-{last}"), Some((*first, *last)));
+    }
+    row("all".into(), None);
+    Ok(Some(md))
+}
+
+/// Reads `metrics` and writes one SVG per metric it has (loss, reward, solve rate, KL, ...)
+/// into `out_dir`, named `<metric>.svg`; returns their paths. Lines that are not JSON objects
+/// with a numeric `step` are skipped, so a half-written last line does no harm.
+pub fn plot_metrics(metrics: &Path, out_dir: &Path) -> Result<Vec<PathBuf>, TrainerError> {
+    let series = read_series(metrics, CURVES.iter().map(|(key, _, _)| *key))?;
     std::fs::create_dir_all(out_dir).map_err(|e| TrainerError::Io {
         path: out_dir.display().to_string(),
         message: e.to_string(),
@@ -271,6 +355,33 @@ mod tests {
         assert_eq!(names, ["loss.svg", "kl.svg"]);
         let svg = std::fs::read_to_string(&written[0]).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("Loss") && svg.contains("<polyline"));
+    }
+
+    #[test]
+    fn summarises_metrics_by_window_with_a_resumed_step_counted_once() {
+        let scratch = tempfile::tempdir().unwrap();
+        let metrics = scratch.path().join("metrics.jsonl");
+        let mut text = String::new();
+        for step in 1..=12 {
+            text.push_str(&format!(
+                "{{\"step\":{step},\"solve_rate\":{},\"kl\":0.5}}\n",
+                f64::from(step) / 10.0
+            ));
+        }
+        // Step 12 again after a resume: its last line stands.
+        text.push_str("{\"step\":12,\"solve_rate\":0.0,\"kl\":0.5}\nnot json\n");
+        std::fs::write(&metrics, text).unwrap();
+        let table = summarize_metrics(&metrics, 10).unwrap().unwrap();
+        assert_eq!(
+            table,
+            "| steps | solve_rate | kl |\n|---|---:|---:|\n\
+             | 1-10 | 0.550 (0.100-1.000) | 0.500 (0.500-0.500) |\n\
+             | 11-12 | 0.550 (0.000-1.100) | 0.500 (0.500-0.500) |\n\
+             | all | 0.550 (0.000-1.100) | 0.500 (0.500-0.500) |\n"
+        );
+        std::fs::write(&metrics, "{\"step\":1,\"other\":1}\n").unwrap();
+        assert_eq!(summarize_metrics(&metrics, 10).unwrap(), None);
+        assert!(summarize_metrics(&scratch.path().join("missing"), 10).is_err());
     }
 
     #[test]

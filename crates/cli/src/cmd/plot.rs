@@ -5,7 +5,9 @@ use std::path::Path;
 use crate::Failure;
 use crate::output::print;
 
-pub(crate) fn plot(dir: &Path) -> Result<(), Failure> {
+/// Redraws `dir/plots/*.svg` from `dir/metrics.jsonl` and prints their paths, then the run's
+/// metrics over windows of `window` steps (mean, smallest, largest).
+pub(crate) fn plot(dir: &Path, window: usize) -> Result<(), Failure> {
     let metrics = dir.join("metrics.jsonl");
     if !metrics.is_file() {
         return Err(Failure::Input(format!(
@@ -19,6 +21,13 @@ pub(crate) fn plot(dir: &Path) -> Result<(), Failure> {
     let mut out = String::new();
     for path in written {
         out.push_str(&format!("{}\n", path.display()));
+    }
+    if let Some(table) = coe_trainer::plot::summarize_metrics(&metrics, window)
+        .map_err(|e| Failure::Internal(e.to_string()))?
+    {
+        out.push_str(&format!(
+            "\nmean (smallest-largest a step) over {window} steps at a time:\n\n{table}"
+        ));
     }
     print(&out)
 }
