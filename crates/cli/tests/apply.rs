@@ -224,14 +224,21 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     let set =
         line("t0", "\"operator\"") + &line("t1", "\"operator\",\"off_by_one\",\"delete_line\"");
     write(tasks.path(), "mbpp-synthetic-test.jsonl", set.as_bytes());
-    let out = coe(&[
-        "report",
-        dir.to_str().unwrap(),
-        "--tasks",
-        tasks.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let report_with_tasks = |tasks: &Path| {
+        coe(&[
+            "report",
+            dir.to_str().unwrap(),
+            "--tasks",
+            tasks.to_str().unwrap(),
+        ])
+    };
+    // The report of a run that must succeed, as report.md holds it.
+    let table_with_tasks = |tasks: &Path| {
+        let out = report_with_tasks(tasks);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        std::fs::read_to_string(dir.join("report.md")).unwrap()
+    };
+    let table = table_with_tasks(tasks.path());
     assert!(
         table.contains(
             "| policy | mbpp-synthetic-test: 1 edit | mbpp-synthetic-test: 3 edits |\n|---|---:|---:|\n\
@@ -245,14 +252,7 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
     let second_shard = shards.join("summary-1-of-2.json");
     let kept_shard = std::fs::read(&second_shard).unwrap();
     std::fs::remove_file(&second_shard).unwrap();
-    let out = coe(&[
-        "report",
-        dir.to_str().unwrap(),
-        "--tasks",
-        tasks.path().to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let table = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    let table = table_with_tasks(tasks.path());
     assert!(
         table.contains(
             "| sft (partial: 1 of 2 shards) | 4 of 4 (100.0); 1 of 1 tasks | - |\n\
@@ -267,12 +267,7 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
         "mbpp-synthetic-test.jsonl",
         line("t0", "\"operator\"").as_bytes(),
     );
-    let out = coe(&[
-        "report",
-        dir.to_str().unwrap(),
-        "--tasks",
-        tasks.path().to_str().unwrap(),
-    ]);
+    let out = report_with_tasks(tasks.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("task t1 (index 1) is not task 2 of"),
@@ -280,7 +275,7 @@ fn report_gathers_eval_summaries_into_a_table_and_a_chart() {
         text(&out.stderr)
     );
     // A --tasks folder that is not there is named, not silently left out.
-    let out = coe(&["report", dir.to_str().unwrap(), "--tasks", "no/such/folder"]);
+    let out = report_with_tasks(Path::new("no/such/folder"));
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("not a folder"),
